@@ -1,0 +1,214 @@
+"""The local latent basis: top right-singular vectors of J = dh/dx, without ever forming J.
+
+Randomised block Krylov iteration with Rayleigh-Ritz (see :func:`local_basis`): each round
+costs one batched JVP (J Q) and one batched VJP (J^T Y) for a whole block of directions, so
+k = 50 directions take a handful of passes rather than one reverse pass per direction.
+
+``h_fn`` maps a batch (B, *x_shape) to (B, *h_shape) with batch elements independent (a
+U-Net is), so a block of directions is evaluated as one batch around the same point.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+import torch
+from torch import Tensor
+
+HFn = Callable[[Tensor], Tensor]
+JvpMode = Literal["exact", "fd"]
+
+MAX_K = 64
+
+
+@dataclass(frozen=True)
+class Basis:
+    """Top-k singular triplets of J at one point x.
+
+    sigma: (k,) descending.  v: (k, *x_shape), unit L2 norm.  u: (k, *h_shape), u_i = J v_i / sigma_i.
+    """
+
+    sigma: Tensor
+    v: Tensor
+    u: Tensor
+    iterations: int
+    converged: bool
+
+    @property
+    def k(self) -> int:
+        return self.sigma.shape[0]
+
+    def to(self, device: torch.device | str) -> "Basis":
+        return Basis(self.sigma.to(device), self.v.to(device), self.u.to(device), self.iterations, self.converged)
+
+
+@dataclass(frozen=True)
+class BasisProgress:
+    """What a progress callback sees after each round."""
+
+    iteration: int
+    max_iters: int
+    sigma: Tensor  # current Ritz values, top k
+    angle: float  # largest principal angle (rad) between this round's top-k subspace and the last
+
+
+def jvp(h_fn: HFn, x: Tensor, v: Tensor, mode: JvpMode = "exact", fd_eps: float = 1.0) -> Tensor:
+    """J v for a block of tangents v (B, *x_shape) at the single point x (*x_shape).
+
+    ``exact`` uses forward-mode AD; ``fd`` a central difference of step ``fd_eps`` (in L2
+    units of v), which runs with the model's fastest kernels (see method.md for its accuracy).
+    """
+    batch = x.expand(v.shape[0], *x.shape)
+    if mode == "exact":
+        with torch.no_grad():  # forward-mode AD ignores grad mode; this keeps parameters out of it
+            return torch.func.jvp(h_fn, (batch.contiguous(),), (v.contiguous(),))[1]
+    if mode == "fd":
+        with torch.no_grad():
+            both = h_fn(torch.cat([batch + fd_eps * v, batch - fd_eps * v]))
+        plus, minus = both.chunk(2)
+        return (plus - minus) / (2 * fd_eps)
+    raise ValueError(f"jvp mode must be 'exact' or 'fd', got {mode!r}")
+
+
+def vjp(h_fn: HFn, x: Tensor, u: Tensor) -> Tensor:
+    """J^T u for a block of cotangents u (B, *h_shape) at x: one reverse pass for the block."""
+    batch = x.expand(u.shape[0], *x.shape).detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        h = h_fn(batch)
+        (grad,) = torch.autograd.grad(h, batch, grad_outputs=u.to(h.dtype))
+    return grad
+
+
+def _chunked(fn: Callable[[Tensor], Tensor], block: Tensor, chunk_size: int | None) -> Tensor:
+    """Apply ``fn`` to the columns of ``block`` (B, ...) in chunks, to bound peak memory."""
+    if chunk_size is None or chunk_size >= block.shape[0]:
+        return fn(block)
+    return torch.cat([fn(part) for part in block.split(chunk_size)])
+
+
+def _orthonormal_columns(mat: Tensor) -> Tensor:
+    return torch.linalg.qr(mat, mode="reduced").Q
+
+
+def max_principal_angle(a: Tensor, b: Tensor) -> float:
+    """Largest principal angle (rad) between the spans of orthonormal column blocks a and b.
+
+    Taken from the sine, ||b - a a^T b||_2, which stays accurate for tiny angles where
+    arccos of the cosine cannot resolve anything below about 5e-4 rad in float32.
+    """
+    residual = b - a @ (a.T @ b)
+    return float(torch.arcsin(torch.linalg.matrix_norm(residual, ord=2).clamp(max=1.0)))
+
+
+def local_basis(
+    h_fn: HFn,
+    x: Tensor,
+    k: int,
+    *,
+    block_size: int | None = None,
+    max_iters: int = 30,
+    tol: float = 1e-4,
+    max_krylov: int | None = None,
+    init: Tensor | None = None,
+    chunk_size: int | None = None,
+    jvp_mode: JvpMode = "exact",
+    fd_eps: float = 1e-2,
+    generator: torch.Generator | None = None,
+    callback: Callable[[BasisProgress], None] | None = None,
+) -> Basis:
+    """Top-k right singular vectors of J = dh/dx at x, by randomised block Krylov iteration.
+
+    Each round applies J to one new orthonormal block Q_j (batched JVP) and J^T to the result
+    (batched VJP), giving the next block of the Krylov space span{Q, J^T J Q, (J^T J)^2 Q, ...};
+    Rayleigh-Ritz over the whole space so far (the SVD of J [Q_1 .. Q_j], whose columns are
+    already known) gives the Ritz triplets. On the flat spectra of U-Net Jacobians this needs
+    far fewer passes than plain subspace iteration (Musco & Musco 2015), and a warm start
+    (``init``) from a neighbouring basis converges in one or two rounds.
+
+    Args:
+        h_fn: batched map (B, *x_shape) -> (B, *h_shape), elements independent.
+        x: the point (*x_shape), float32 recommended (the JVPs inherit its dtype).
+        k: number of directions, 1..64.
+        block_size: columns per round (default k + max(4, k // 4)); cost per round grows with it.
+        max_iters: cap on rounds (each round = one JVP block; all but the last add a VJP block).
+        tol: stop once every top-k Ritz value changes by less than ``tol`` (relative) in a round.
+            Singular values converge twice as fast as vectors, so 1e-4 means angles near 1e-2
+            for well separated directions.
+        max_krylov: cap on the Krylov space's columns (memory: it stores them in x- and h-space);
+            past it the space restarts from the current Ritz vectors. Default 8 blocks.
+        init: (m, *x_shape) starting directions (a warm start, e.g. a neighbouring basis),
+            filled up with random columns to the block size.
+        chunk_size: most directions per batched JVP / VJP call (memory bound).
+        jvp_mode: ``exact`` (forward AD) or ``fd`` (central difference, fast kernels).
+        fd_eps: finite-difference step, in L2 units of the unit tangent.
+        generator: seeds the random start, so equal inputs give equal bases.
+        callback: receives a :class:`BasisProgress` after each round.
+    """
+    if not 1 <= k <= MAX_K:
+        raise ValueError(f"k must be between 1 and {MAX_K}, got {k}")
+    n = x.numel()
+    block = min(k + max(4, k // 4) if block_size is None else block_size, n)
+    k = min(k, n)
+    max_cols = min(n, max(block * 8, k + block) if max_krylov is None else max_krylov)
+    x = x.detach()
+
+    start = torch.randn(n, block, generator=generator, dtype=torch.float32).to(device=x.device, dtype=x.dtype)
+    if init is not None:
+        warm = init.reshape(init.shape[0], n)[:block].T.to(start)
+        start[:, : warm.shape[1]] = warm
+    q_new = _orthonormal_columns(start)  # (n, block)
+
+    def apply_j(rows: Tensor) -> Tensor:
+        return jvp(h_fn, x, rows.reshape(-1, *x.shape), jvp_mode, fd_eps)
+
+    def apply_jt(rows: Tensor) -> Tensor:
+        return vjp(h_fn, x, rows.reshape(-1, *h_shape))
+
+    qs: list[Tensor] = []  # orthonormal Krylov blocks (n, b)
+    ys: list[Tensor] = []  # their images J Q (m, b)
+    previous_sigma: Tensor | None = None
+    previous_v: Tensor | None = None
+    converged = False
+    for iteration in range(1, max_iters + 1):
+        jq = _chunked(apply_j, q_new.T.contiguous(), chunk_size)  # (b, *h_shape)
+        h_shape = jq.shape[1:]
+        qs.append(q_new)
+        ys.append(jq.reshape(q_new.shape[1], -1).T)
+        q_all, y_all = torch.cat(qs, dim=1), torch.cat(ys, dim=1)
+        # Rayleigh-Ritz on the Krylov space: J Q = U S W^T, Ritz vectors Q W, J (Q W) = U S.
+        u_s, sigma, w_t = torch.linalg.svd(y_all, full_matrices=False)
+        ritz = q_all @ w_t[:k].T  # (n, k)
+        top = sigma[:k]
+        change = float("inf") if previous_sigma is None else float(((top - previous_sigma).abs() / top.clamp_min(1e-30)).max())
+        angle = math.pi / 2 if previous_v is None else max_principal_angle(previous_v, ritz)
+        previous_sigma, previous_v = top, ritz
+        if callback is not None:
+            callback(BasisProgress(iteration, max_iters, top.detach().cpu(), angle))
+        converged = change < tol
+        if converged or iteration == max_iters or q_all.shape[1] >= n:
+            break
+        # Next block: J^T applied to the newest images, orthogonalised against the space so far.
+        jt_y = _chunked(apply_jt, ys[-1].T.contiguous(), chunk_size).reshape(q_new.shape[1], -1).T
+        if q_all.shape[1] + block > max_cols:
+            # Restart: keep the best Ritz vectors (and their images) as the new space.
+            keep = min(block, q_all.shape[1])
+            qs, ys = [q_all @ w_t[:keep].T], [u_s[:, :keep] * sigma[:keep]]
+            q_all = qs[0]
+        # Orthogonalise against the space so far, normalise, and repeat: once the space nears
+        # an invariant subspace (rank-deficient J) the residual is pure round-off, and only a
+        # second pass after normalising keeps the new block orthogonal to the old ones.
+        for _ in range(2):
+            jt_y = _orthonormal_columns(jt_y - q_all @ (q_all.T @ jt_y))
+        q_new = jt_y[:, : min(block, n - q_all.shape[1])]
+
+    v = ritz.T.reshape(k, *x.shape)
+    u = u_s[:, :k].T.reshape(k, *h_shape)
+    # Fix each direction's sign so that equal inputs give equal bases (SVD signs are arbitrary):
+    # the largest-magnitude component of every v_i is positive.
+    flat = v.reshape(k, -1)
+    signs = torch.sign(flat.gather(1, flat.abs().argmax(dim=1, keepdim=True))).reshape(k)
+    signs[signs == 0] = 1
+    shape_v, shape_u = (k,) + (1,) * (v.ndim - 1), (k,) + (1,) * (u.ndim - 1)
+    return Basis(top.detach(), (v * signs.reshape(shape_v)).detach(), (u * signs.reshape(shape_u)).detach(), iteration, converged)

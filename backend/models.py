@@ -1,0 +1,174 @@
+"""Loading diffusers checkpoints into one small interface the rest of Eigenface uses.
+
+Two families are supported, told apart by their U-Net class rather than by name, so any
+checkpoint saved in diffusers layout works: pixel-space models (``UNet2DModel`` + scheduler,
+as ``DDPMPipeline``/``DDIMPipeline`` save them) and latent text-to-image models
+(``UNet2DConditionModel`` + VAE + CLIP text encoder, Stable Diffusion 1.x/2.x).
+
+Weights stay in float32 on every device; rendering on CUDA runs under fp16/bf16 autocast, so
+the Jacobian code always has exact fp32 weights to differentiate and no second copy is kept.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .errors import InputError
+
+#: Where the built-in model lives, relative to the repository root.
+BUILTIN_MODEL = Path(__file__).resolve().parent.parent / "assets" / "catpeople"
+
+_HUB_ID_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+
+
+@dataclass
+class Conditioning:
+    """Text conditioning for one prompt: the prompt's embedding and, for CFG, the empty one."""
+
+    prompt: str
+    cond: Tensor  # (1, tokens, dim)
+    uncond: Tensor  # (1, tokens, dim)
+    truncated: bool = False  # the prompt was longer than the tokenizer allows
+
+
+@dataclass
+class DiffusionModel:
+    """A loaded checkpoint: its U-Net, scheduler config and, for latent models, VAE and text encoder."""
+
+    name: str
+    unet: torch.nn.Module
+    scheduler_config: dict
+    device: torch.device
+    render_dtype: torch.dtype  # autocast dtype for rendering (float32 = no autocast)
+    vae: torch.nn.Module | None = None
+    text_encoder: torch.nn.Module | None = None
+    tokenizer: object | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def conditional(self) -> bool:
+        return self.text_encoder is not None
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return int(self.scheduler_config.get("num_train_timesteps", 1000))
+
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        """Shape of one x_t (C, H, W): pixels for pixel models, VAE latents otherwise."""
+        size = self.unet.config.sample_size
+        h, w = (size, size) if isinstance(size, int) else tuple(size)
+        return (self.unet.config.in_channels, h, w)
+
+    @property
+    def max_prompt_tokens(self) -> int:
+        return int(getattr(self.tokenizer, "model_max_length", 77)) if self.tokenizer is not None else 0
+
+    @torch.no_grad()
+    def encode_prompt(self, prompt: str) -> Conditioning:
+        """CLIP embeddings of the prompt and of the empty prompt (for classifier-free guidance)."""
+        if not self.conditional:
+            raise InputError("this model is unconditional: it takes no prompt")
+        limit = self.max_prompt_tokens
+        full = self.tokenizer(prompt, truncation=False)["input_ids"]
+        embeds = []
+        for text in (prompt, ""):
+            ids = self.tokenizer(text, padding="max_length", max_length=limit, truncation=True, return_tensors="pt").input_ids
+            embeds.append(self.text_encoder(ids.to(self.device))[0].float())
+        return Conditioning(prompt, embeds[0], embeds[1], truncated=len(full) > limit)
+
+    @torch.no_grad()
+    def decode(self, x0: Tensor) -> Tensor:
+        """Clean samples (B, *sample_shape) -> images (B, 3, H, W) in [0, 1], float32 on CPU."""
+        if self.vae is not None:
+            scale = self.vae.config.scaling_factor
+            shift = getattr(self.vae.config, "shift_factor", None) or 0.0
+            with self.autocast():
+                x0 = self.vae.decode(x0.to(self.device) / scale + shift).sample
+        return ((x0.float() + 1) / 2).clamp(0, 1).cpu()
+
+    def autocast(self):
+        """Reduced-precision context for rendering (a no-op in float32)."""
+        enabled = self.render_dtype != torch.float32 and self.device.type == "cuda"
+        return torch.autocast(self.device.type, dtype=self.render_dtype, enabled=enabled)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def hub_allowed() -> bool:
+    """Hub downloads only when the environment has not switched them off."""
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() not in {"1", "true", "yes"}
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and all(set(p) <= _HUB_ID_CHARS for p in parts)
+
+
+def load_model(name: str | os.PathLike | None = None, device: str | torch.device | None = None, render_dtype: torch.dtype | None = None) -> DiffusionModel:
+    """Load a diffusers checkpoint from a local directory, or from the hub when that is allowed.
+
+    Only safetensors weights are accepted: pickled ``.bin`` files can run code when loaded.
+    """
+    from diffusers import DiffusionPipeline
+
+    source = str(BUILTIN_MODEL if name is None else name)
+    local = Path(source).expanduser()
+    if local.is_dir():
+        if not (local / "model_index.json").is_file():
+            raise InputError(f"{source} is not a diffusers pipeline directory (no model_index.json)")
+        source, local_only = str(local), True
+    elif _looks_like_hub_id(source):
+        if not hub_allowed():
+            raise InputError(f"model {source!r} is not a local directory and hub downloads are off (HF_HUB_OFFLINE=1)")
+        local_only = False
+    else:
+        raise InputError(f"model {source!r} not found: give a diffusers pipeline directory or a hub id 'owner/name'")
+
+    device = torch.device(device) if device is not None else default_device()
+    if render_dtype is None:
+        render_dtype = torch.float16 if device.type == "cuda" else torch.float32
+    try:
+        index = DiffusionPipeline.load_config(source, local_files_only=local_only)
+        extra = {"safety_checker": None, "requires_safety_checker": False} if "safety_checker" in index else {}
+        pipe = DiffusionPipeline.from_pretrained(source, local_files_only=local_only, use_safetensors=True, torch_dtype=torch.float32, **extra)
+    except (OSError, ValueError, EnvironmentError) as exc:
+        raise InputError(f"could not load model {source!r}: {_first_line(exc)}") from None
+
+    unet = getattr(pipe, "unet", None)
+    kind = type(unet).__name__
+    if kind == "UNet2DModel":
+        vae = text_encoder = tokenizer = None
+    elif kind == "UNet2DConditionModel":
+        vae, text_encoder, tokenizer = pipe.vae, pipe.text_encoder, pipe.tokenizer
+        if vae is None or text_encoder is None or tokenizer is None:
+            raise InputError(f"{source}: a conditional U-Net needs a VAE, a text encoder and a tokenizer")
+    else:
+        raise InputError(f"{source}: unsupported pipeline {type(pipe).__name__} (needs a UNet2DModel or UNet2DConditionModel, got {kind})")
+
+    for module in (unet, vae, text_encoder):
+        if module is not None:
+            module.to(device).eval().requires_grad_(False)
+    return DiffusionModel(
+        name=str(name) if name is not None else "builtin:catpeople",
+        unet=unet,
+        scheduler_config=dict(pipe.scheduler.config),
+        device=device,
+        render_dtype=render_dtype,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,172 @@
+"""Deterministic DDIM (eta = 0) sampling that keeps its trajectory.
+
+An edit at timestep t only has to recompute the steps from t down to 0, so the path from the
+seed's noise to every x_t is kept. The DDIM update is written out here rather than taken from
+``DDIMScheduler.step`` because that method infers the previous timestep from a fixed step
+count, and Eigenface needs arbitrary sub-schedules (short previews that start exactly at the
+edit timestep). The noise schedule itself (betas, alphas_cumprod, timestep spacing) comes from
+the model's own scheduler object, so any diffusers config is honoured.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .models import Conditioning, DiffusionModel
+
+#: The default number of DDIM steps, shared by the CLI, the service and the app so images match.
+DEFAULT_STEPS = 20
+DEFAULT_GUIDANCE = 7.5
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """A deterministic sampling path.
+
+    timesteps: the DDIM schedule, descending, length S.
+    latents: (S + 1, *sample_shape), float32 on CPU; latents[i] is x at timesteps[i]
+        (before step i) and latents[S] is the clean x_0.
+    """
+
+    timesteps: tuple[int, ...]
+    latents: Tensor
+
+    @property
+    def x0(self) -> Tensor:
+        return self.latents[-1]
+
+
+@dataclass(frozen=True)
+class NoiseSchedule:
+    """What the DDIM update needs from a diffusers scheduler config."""
+
+    alphas_cumprod: Tensor  # (T,) float64
+    final_alpha_cumprod: float
+    prediction_type: str
+    clip_sample: bool
+    clip_sample_range: float
+
+    @classmethod
+    def from_config(cls, config: dict) -> "NoiseSchedule":
+        from diffusers import DDIMScheduler
+
+        ddim = DDIMScheduler.from_config(config)
+        alphas = ddim.alphas_cumprod.double()
+        set_alpha_to_one = config.get("set_alpha_to_one", True)
+        return cls(
+            alphas_cumprod=alphas,
+            final_alpha_cumprod=1.0 if set_alpha_to_one else float(alphas[0]),
+            prediction_type=ddim.config.prediction_type,
+            clip_sample=bool(ddim.config.clip_sample),
+            clip_sample_range=float(ddim.config.clip_sample_range),
+        )
+
+    def alpha(self, t: int) -> float:
+        return float(self.alphas_cumprod[t]) if t >= 0 else self.final_alpha_cumprod
+
+
+def schedule(model: DiffusionModel, steps: int) -> tuple[int, ...]:
+    """The model's own DDIM timesteps for ``steps`` steps (its timestep_spacing applies)."""
+    from diffusers import DDIMScheduler
+
+    ddim = DDIMScheduler.from_config(model.scheduler_config)
+    ddim.set_timesteps(steps)
+    return tuple(int(t) for t in ddim.timesteps)
+
+
+def unet_output(model: DiffusionModel, x: Tensor, t: int, context: Tensor | None) -> Tensor:
+    """Raw U-Net output for a batch x at one timestep; ``context`` is (1, tokens, dim) or None."""
+    timestep = torch.tensor(t, device=x.device)
+    if context is None:
+        return model.unet(x, timestep).sample
+    return model.unet(x, timestep, encoder_hidden_states=context.expand(x.shape[0], -1, -1)).sample
+
+
+def guided_output(model: DiffusionModel, x: Tensor, t: int, cond: Conditioning | None, guidance_scale: float) -> Tensor:
+    """U-Net output with classifier-free guidance (one batched call for both branches)."""
+    if cond is None:
+        return unet_output(model, x, t, None)
+    if guidance_scale == 1.0:
+        return unet_output(model, x, t, cond.cond)
+    both = torch.cat([x, x])
+    context = torch.cat([cond.uncond.expand(x.shape[0], -1, -1), cond.cond.expand(x.shape[0], -1, -1)])
+    out = model.unet(both, torch.tensor(t, device=x.device), encoder_hidden_states=context).sample
+    uncond, conditioned = out.chunk(2)
+    return uncond + guidance_scale * (conditioned - uncond)
+
+
+def ddim_step(noise: NoiseSchedule, x: Tensor, output: Tensor, t: int, t_prev: int) -> Tensor:
+    """One deterministic DDIM update x_t -> x_{t_prev} (Song et al. 2021, eq. 12 with sigma = 0)."""
+    a, a_prev = noise.alpha(t), noise.alpha(t_prev)
+    x, output = x.float(), output.float()
+    # 1. predicted x_0 and epsilon from the model output, whatever it parameterises
+    if noise.prediction_type == "epsilon":
+        x0 = (x - (1 - a) ** 0.5 * output) / a**0.5
+        eps = output
+    elif noise.prediction_type == "v_prediction":
+        x0 = a**0.5 * x - (1 - a) ** 0.5 * output
+        eps = a**0.5 * output + (1 - a) ** 0.5 * x
+    elif noise.prediction_type == "sample":
+        x0 = output
+        eps = (x - a**0.5 * x0) / (1 - a) ** 0.5
+    else:
+        raise ValueError(f"unsupported prediction_type {noise.prediction_type!r}")
+    # 2. pixel models clip x_0 to the data range; epsilon is re-derived to stay consistent
+    if noise.clip_sample:
+        x0 = x0.clamp(-noise.clip_sample_range, noise.clip_sample_range)
+        eps = (x - a**0.5 * x0) / (1 - a) ** 0.5
+    # 3. "direction pointing to x_t" plus the rescaled x_0
+    return a_prev**0.5 * x0 + (1 - a_prev) ** 0.5 * eps
+
+
+def initial_noise(model: DiffusionModel, seed: int) -> Tensor:
+    """x_T for a seed, drawn on the CPU so that every device starts from the same noise."""
+    return torch.randn(model.sample_shape, generator=torch.Generator().manual_seed(seed))
+
+
+@torch.no_grad()
+def denoise(
+    model: DiffusionModel,
+    x: Tensor,
+    timesteps: Sequence[int],
+    cond: Conditioning | None = None,
+    guidance_scale: float = DEFAULT_GUIDANCE,
+    on_step: Callable[[int, Tensor], None] | None = None,
+) -> Tensor:
+    """Run DDIM from x (B, *sample_shape) at timesteps[0] through every listed timestep to x_0."""
+    noise = NoiseSchedule.from_config(model.scheduler_config)
+    x = x.to(model.device, torch.float32)
+    for i, t in enumerate(timesteps):
+        t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
+        with model.autocast():
+            output = guided_output(model, x, t, cond, guidance_scale)
+        x = ddim_step(noise, x, output, t, t_prev)
+        if on_step is not None:
+            on_step(i, x)
+    return x
+
+
+def sample_trajectory(model: DiffusionModel, seed: int, steps: int = DEFAULT_STEPS, cond: Conditioning | None = None, guidance_scale: float = DEFAULT_GUIDANCE) -> Trajectory:
+    """Sample from the seed's noise and keep x at every timestep of the schedule."""
+    timesteps = schedule(model, steps)
+    x_T = initial_noise(model, seed)
+    latents = [x_T]
+    denoise(model, x_T[None], timesteps, cond, guidance_scale, on_step=lambda _, x: latents.append(x[0].float().cpu()))
+    return Trajectory(timesteps, torch.stack(latents))
+
+
+def sub_schedule(timesteps: Sequence[int], start: int, steps: int | None) -> tuple[int, ...]:
+    """The schedule from index ``start`` on, thinned to ``steps`` timesteps (always keeps the first).
+
+    Used for previews: the same start x_t, fewer denoising steps.
+    """
+    rest = tuple(timesteps[start:])
+    if steps is None or steps >= len(rest):
+        return rest
+    picks = np.unique(np.round(np.linspace(0, len(rest) - 1, max(steps, 1))).astype(int))
+    return tuple(rest[i] for i in picks)

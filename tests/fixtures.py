@@ -1,0 +1,213 @@
+"""Tiny, seeded, random-weight diffusers checkpoints for the test-suite.
+
+Eigenface must work on *any* diffusers checkpoint, and the tests cannot reach the
+model hub, so these builders write stand-in checkpoints to disk in the standard
+diffusers layout (``model_index.json`` + one sub-folder per component, weights as
+``*.safetensors`` only).  The weights are random but seeded, so repeated builds
+give byte-identical files, and the models are small enough that a U-Net forward
+takes a few milliseconds on a laptop CPU.
+
+Shapes (defaults):
+
+* ``save_tiny_ddpm(sample_size=16)``: pixel-space ``UNet2DModel``; sample
+  ``(B, 3, 16, 16)``; h-space (``unet.mid_block`` output) ``(B, 32, 8, 8)``.
+* ``save_tiny_sd(sample_size=8)``: latent ``(B, 4, 8, 8)``; h-space
+  ``(B, 64, 4, 4)``; the tiny VAE downsamples by 2 (not 8 as in real SD), so
+  images are ``2 * sample_size`` = 16 px; text embeddings ``(B, 77, 32)``.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import torch
+
+# Words that get whole-word BPE merges in the hand-written tokenizer.  Anything
+# else still tokenizes (byte-level fallback to single characters), so every
+# prompt maps to distinct, non-unk ids.
+_TOKENIZER_WORDS = (
+    "a", "an", "the", "of", "photo", "portrait", "cat", "dog", "horse", "person",
+    "man", "woman", "face", "smiling", "old", "young", "red", "blue", "painting",
+)
+
+_DDPM_HSPACE_CHANNELS = 32
+_SD_HSPACE_CHANNELS = 64
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP byte -> printable-unicode table (byte-level BPE alphabet)."""
+    bs = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+def _write_clip_tokenizer_files(directory: Path) -> tuple[Path, Path]:
+    """Write a CLIP-style ``vocab.json``/``merges.txt`` pair.
+
+    Layout follows the real CLIP vocabulary: the 256 byte characters, the same
+    with the ``</w>`` end-of-word suffix, merged words, then the two special
+    tokens.  522 + merges ids in total, i.e. below the text encoder's vocab_size.
+    """
+    alphabet = list(_bytes_to_unicode().values())
+    vocab: dict[str, int] = {}
+    for ch in alphabet:
+        vocab[ch] = len(vocab)
+    for ch in alphabet:
+        vocab[ch + "</w>"] = len(vocab)
+    merges: list[str] = []
+    for word in _TOKENIZER_WORDS:
+        cur = word[0]
+        for i, ch in enumerate(word[1:]):
+            nxt = ch + ("</w>" if i == len(word) - 2 else "")
+            merge = f"{cur} {nxt}"
+            cur = cur + nxt
+            if merge not in merges:
+                merges.append(merge)
+            vocab.setdefault(cur, len(vocab))
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    vocab_path = directory / "vocab.json"
+    merges_path = directory / "merges.txt"
+    vocab_path.write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    merges_path.write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    return vocab_path, merges_path
+
+
+def make_tiny_clip_tokenizer():
+    """Build the hand-written CLIP tokenizer (no hub access needed).
+
+    transformers 5 pitfall: ``CLIPTokenizer(vocab_file=..., merges_file=...)``
+    silently ignores the files and yields a 2-token tokenizer; the files must be
+    passed as ``vocab=``/``merges=``.
+    """
+    from transformers import CLIPTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        vocab_path, merges_path = _write_clip_tokenizer_files(Path(tmp))
+        tok = CLIPTokenizer(vocab=str(vocab_path), merges=str(merges_path), model_max_length=77)
+    assert len(tok) > 2, "CLIPTokenizer ignored the vocab/merges files"
+    a, b = tok("a cat").input_ids, tok("a horse").input_ids
+    assert a != b, "tokenizer maps distinct prompts to identical ids"
+    return tok
+
+
+def save_tiny_ddpm(path: Path, sample_size: int = 16, seed: int = 0) -> Path:
+    """Save a tiny unconditional pixel-space ``DDPMPipeline`` to ``path``.
+
+    The U-Net has one attention down/up block (plus the attention in its mid
+    block) so attention code paths (processors, hooks) are exercised; h-space is
+    ``(B, 32, sample_size // 2, sample_size // 2)``.
+    """
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    path = Path(path)
+    with torch.random.fork_rng(devices=[]):  # don't disturb the caller's RNG
+        torch.manual_seed(seed)
+        unet = UNet2DModel(
+            sample_size=sample_size,
+            in_channels=3,
+            out_channels=3,
+            block_out_channels=(16, _DDPM_HSPACE_CHANNELS),
+            layers_per_block=1,
+            norm_num_groups=8,
+            attention_head_dim=8,
+            down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+            up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        )
+    scheduler = DDPMScheduler(num_train_timesteps=1000)
+    DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(path, safe_serialization=True)
+    return path
+
+
+def save_tiny_sd(path: Path, seed: int = 0, sample_size: int = 8) -> Path:
+    """Save a tiny text-conditioned ``StableDiffusionPipeline`` to ``path``.
+
+    Modelled on diffusers' own ``get_dummy_components``, but with a hand-written
+    tokenizer (no hub).  ``sample_size`` is the *latent* size; the VAE has two
+    blocks, so it downsamples by 2 and the default image is ``2 * sample_size``
+    px.  h-space is ``(B, 64, sample_size // 2, sample_size // 2)`` and the mid
+    block has cross-attention, so it depends on the prompt.
+    """
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    path = Path(path)
+    tokenizer = make_tiny_clip_tokenizer()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(
+            sample_size=sample_size,
+            in_channels=4,
+            out_channels=4,
+            block_out_channels=(32, _SD_HSPACE_CHANNELS),
+            layers_per_block=1,
+            norm_num_groups=32,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            cross_attention_dim=32,
+            attention_head_dim=8,
+        )
+        torch.manual_seed(seed + 1)
+        vae = AutoencoderKL(
+            sample_size=2 * sample_size,
+            in_channels=3,
+            out_channels=3,
+            block_out_channels=(16, 32),
+            norm_num_groups=8,
+            layers_per_block=1,
+            down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+            up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+            latent_channels=4,
+        )
+        torch.manual_seed(seed + 2)
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+                hidden_size=32,
+                intermediate_size=37,
+                layer_norm_eps=1e-05,
+                num_attention_heads=4,
+                num_hidden_layers=2,
+                max_position_embeddings=77,
+                vocab_size=1000,
+            )
+        )
+    text_encoder.eval()
+    scheduler = DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,  # as in real SD configs; 0 triggers a deprecation warning
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(path, safe_serialization=True)
+    # transformers 5 saves only tokenizer.json; real SD checkpoints also ship the
+    # slow-tokenizer files, so add them for loaders that want vocab.json/merges.txt.
+    _write_clip_tokenizer_files(path / "tokenizer")
+    return path

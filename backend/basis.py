@@ -186,8 +186,8 @@ def local_basis(
         previous_sigma, previous_v = top, ritz
         if callback is not None:
             callback(BasisProgress(iteration, max_iters, top.detach().cpu(), angle))
-        converged = change < tol
-        if converged or iteration == max_iters or q_all.shape[1] >= n:
+        converged = change < tol or q_all.shape[1] >= n  # a space that spans everything is exact
+        if converged or iteration == max_iters:
             break
         # Next block: J^T applied to the newest images, orthogonalised against the space so far.
         jt_y = _chunked(apply_jt, ys[-1].T.contiguous(), chunk_size).reshape(q_new.shape[1], -1).T

@@ -1,0 +1,106 @@
+"""A thread-safe LRU cache bounded in bytes, that computes each missing value once.
+
+Bases and trajectories are tensors of very different sizes (a 64 px model's basis is a few
+hundred kB, an SD basis with k = 50 is tens of MB), so the bound is on bytes, not entries.
+Two requests for the same missing key (two browser tabs pressing "Find directions") wait for
+one computation instead of running it twice.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from concurrent.futures import Future
+from dataclasses import fields, is_dataclass
+from typing import Any, Callable, Hashable
+
+import torch
+
+
+def nbytes(value: Any) -> int:
+    """Approximate memory held by a value: tensors exactly, containers and dataclasses recursively."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if is_dataclass(value) and not isinstance(value, type):
+        return sum(nbytes(getattr(value, f.name)) for f in fields(value))
+    if isinstance(value, (list, tuple)):
+        return sum(nbytes(v) for v in value)
+    if isinstance(value, dict):
+        return sum(nbytes(v) for v in value.values())
+    return 64
+
+
+class ByteLRU:
+    """LRU mapping whose values together stay within ``max_bytes`` (the newest entry always stays)."""
+
+    def __init__(self, max_bytes: int):
+        if max_bytes <= 0:
+            raise ValueError(f"max_bytes must be positive, got {max_bytes}")
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[Hashable, tuple[Any, int]] = OrderedDict()
+        self._pending: dict[Hashable, Future] = {}
+        self._lock = threading.Lock()
+        self.bytes = 0
+        self.hits = self.misses = self.evictions = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, key: Hashable) -> bool:
+        with self._lock:
+            return key in self._items
+
+    def get(self, key: Hashable) -> Any | None:
+        with self._lock:
+            if key not in self._items:
+                return None
+            self._items.move_to_end(key)
+            return self._items[key][0]
+
+    def put(self, key: Hashable, value: Any) -> None:
+        size = nbytes(value)
+        with self._lock:
+            if key in self._items:
+                self.bytes -= self._items.pop(key)[1]
+            self._items[key] = (value, size)
+            self.bytes += size
+            while self.bytes > self.max_bytes and len(self._items) > 1:
+                _, (_, evicted) = self._items.popitem(last=False)
+                self.bytes -= evicted
+                self.evictions += 1
+
+    def get_or_compute(self, key: Hashable, compute: Callable[[], Any]) -> tuple[Any, bool]:
+        """The cached value and True, or compute it (once across threads) and False.
+
+        A failed computation is not cached: its exception reaches every waiter, and the next
+        request tries again.
+        """
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                self.hits += 1
+                return self._items[key][0], True
+            future = self._pending.get(key)
+            owner = future is None
+            if owner:
+                future = self._pending[key] = Future()
+                self.misses += 1
+        if not owner:
+            return future.result(), True
+        try:
+            value = compute()
+        except BaseException as exc:
+            future.set_exception(exc)
+            raise
+        else:
+            self.put(key, value)
+            future.set_result(value)
+            return value, False
+        finally:
+            with self._lock:
+                self._pending.pop(key, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self.bytes = 0

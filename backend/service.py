@@ -1,0 +1,348 @@
+"""The one facade the CLI, the web app and the tests call.
+
+It checks every input at the boundary (raising :class:`InputError` with a message for the
+person), then composes the pieces: load -> sample -> basis -> edit -> render, with the
+expensive results (trajectories, bases) in one byte-bounded LRU keyed by everything that
+determines them. No maths lives here.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from .basis import MAX_K, Basis, BasisProgress, local_basis
+from .cache import ByteLRU
+from .edit import EDIT_MODES, apply_edit, check_strength, combine
+from .errors import InputError
+from .hspace import bottleneck_fn, jacobian_context
+from .models import BUILTIN_MODEL, Conditioning, DiffusionModel, load_model
+from .sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS, Trajectory, denoise, sample_trajectory, sub_schedule
+
+#: Edit timestep as a fraction of the training schedule: early enough for coarse semantics
+#: (method.md: t ~ 0.6-0.8 T), late enough that the seed's image is already decided.
+DEFAULT_TIMESTEP = 0.6
+DEFAULT_K = 8
+MAX_SEED = 2**63 - 1
+MAX_STEPS = 1000
+BUILTIN_NAME = "catpeople"
+
+
+@dataclass(frozen=True)
+class SampleSpec:
+    """Everything that determines one sampling trajectory."""
+
+    model: str = BUILTIN_NAME
+    seed: int = 0
+    prompt: str = ""
+    steps: int = DEFAULT_STEPS
+    guidance_scale: float = DEFAULT_GUIDANCE
+
+
+@dataclass(frozen=True)
+class BasisSpec:
+    """Everything that determines one local basis: the sample, where along it, how many directions."""
+
+    sample: SampleSpec
+    timestep: int | float | str = DEFAULT_TIMESTEP  # training timestep (int) or fraction of T (float)
+    k: int = DEFAULT_K
+    edit_prompt: str | None = None  # conditioning for the Jacobian, if not the sampling prompt
+
+
+@dataclass(frozen=True)
+class BasisResult:
+    basis: Basis
+    x_t: Tensor
+    timestep: int  # the integer training timestep of the schedule point used
+    index: int  # its position in the DDIM schedule
+    seconds: float  # time spent on the basis (0 when served from the cache)
+    cached: bool
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass
+class ServiceConfig:
+    models: Mapping[str, str] = field(default_factory=lambda: {BUILTIN_NAME: str(BUILTIN_MODEL)})
+    allow_any_model: bool = False  # CLI: any path or hub id; app: the allow-list only
+    cache_bytes: int = 1 << 30
+    device: str | None = None
+    basis_chunk_size: int | None = None  # most directions per batched JVP / VJP
+    jvp_mode: str = "auto"  # exact | fd | auto (fd on CUDA, where forward AD loses flash attention)
+
+
+class EigenfaceService:
+    """Thread-safe: models load once, each cache entry is computed once, renders run in parallel."""
+
+    def __init__(self, config: ServiceConfig | None = None):
+        self.config = config or ServiceConfig()
+        self.cache = ByteLRU(self.config.cache_bytes)
+        self._models: dict[str, DiffusionModel] = {}
+        self._load_lock = threading.Lock()
+
+    # ----------------------------------------------------------------------------- models
+    @property
+    def model_names(self) -> list[str]:
+        return list(self.config.models)
+
+    def model(self, name: str) -> DiffusionModel:
+        """The loaded model for an allow-listed name (or, when allowed, any path or hub id)."""
+        if not isinstance(name, str) or not name.strip():
+            raise InputError("model must be a non-empty name")
+        if name in self.config.models:
+            source = self.config.models[name]
+        elif self.config.allow_any_model:
+            source = name
+        else:
+            raise InputError(f"unknown model {name!r}; choose one of: {', '.join(self.config.models)}")
+        with self._load_lock:
+            if name not in self._models:
+                model = load_model(source, device=self.config.device)
+                model.name = name
+                self._models[name] = model
+            return self._models[name]
+
+    # ----------------------------------------------------------------------------- checks
+    def check_sample(self, spec: SampleSpec) -> tuple[DiffusionModel, list[str]]:
+        model = self.model(spec.model)
+        warnings: list[str] = []
+        _check_int("seed", spec.seed, 0, MAX_SEED)
+        _check_int("steps", spec.steps, 1, min(MAX_STEPS, model.num_train_timesteps))
+        if not isinstance(spec.prompt, str):
+            raise InputError("prompt must be text")
+        if spec.prompt and not model.conditional:
+            raise InputError(f"model {spec.model!r} is unconditional: it takes no prompt")
+        if not math.isfinite(spec.guidance_scale) or not 0 <= spec.guidance_scale <= 50:
+            raise InputError(f"guidance_scale must be within [0, 50], got {spec.guidance_scale}")
+        return model, warnings
+
+    def resolve_timestep(self, model: DiffusionModel, timesteps: Sequence[int], value: int | float | str) -> int:
+        """Index into the schedule of the point nearest a training timestep (int) or a fraction of T (float)."""
+        t = parse_timestep(value, model.num_train_timesteps)
+        return int(np.argmin([abs(s - t) for s in timesteps]))
+
+    # ----------------------------------------------------------------------------- sampling
+    def conditioning(self, model: DiffusionModel, prompt: str | None) -> Conditioning | None:
+        if not model.conditional:
+            return None
+        key = ("cond", model.name, prompt or "")
+        return self.cache.get_or_compute(key, lambda: model.encode_prompt(prompt or ""))[0]
+
+    def trajectory(self, spec: SampleSpec) -> Trajectory:
+        model, _ = self.check_sample(spec)
+        cond = self.conditioning(model, spec.prompt)
+
+        def compute() -> Trajectory:
+            return sample_trajectory(model, spec.seed, spec.steps, cond, spec.guidance_scale)
+
+        return self.cache.get_or_compute(("trajectory", spec), compute)[0]
+
+    def generate(self, spec: SampleSpec) -> Image.Image:
+        model, _ = self.check_sample(spec)
+        return to_pil(model.decode(self.trajectory(spec).x0[None]))[0]
+
+    # ----------------------------------------------------------------------------- bases
+    def discover(self, spec: BasisSpec, progress: Callable[[BasisProgress], None] | None = None) -> BasisResult:
+        """The local basis at (model, prompt, seed, timestep, k[, edit prompt]), cached."""
+        model, warnings = self.check_sample(spec.sample)
+        _check_int("k", spec.k, 1, MAX_K)
+        if spec.edit_prompt and not model.conditional:
+            raise InputError("an edit prompt needs a text-conditioned model")
+        traj = self.trajectory(spec.sample)
+        index = self.resolve_timestep(model, traj.timesteps, spec.timestep)
+        t = traj.timesteps[index]
+        cond = self.conditioning(model, spec.edit_prompt or spec.sample.prompt)
+        if cond is not None and cond.truncated:
+            warnings.append(f"the prompt is longer than {model.max_prompt_tokens} tokens and was truncated")
+        key = ("basis", spec.sample, t, spec.k, spec.edit_prompt or None)
+        x_t = traj.latents[index]
+
+        def compute() -> tuple[Basis, float]:
+            start = time.perf_counter()
+            basis = self._basis(model, x_t, t, cond, spec.k, progress)
+            return basis.to("cpu"), time.perf_counter() - start
+
+        (basis, seconds), cached = self.cache.get_or_compute(key, compute)
+        return BasisResult(basis, x_t, t, index, 0.0 if cached else seconds, cached, tuple(warnings))
+
+    def _jvp_mode(self, model: DiffusionModel) -> str:
+        if self.config.jvp_mode != "auto":
+            return self.config.jvp_mode
+        return "fd" if model.device.type == "cuda" else "exact"
+
+    def _basis(self, model: DiffusionModel, x_t: Tensor, t: int, cond: Conditioning | None, k: int, progress, init: Tensor | None = None) -> Basis:
+        mode = self._jvp_mode(model)
+        h_fn = bottleneck_fn(model, t, None if cond is None else cond.cond)
+        try:
+            with jacobian_context(mode == "exact"):
+                return local_basis(
+                    h_fn,
+                    x_t.to(model.device, torch.float32),
+                    k,
+                    init=None if init is None else init.to(model.device),
+                    chunk_size=self.config.basis_chunk_size,
+                    jvp_mode=mode,
+                    generator=torch.Generator().manual_seed(0),
+                    callback=progress,
+                )
+        except torch.OutOfMemoryError:
+            if model.device.type == "cuda":
+                torch.cuda.empty_cache()
+            raise InputError(f"out of memory computing {k} directions; try a smaller k") from None
+
+    # ----------------------------------------------------------------------------- edits
+    def edit(
+        self,
+        spec: BasisSpec,
+        strengths: Mapping[int, float] | Sequence[float],
+        mode: str = "direct",
+        *,
+        substeps: int | None = None,
+        preview_steps: int | None = None,
+    ) -> Image.Image:
+        """The image after moving x_t along basis directions by slider values, then denoising."""
+        result = self.discover(spec)
+        values = _slider_vector(strengths, result.basis.k)
+        direction, strength = combine(result.basis.v, values)
+        return self._render_edit(spec, result, direction, strength, mode, substeps, preview_steps)
+
+    def edit_vector(self, spec: BasisSpec, vector: Tensor, strength: float, mode: str = "direct", *, substeps: int | None = None, preview_steps: int | None = None) -> Image.Image:
+        """The image after moving x_t by ``strength`` along any direction of the sample shape."""
+        model, _ = self.check_sample(spec.sample)
+        vector = check_vector(vector, model.sample_shape)
+        strength = check_strength(strength)
+        result = self.discover(spec) if mode == "geodesic" else self._point(spec)
+        return self._render_edit(spec, result, vector / vector.norm(), strength, mode, substeps, preview_steps)
+
+    def _point(self, spec: BasisSpec) -> BasisResult:
+        """x_t without a basis (modes that need none)."""
+        model, _ = self.check_sample(spec.sample)
+        traj = self.trajectory(spec.sample)
+        index = self.resolve_timestep(model, traj.timesteps, spec.timestep)
+        empty = Basis(torch.zeros(0), torch.zeros(0), torch.zeros(0), 0, True)
+        return BasisResult(empty, traj.latents[index], traj.timesteps[index], index, 0.0, True)
+
+    def _render_edit(self, spec: BasisSpec, result: BasisResult, direction: Tensor, strength: float, mode: str, substeps: int | None, preview_steps: int | None) -> Image.Image:
+        return self._render_batch(spec, result, [(direction, strength)], mode, substeps, preview_steps)[0]
+
+    def _render_batch(self, spec: BasisSpec, result: BasisResult, edits: Sequence[tuple[Tensor, float]], mode: str, substeps: int | None, preview_steps: int | None) -> list[Image.Image]:
+        model, _ = self.check_sample(spec.sample)
+        if mode not in EDIT_MODES:
+            raise InputError(f"mode must be one of {', '.join(EDIT_MODES)}, got {mode!r}")
+        if substeps is not None:
+            _check_int("substeps", substeps, 1, 256)
+        if preview_steps is not None:
+            _check_int("preview_steps", preview_steps, 1, MAX_STEPS)
+        traj = self.trajectory(spec.sample)
+        cond = self.conditioning(model, spec.sample.prompt)
+        jac_cond = self.conditioning(model, spec.edit_prompt or spec.sample.prompt)
+        xs = []
+        for direction, strength in edits:
+            check_strength(strength)
+            if strength == 0.0:
+                xs.append(result.x_t)
+                continue
+            h_fn = bottleneck_fn(model, result.timestep, None if jac_cond is None else jac_cond.cond)
+            with jacobian_context(self._jvp_mode(model) == "exact"):
+                xs.append(
+                    apply_edit(
+                        model, result.x_t, result.timestep, h_fn, direction, strength, mode,
+                        context=None if jac_cond is None else jac_cond.cond, basis=result.basis, substeps=substeps,
+                        jvp_mode=self._jvp_mode(model),
+                    ).cpu()
+                )
+        timesteps = sub_schedule(traj.timesteps, result.index, preview_steps)
+        x0 = denoise(model, torch.stack(xs), timesteps, cond, spec.sample.guidance_scale)
+        return to_pil(model.decode(x0))
+
+    def strip(self, spec: BasisSpec, index: int, strengths: Sequence[float], mode: str = "direct", *, preview_steps: int | None = None) -> list[Image.Image]:
+        """Edits along one direction at several strengths, rendered as one batch (the atlas row)."""
+        result = self.discover(spec)
+        _check_int("direction index", index, 0, result.basis.k - 1)
+        direction = result.basis.v[index]
+        return self._render_batch(spec, result, [(direction, float(s)) for s in strengths], mode, None, preview_steps)
+
+    def grid(self, spec: BasisSpec, strength: float = 1.0, columns: int = 5, mode: str = "direct") -> Image.Image:
+        """One row per direction, edits from -strength to +strength; the original in the middle column."""
+        check_strength(strength)
+        _check_int("columns", columns, 3, 15)
+        if columns % 2 == 0:
+            columns += 1
+        result = self.discover(spec)
+        values = np.linspace(-strength, strength, columns)
+        rows = [self.strip(spec, i, values.tolist(), mode) for i in range(result.basis.k)]
+        return image_grid(rows)
+
+
+# --------------------------------------------------------------------------------- helpers
+def parse_timestep(value: int | float | str, num_train_timesteps: int) -> float:
+    """A training timestep from an int (0..T-1) or a fraction of T (a float in (0, 1])."""
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            value = float(text) if any(c in text for c in ".eE") else int(text)
+        except ValueError:
+            raise InputError(f"timestep must be an integer training timestep or a fraction like 0.6, got {text!r}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise InputError(f"timestep must be a number, got {value!r}")
+    if isinstance(value, (float, np.floating)):
+        if not math.isfinite(value) or not 0 < value <= 1:
+            raise InputError(f"a fractional timestep must be within (0, 1], got {value}")
+        return value * (num_train_timesteps - 1)
+    if not 0 <= value < num_train_timesteps:
+        raise InputError(f"timestep must be within [0, {num_train_timesteps - 1}], got {value}")
+    return float(value)
+
+
+def check_vector(vector: Tensor, shape: tuple[int, ...]) -> Tensor:
+    if not isinstance(vector, Tensor) or not vector.is_floating_point():
+        raise InputError("a direction must be a floating-point tensor")
+    if tuple(vector.shape) != tuple(shape):
+        raise InputError(f"direction has shape {tuple(vector.shape)}, this model's samples have shape {tuple(shape)}")
+    vector = vector.float()
+    if not torch.isfinite(vector).all():
+        raise InputError("direction contains NaN or inf")
+    if float(vector.norm()) == 0.0:
+        raise InputError("direction is all zeros")
+    return vector
+
+
+def _check_int(name: str, value, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise InputError(f"{name} must be an integer, got {value!r}")
+    if not low <= value <= high:
+        raise InputError(f"{name} must be within [{low}, {high}], got {value}")
+    return int(value)
+
+
+def _slider_vector(strengths: Mapping[int, float] | Sequence[float], k: int) -> Tensor:
+    """Slider values as a (k,) tensor, from a full list or a sparse {index: value} mapping."""
+    values = torch.zeros(k)
+    items = strengths.items() if isinstance(strengths, Mapping) else enumerate(strengths)
+    for index, value in items:
+        _check_int("direction index", index, 0, k - 1)
+        values[int(index)] = check_strength(value, f"strength of direction {index}")
+    return values
+
+
+def to_pil(images: Tensor) -> list[Image.Image]:
+    """(B, 3, H, W) in [0, 1] -> PIL images (rounded, so equal tensors give equal bytes)."""
+    array = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return [Image.fromarray(a) for a in array]
+
+
+def image_grid(rows: Sequence[Sequence[Image.Image]]) -> Image.Image:
+    w, h = rows[0][0].size
+    grid = Image.new("RGB", (w * max(len(r) for r in rows), h * len(rows)), "white")
+    for r, row in enumerate(rows):
+        for c, image in enumerate(row):
+            grid.paste(image, (c * w, r * h))
+    return grid
+

@@ -1,9 +1,181 @@
-"""The ``eigenface`` command line: every subcommand is one call into the backend."""
+"""The ``eigenface`` command line: every subcommand is one call into the service.
+
+Bad input prints one line on stderr and exits with status 2 before anything is written.
+"""
 
 from __future__ import annotations
 
 import argparse
+import csv
+import itertools
 import sys
+from pathlib import Path
+
+from .errors import InputError
+from .sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS
+
+EXIT_BAD_INPUT = 2
+
+
+# ------------------------------------------------------------------------------ shared pieces
+def _service(args: argparse.Namespace):
+    from .service import BUILTIN_NAME, EigenfaceService, ServiceConfig
+    from .models import BUILTIN_MODEL
+
+    return EigenfaceService(ServiceConfig(models={BUILTIN_NAME: str(BUILTIN_MODEL)}, allow_any_model=True, device=args.device))
+
+
+def _sample(args: argparse.Namespace, seed: int | None = None, prompt: str | None = None):
+    from .service import BUILTIN_NAME, SampleSpec
+
+    return SampleSpec(
+        model=args.model or BUILTIN_NAME,
+        seed=args.seed if seed is None else seed,
+        prompt=args.prompt if prompt is None else prompt,
+        steps=args.steps,
+        guidance_scale=args.guidance,
+    )
+
+
+def _basis_spec(args: argparse.Namespace, **overrides):
+    from .service import BasisSpec
+
+    sample = _sample(args, overrides.pop("seed", None), overrides.pop("prompt", None))
+    return BasisSpec(sample, overrides.pop("timestep", args.timestep), overrides.pop("k", getattr(args, "k", 8)), getattr(args, "edit_prompt", None) or None)
+
+
+def _check_out(path: str, suffixes: tuple[str, ...]) -> Path:
+    out = Path(path)
+    if out.suffix.lower() not in suffixes:
+        raise InputError(f"--out must end in {' or '.join(suffixes)}, got {path!r}")
+    return out
+
+
+def _timestep(value: str) -> str:
+    return value  # parsed (int = training timestep, float = fraction of T) by the service
+
+
+# ------------------------------------------------------------------------------ commands
+def _generate(args: argparse.Namespace) -> None:
+    out = _check_out(args.out, (".png",))
+    image = _service(args).generate(_sample(args))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    image.save(out)
+    print(f"wrote {out}")
+
+
+def _discover(args: argparse.Namespace) -> None:
+    from .store import save_basis
+
+    service, spec = _service(args), _basis_spec(args)
+    result = service.discover(spec)
+    grid = service.grid(spec, args.grid_strength, args.grid_columns)
+    meta = {
+        "model": spec.sample.model,
+        "prompt": spec.sample.prompt,
+        "edit_prompt": spec.edit_prompt or "",
+        "seed": spec.sample.seed,
+        "steps": spec.sample.steps,
+        "guidance_scale": spec.sample.guidance_scale,
+        "timestep": result.timestep,
+        "k": result.basis.k,
+        "iterations": result.basis.iterations,
+        "converged": result.basis.converged,
+        "seconds": round(result.seconds, 4),
+        "sigma": [round(float(s), 6) for s in result.basis.sigma],
+    }
+    out = Path(args.out)
+    save_basis(out, result.basis, result.x_t, meta)
+    grid.save(out / "grid.png")
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"wrote {out}/basis.safetensors, meta.json, grid.png ({result.basis.k} directions, {result.seconds:.2f} s, {result.basis.iterations} rounds)")
+
+
+def _parse_directions(items: list[str]) -> dict[int, float]:
+    values: dict[int, float] = {}
+    for item in items:
+        index, sep, strength = item.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            values[int(index)] = float(strength)
+        except ValueError:
+            raise InputError(f"--direction takes INDEX=STRENGTH, got {item!r}") from None
+    return values
+
+
+def _edit(args: argparse.Namespace) -> None:
+    from .edit import check_strength, combine
+    from .store import load_basis, load_direction
+
+    out = _check_out(args.out, (".png",))
+    if (args.basis is None) == (args.vector is None):
+        raise InputError("give either --basis with --direction I=S, or --vector with --strength")
+    service = _service(args)
+    if args.basis is not None:
+        if not args.direction:
+            raise InputError("--basis needs at least one --direction INDEX=STRENGTH")
+        basis, x_t, _ = load_basis(args.basis)
+        values = _parse_directions(args.direction)
+        spec = _basis_spec(args, k=basis.k)
+        import torch
+
+        sliders = torch.zeros(basis.k)
+        for index, value in values.items():
+            if not 0 <= index < basis.k:
+                raise InputError(f"direction index {index} is out of range: the basis has {basis.k} directions (0..{basis.k - 1})")
+            sliders[index] = check_strength(value, f"strength of direction {index}")
+        service.adopt_basis(spec, basis, x_t)
+        direction, strength = combine(basis.v, sliders)
+        if strength == 0.0:
+            image = service.edit_vector(spec, basis.v[0], 0.0, args.mode, substeps=args.substeps)
+        else:
+            image = service.edit_vector(spec, direction, strength, args.mode, substeps=args.substeps)
+    else:
+        if args.strength is None:
+            raise InputError("--vector needs --strength")
+        vector, _ = load_direction(args.vector)
+        image = service.edit_vector(_basis_spec(args), vector, check_strength(args.strength), args.mode, substeps=args.substeps)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    image.save(out)
+    print(f"wrote {out}")
+
+
+def _transport(args: argparse.Namespace) -> None:
+    from .store import load_basis, save_direction
+
+    out = _check_out(args.out, (".safetensors",))
+    source, _, meta_a = load_basis(getattr(args, "from"))
+    target, _, meta_b = load_basis(args.to)
+    v = _service(args).transport(source, args.direction, target)
+    provenance = {"transported_from": {**{k: meta_a.get(k) for k in ("model", "prompt", "seed", "timestep")}, "index": args.direction},
+                  "transported_to": {k: meta_b.get(k) for k in ("model", "prompt", "seed", "timestep")}}
+    save_direction(out, v, provenance)
+    print(f"wrote {out}")
+
+
+def _compare(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from .plots import heatmap
+
+    out = Path(args.out)
+    prompts = args.prompts if args.prompts else [args.prompt]
+    specs, labels = [], []
+    for prompt, timestep, seed in itertools.product(prompts, args.timesteps, args.seeds):
+        specs.append(_basis_spec(args, seed=seed, prompt=prompt, timestep=timestep))
+        labels.append(" ".join(p for p in (f"'{prompt[:16]}'" if prompt else "", f"t={timestep}", f"seed={seed}") if p))
+    dist = _service(args).compare(specs, args.space)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "distances.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["", *labels])
+        for label, row in zip(labels, dist):
+            writer.writerow([label, *(f"{d:.6f}" for d in row)])
+    k_max = np.pi / 2 * np.sqrt(args.k)
+    heatmap(dist, labels, f"Grassmann distance of top-{args.k} bases ({args.space}-space; max {k_max:.2f})").save(out / "heatmap.png")
+    print(f"wrote {out}/distances.csv, heatmap.png")
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -14,9 +186,10 @@ def _train(args: argparse.Namespace) -> None:
         resolution=args.resolution,
         minutes=args.minutes,
         batch_size=args.batch_size,
-        device=args.device,
+        device=args.device or "auto",
         weights_dtype=args.weights_dtype,
         seed=args.seed,
+        init=args.init,
     )
     print(f"saved {train(config)}")
 
@@ -25,14 +198,73 @@ def _train_estimator(args: argparse.Namespace) -> None:
     from .catpeople.estimator import train_estimator
     from .catpeople.train import resolve_device
 
-    estimator = train_estimator(args.resolution, args.minutes, args.batch_size, resolve_device(args.device), args.seed)
+    estimator = train_estimator(args.resolution, args.minutes, args.batch_size, resolve_device(args.device or "auto"), args.seed)
     estimator.save(args.out)
     print(f"saved {args.out} (face threshold {estimator.face_threshold:.5f})")
 
 
+# ------------------------------------------------------------------------------ parser
+def _sample_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="diffusers pipeline directory or hub id (default: the built-in cat-people model)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"DDIM steps (default {DEFAULT_STEPS}, as in the app)")
+    p.add_argument("--prompt", default="", help="text prompt (Stable Diffusion models only)")
+    p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE, help="classifier-free guidance scale (SD)")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when present)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="eigenface", description=__doc__)
+    from .edit import EDIT_MODES
+    from .service import DEFAULT_K, DEFAULT_TIMESTEP
+
+    parser = argparse.ArgumentParser(prog="eigenface", description="Find and steer the semantic directions of a diffusion model's h-space.")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("generate", help="sample one image deterministically (DDIM, eta = 0)")
+    _sample_args(p)
+    p.add_argument("--out", required=True, help="PNG file")
+    p.set_defaults(func=_generate)
+
+    timestep_help = f"training timestep (integer) or fraction of T (e.g. 0.6; default {DEFAULT_TIMESTEP})"
+    p = sub.add_parser("discover", help="compute the top-k eigen-directions at one timestep")
+    _sample_args(p)
+    p.add_argument("--timestep", type=_timestep, default=str(DEFAULT_TIMESTEP), help=timestep_help)
+    p.add_argument("--k", type=int, default=DEFAULT_K)
+    p.add_argument("--edit-prompt", default=None, help="compute the Jacobian under this prompt's conditioning (SD)")
+    p.add_argument("--grid-strength", type=float, default=0.5, help="largest edit strength in grid.png")
+    p.add_argument("--grid-columns", type=int, default=5)
+    p.add_argument("--out", required=True, help="output directory")
+    p.set_defaults(func=_discover)
+
+    p = sub.add_parser("edit", help="edit along saved directions (or any vector) and regenerate")
+    _sample_args(p)
+    p.add_argument("--timestep", type=_timestep, default=str(DEFAULT_TIMESTEP), help=timestep_help)
+    p.add_argument("--basis", help="a basis.safetensors written by discover")
+    p.add_argument("--direction", action="append", default=[], metavar="I=S", help="direction index and strength (repeatable)")
+    p.add_argument("--vector", help="a .safetensors file holding a direction tensor 'v' of the sample shape")
+    p.add_argument("--strength", type=float, help="strength for --vector")
+    p.add_argument("--mode", choices=EDIT_MODES, default="direct")
+    p.add_argument("--substeps", type=int, default=None, help="substeps for guidance / geodesic edits")
+    p.add_argument("--out", required=True, help="PNG file")
+    p.set_defaults(func=_edit)
+
+    p = sub.add_parser("transport", help="carry a direction from one sample's basis to another's")
+    p.add_argument("--from", required=True, help="source basis.safetensors")
+    p.add_argument("--direction", type=int, required=True, help="index of the source direction")
+    p.add_argument("--to", required=True, help="target basis.safetensors (same model and timestep)")
+    p.add_argument("--out", required=True, help=".safetensors file for the transported direction (edit --vector reads it)")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_transport)
+
+    p = sub.add_parser("compare", help="Grassmann distances between bases over prompts x timesteps x seeds")
+    _sample_args(p)
+    p.add_argument("--prompts", nargs="*", default=None)
+    p.add_argument("--timesteps", nargs="+", type=_timestep, default=["0.8", "0.6", "0.4", "0.2"])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--k", type=int, default=DEFAULT_K)
+    p.add_argument("--space", choices=["x", "h"], default="x")
+    p.add_argument("--out", required=True, help="output directory (distances.csv, heatmap.png)")
+    p.set_defaults(func=_compare)
 
     p = sub.add_parser("train", help="train a cat-people diffusion model (diffusers layout, resumable)")
     p.add_argument("--out", required=True)
@@ -41,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--device", default="auto")
     p.add_argument("--weights-dtype", choices=["float32", "float16"], default="float32")
+    p.add_argument("--init", default=None, help="start from this pipeline's U-Net weights (fine-tuning)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_train)
 
@@ -57,7 +290,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    args.func(args)
+    try:
+        args.func(args)
+    except InputError as exc:
+        print(f"eigenface: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     return 0
 
 

@@ -119,6 +119,9 @@ def load_model(name: str | os.PathLike | None = None, device: str | torch.device
     Only safetensors weights are accepted: pickled ``.bin`` files can run code when loaded.
     """
     from diffusers import DiffusionPipeline
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.disable_progress_bar()
 
     source = str(BUILTIN_MODEL if name is None else name)
     local = Path(source).expanduser()
@@ -139,7 +142,7 @@ def load_model(name: str | os.PathLike | None = None, device: str | torch.device
     try:
         index = DiffusionPipeline.load_config(source, local_files_only=local_only)
         extra = {"safety_checker": None, "requires_safety_checker": False} if "safety_checker" in index else {}
-        pipe = DiffusionPipeline.from_pretrained(source, local_files_only=local_only, use_safetensors=True, torch_dtype=torch.float32, **extra)
+        pipe = DiffusionPipeline.from_pretrained(source, local_files_only=local_only, use_safetensors=True, dtype=torch.float32, **extra)
     except (OSError, ValueError, EnvironmentError) as exc:
         raise InputError(f"could not load model {source!r}: {_first_line(exc)}") from None
 

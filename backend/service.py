@@ -23,6 +23,7 @@ from .basis import MAX_K, Basis, BasisProgress, local_basis
 from .cache import ByteLRU
 from .edit import EDIT_MODES, apply_edit, check_strength, combine
 from .errors import InputError
+from .geometry import grassmann_distance, transport_direction
 from .hspace import bottleneck_fn, jacobian_context
 from .models import BUILTIN_MODEL, Conditioning, DiffusionModel, load_model
 from .sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS, Trajectory, denoise, sample_trajectory, sub_schedule
@@ -196,6 +197,43 @@ class EigenfaceService:
             if model.device.type == "cuda":
                 torch.cuda.empty_cache()
             raise InputError(f"out of memory computing {k} directions; try a smaller k") from None
+
+    def adopt_basis(self, spec: BasisSpec, basis: Basis, x_t: Tensor) -> bool:
+        """Use a saved basis for ``spec`` if it was computed at this very x_t (else recompute later)."""
+        model, _ = self.check_sample(spec.sample)
+        traj = self.trajectory(spec.sample)
+        index = self.resolve_timestep(model, traj.timesteps, spec.timestep)
+        if basis.k != spec.k or x_t.shape != traj.latents[index].shape or not torch.equal(x_t, traj.latents[index]):
+            return False
+        key = ("basis", spec.sample, traj.timesteps[index], spec.k, spec.edit_prompt or None)
+        self.cache.put(key, (basis, 0.0))
+        return True
+
+    # ----------------------------------------------------------------------------- geometry
+    def transport(self, source: Basis, direction: int | Tensor, target: Basis) -> Tensor:
+        """A direction of the source basis (an index, or any vector in its span) carried into the target's tangent space."""
+        if isinstance(direction, int):
+            _check_int("direction index", direction, 0, source.k - 1)
+            direction = source.v[direction]
+        if source.v.shape[1:] != target.v.shape[1:] or source.u.shape[1:] != target.u.shape[1:]:
+            raise InputError(f"bases of different models: shapes {tuple(source.v.shape[1:])} and {tuple(target.v.shape[1:])}")
+        try:
+            return transport_direction(direction, source, target)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+
+    def compare(self, specs: Sequence[BasisSpec], space: str = "x") -> np.ndarray:
+        """Grassmann distances between the local bases of ``specs`` (x-space v or h-space u)."""
+        if space not in ("x", "h"):
+            raise InputError(f"space must be 'x' or 'h', got {space!r}")
+        bases = [self.discover(spec).basis for spec in specs]
+        rows = [b.v if space == "x" else b.u for b in bases]
+        n = len(rows)
+        dist = np.zeros((n, n))
+        for i in range(n):
+            for j in range(i + 1, n):
+                dist[i, j] = dist[j, i] = grassmann_distance(rows[i], rows[j])
+        return dist
 
     # ----------------------------------------------------------------------------- edits
     def edit(

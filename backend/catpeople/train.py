@@ -36,6 +36,7 @@ class TrainConfig:
     device: str = "auto"
     weights_dtype: str = "float32"  # dtype of the saved weights; float16 halves the file
     checkpoint_minutes: float = 2.0
+    init: str | None = None  # a pipeline directory whose U-Net weights to start from (fine-tuning)
     block_out_channels: tuple[int, ...] = field(default=(32, 64, 96, 128))
     layers_per_block: int = 2
 
@@ -69,7 +70,10 @@ def train(config: TrainConfig) -> Path:
     ckpt = out / "checkpoint"
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
-    unet = build_unet(config).to(device)
+    unet = build_unet(config)
+    if config.init is not None:
+        unet.load_state_dict(UNet2DModel.from_pretrained(config.init, subfolder="unet", dtype=torch.float32).state_dict())
+    unet = unet.to(device)
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", prediction_type="epsilon")
     ema = EMAModel(unet.parameters(), decay=config.ema_decay, use_ema_warmup=True, model_cls=UNet2DModel, model_config=unet.config)
     optimiser = torch.optim.AdamW(unet.parameters(), lr=config.lr, weight_decay=1e-2)

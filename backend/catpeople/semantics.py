@@ -1,0 +1,355 @@
+"""What an edit does, in ground-truth terms: the cat-people factors it moves.
+
+The built-in model draws faces whose generative factors are known, and the factor estimator
+reads them back from any image. That turns "is this direction semantic?" into numbers:
+
+* :func:`factor_response` - how much each estimated factor changes when the sample is edited
+  along one basis direction (or any vector) at a few strengths;
+* :func:`label_directions` - a name for every slider: the factor its direction mostly moves,
+  or ``"mixed"`` when no factor dominates (issue 8, "sliders that name themselves");
+* :func:`semantic_ratio` - top Jacobian directions against random directions of the same
+  strength: a semantic basis moves the factors several times more than noise does.
+
+Every change is an absolute difference of estimated factors in [0, 1], circular for ``hue``
+(:func:`~backend.catpeople.estimator.factor_distance`), averaged over the strengths given.
+Only public :class:`~backend.service.EigenfaceService` calls render, so the cache and the
+input checks of the service apply unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from ..errors import InputError
+from .estimator import FactorEstimator, factor_distance
+from .render import FACTORS, NUM_FACTORS
+
+if TYPE_CHECKING:  # the service imports diffusers; keep this module importable without it
+    from ..service import BasisSpec, EigenfaceService
+
+#: The estimator shipped with the built-in model.
+DEFAULT_ESTIMATOR = Path(__file__).resolve().parents[2] / "assets" / "estimator"
+#: Edit strength (RMS per element of x_t) used for labels and the semantic check: clear
+#: semantic edits without the noise that strengths above ~0.7 bring (backend/edit.py).
+DEFAULT_STRENGTH = 0.5
+#: A direction is named after its top factor when that factor changes at least this many
+#: times more than the runner-up.
+DEFAULT_DOMINANCE = 2.0
+MIXED = "mixed"
+
+
+@lru_cache(maxsize=4)
+def _load_estimator(directory: str) -> FactorEstimator:
+    return FactorEstimator.load(directory)
+
+
+def default_estimator() -> FactorEstimator:
+    """The shipped factor estimator (loaded once per process)."""
+    return _load_estimator(str(DEFAULT_ESTIMATOR))
+
+
+def pil_to_tensor(images: Image.Image | Sequence[Image.Image]) -> Tensor:
+    """PIL image(s) -> float tensor (B, 3, H, W) in [0, 1], as the estimator takes them."""
+    if isinstance(images, Image.Image):
+        images = [images]
+    arrays = [np.array(image.convert("RGB"), dtype=np.float32) / 255.0 for image in images]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
+# ------------------------------------------------------------------------------- responses
+@dataclass(frozen=True)
+class EditResponse:
+    """Estimated factors of an unedited image and of its edits."""
+
+    base: Tensor  # (F,) factors of the unedited image
+    edited: Tensor  # (S, F) factors of the edits, one row per strength
+    strengths: tuple[float, ...]
+    base_is_face: bool
+    edited_is_face: Tensor  # (S,) bool
+
+    @property
+    def changes(self) -> Tensor:
+        """(S, F) absolute factor change of each edit (circular for hue)."""
+        return factor_distance(self.edited, self.base.expand_as(self.edited).clone())
+
+    @property
+    def response(self) -> Tensor:
+        """(F,) mean absolute change over the strengths."""
+        return self.changes.mean(dim=0)
+
+    @property
+    def total(self) -> float:
+        """Sum over factors of :attr:`response`."""
+        return float(self.response.sum())
+
+
+def _check_strengths(strengths: Iterable[float]) -> tuple[float, ...]:
+    values = tuple(float(s) for s in strengths)
+    if not values:
+        raise InputError("give at least one strength")
+    return values
+
+
+def edit_response(
+    service: "EigenfaceService",
+    spec: "BasisSpec",
+    direction_index: int | None = None,
+    vector: Tensor | None = None,
+    strengths: Sequence[float] = (-DEFAULT_STRENGTH, DEFAULT_STRENGTH),
+    *,
+    estimator: FactorEstimator | None = None,
+    mode: str = "direct",
+) -> EditResponse:
+    """Estimated factors of the sample and of its edits along a basis direction or a vector.
+
+    Exactly one of ``direction_index`` (a direction of ``service.discover(spec)``) and
+    ``vector`` (any tensor of the model's sample shape; it is normalised) must be given.
+    A basis direction's edits render as one batch (:meth:`EigenfaceService.strip`); a vector's
+    one at a time (:meth:`EigenfaceService.edit_vector`).
+    """
+    if (direction_index is None) == (vector is None):
+        raise InputError("give exactly one of direction_index and vector")
+    estimator = estimator or default_estimator()
+    strengths = _check_strengths(strengths)
+    if vector is None:
+        images = service.strip(spec, direction_index, list(strengths), mode)
+    else:
+        images = [service.edit_vector(spec, vector, s, mode) for s in strengths]
+    base = pil_to_tensor(service.generate(spec.sample))
+    edited = pil_to_tensor(images)
+    both = torch.cat([base, edited])
+    factors = estimator.estimate(both)
+    faces = estimator.is_face(both)
+    return EditResponse(factors[0], factors[1:], strengths, bool(faces[0]), faces[1:])
+
+
+def factor_response(
+    service: "EigenfaceService",
+    spec: "BasisSpec",
+    direction_index: int | None = None,
+    vector: Tensor | None = None,
+    strengths: Sequence[float] = (-DEFAULT_STRENGTH, DEFAULT_STRENGTH),
+    *,
+    estimator: FactorEstimator | None = None,
+    mode: str = "direct",
+) -> Tensor:
+    """(F,) mean absolute change of each estimated factor between the sample and its edits.
+
+    Factors are in the order of :data:`~backend.catpeople.render.FACTORS`; hue changes take
+    the short way round the circle. See :func:`edit_response` for the arguments.
+    """
+    return edit_response(service, spec, direction_index, vector, strengths, estimator=estimator, mode=mode).response
+
+
+# ---------------------------------------------------------------------------------- labels
+@dataclass(frozen=True)
+class DirectionLabel:
+    """The name of one slider: the factor its direction mostly moves, or ``"mixed"``."""
+
+    index: int
+    label: str  # a factor name, or "mixed"
+    response: Tensor  # (F,) mean absolute change of each factor
+    ratio: float  # top factor's change / the runner-up's (inf when the runner-up is 0)
+
+    @property
+    def top(self) -> str:
+        """The factor that changes most, whether or not it dominates."""
+        return FACTORS[int(self.response.argmax())]
+
+    @property
+    def total(self) -> float:
+        return float(self.response.sum())
+
+    def as_dict(self) -> dict:
+        """JSON-friendly form (for the CLI and the web app)."""
+        return {
+            "index": self.index,
+            "label": self.label,
+            "top": self.top,
+            "ratio": None if math.isinf(self.ratio) else round(self.ratio, 4),
+            "response": {name: round(float(r), 5) for name, r in zip(FACTORS, self.response)},
+        }
+
+
+def label_from_response(index: int, response: Tensor, dominance: float = DEFAULT_DOMINANCE) -> DirectionLabel:
+    """Name a direction from its (F,) factor response: top factor if >= dominance x the second."""
+    if response.shape != (NUM_FACTORS,):
+        raise ValueError(f"response must have shape ({NUM_FACTORS},), got {tuple(response.shape)}")
+    if not dominance >= 1.0:
+        raise InputError(f"dominance must be at least 1, got {dominance}")
+    top2 = torch.topk(response.double(), 2)
+    first, second = float(top2.values[0]), float(top2.values[1])
+    ratio = first / second if second > 0 else (math.inf if first > 0 else 1.0)
+    label = FACTORS[int(top2.indices[0])] if first > 0 and ratio >= dominance else MIXED
+    return DirectionLabel(index, label, response.detach().clone(), ratio)
+
+
+def label_directions(
+    service: "EigenfaceService",
+    spec: "BasisSpec",
+    estimator: FactorEstimator | None = None,
+    strength: float = DEFAULT_STRENGTH,
+    dominance: float = DEFAULT_DOMINANCE,
+    *,
+    mode: str = "direct",
+) -> list[DirectionLabel]:
+    """One :class:`DirectionLabel` per direction of ``service.discover(spec)`` (edits at +-strength)."""
+    k = service.discover(spec).basis.k
+    return [
+        label_from_response(i, factor_response(service, spec, i, strengths=(-strength, strength), estimator=estimator, mode=mode), dominance)
+        for i in range(k)
+    ]
+
+
+# ---------------------------------------------------------------------------- semantic ratio
+@dataclass(frozen=True)
+class SeedSemantics:
+    """Top-k directions vs random directions at one sample."""
+
+    seed: int
+    direction_response: Tensor  # (k, F)
+    random_response: Tensor  # (n_random, F)
+    base_is_face: bool
+    direction_face_rate: float  # fraction of direction edits the estimator still reads as a face
+    random_face_rate: float
+
+    @property
+    def direction_total(self) -> Tensor:
+        """(k,) total factor change (sum over factors) of each top direction."""
+        return self.direction_response.sum(dim=1)
+
+    @property
+    def random_total(self) -> Tensor:
+        """(n_random,) total factor change of each random direction."""
+        return self.random_response.sum(dim=1)
+
+    @property
+    def ratio(self) -> float:
+        """Mean total change along the top directions / along the random ones."""
+        return _ratio(self.direction_total, self.random_total)
+
+    def labels(self, dominance: float = DEFAULT_DOMINANCE) -> list[DirectionLabel]:
+        return [label_from_response(i, r, dominance) for i, r in enumerate(self.direction_response)]
+
+
+@dataclass(frozen=True)
+class SemanticRatio:
+    """Result of :func:`semantic_ratio` over several seeds."""
+
+    per_seed: tuple[SeedSemantics, ...]
+    k: int
+    n_random: int
+    strength: float
+    timestep: int | float | str
+    seconds: float = field(default=0.0, compare=False)
+
+    @property
+    def seeds(self) -> list[int]:
+        return [s.seed for s in self.per_seed]
+
+    @property
+    def direction_total(self) -> Tensor:
+        """(seeds, k) total factor change along each top direction."""
+        return torch.stack([s.direction_total for s in self.per_seed])
+
+    @property
+    def random_total(self) -> Tensor:
+        """(seeds, n_random) total factor change along each random direction."""
+        return torch.stack([s.random_total for s in self.per_seed])
+
+    @property
+    def ratio(self) -> float:
+        """Mean over all seeds' top-k totals / mean over all seeds' random totals."""
+        return _ratio(self.direction_total, self.random_total)
+
+    @property
+    def per_seed_ratio(self) -> list[float]:
+        return [s.ratio for s in self.per_seed]
+
+
+def _ratio(directions: Tensor, random: Tensor) -> float:
+    denominator = float(random.mean())
+    return float(directions.mean()) / denominator if denominator > 0 else math.inf
+
+
+def random_directions(shape: Sequence[int], n: int, seed: int) -> Tensor:
+    """``n`` random unit directions (n, *shape), standard normal then normalised; seeded."""
+    g = torch.Generator().manual_seed(seed)
+    v = torch.randn(n, *shape, generator=g)
+    return v / v.flatten(1).norm(dim=1).reshape(n, *([1] * len(shape)))
+
+
+def seed_semantics(
+    service: "EigenfaceService",
+    spec: "BasisSpec",
+    n_random: int,
+    strength: float = DEFAULT_STRENGTH,
+    *,
+    estimator: FactorEstimator | None = None,
+    random_seed: int = 0,
+    mode: str = "direct",
+) -> SeedSemantics:
+    """Top-``spec.k`` directions and ``n_random`` random directions at one sample, edits at +-strength."""
+    if n_random < 1:
+        raise InputError(f"n_random must be at least 1, got {n_random}")
+    estimator = estimator or default_estimator()
+    model = service.model(spec.sample.model)
+    k = service.discover(spec).basis.k
+    strengths = (-strength, strength)
+    directions = [edit_response(service, spec, i, strengths=strengths, estimator=estimator, mode=mode) for i in range(k)]
+    # Random directions depend on the sample's seed too, so different seeds see different ones.
+    vectors = random_directions(model.sample_shape, n_random, random_seed * 1_000_003 + spec.sample.seed)
+    randoms = [edit_response(service, spec, vector=v, strengths=strengths, estimator=estimator, mode=mode) for v in vectors]
+    return SeedSemantics(
+        seed=spec.sample.seed,
+        direction_response=torch.stack([r.response for r in directions]),
+        random_response=torch.stack([r.response for r in randoms]),
+        base_is_face=directions[0].base_is_face,
+        direction_face_rate=float(torch.cat([r.edited_is_face for r in directions]).float().mean()),
+        random_face_rate=float(torch.cat([r.edited_is_face for r in randoms]).float().mean()),
+    )
+
+
+def semantic_ratio(
+    service: "EigenfaceService",
+    seeds: Sequence[int],
+    k: int = 8,
+    n_random: int = 8,
+    strength: float = DEFAULT_STRENGTH,
+    estimator: FactorEstimator | None = None,
+    *,
+    timestep: int | float | str | None = None,
+    model: str | None = None,
+    random_seed: int = 0,
+    mode: str = "direct",
+    progress=None,
+) -> SemanticRatio:
+    """Total factor change along each top-k direction vs along random unit directions.
+
+    For every seed: the sample's basis at ``timestep`` (the service default when None), edits
+    at +-``strength`` along each of its k directions and along ``n_random`` random directions.
+    ``progress`` (optional) is called with each seed's :class:`SeedSemantics` as it finishes.
+    """
+    import time
+
+    from ..service import BUILTIN_NAME, DEFAULT_TIMESTEP, BasisSpec, SampleSpec
+
+    timestep = DEFAULT_TIMESTEP if timestep is None else timestep
+    start = time.perf_counter()
+    results = []
+    for seed in seeds:
+        spec = BasisSpec(SampleSpec(model=model or BUILTIN_NAME, seed=int(seed)), timestep=timestep, k=k)
+        result = seed_semantics(service, spec, n_random, strength, estimator=estimator, random_seed=random_seed, mode=mode)
+        results.append(result)
+        if progress is not None:
+            progress(result)
+    return SemanticRatio(tuple(results), k, n_random, strength, timestep, time.perf_counter() - start)

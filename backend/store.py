@@ -1,0 +1,124 @@
+"""Files Eigenface writes and reads: bases, single directions, and a library of named directions.
+
+Everything is safetensors (no pickles), with provenance (model, prompt, seed, timestep, index)
+kept next to the tensors so a direction found once can be re-applied, and traced, later.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+from torch import Tensor
+
+from .basis import Basis
+from .errors import InputError
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\- ]{0,63}$")
+MAX_FILE_BYTES = 512 << 20
+
+
+def save_basis(directory: str | Path, basis: Basis, x_t: Tensor, meta: dict) -> Path:
+    """DIR/basis.safetensors (v, u, sigma, x_t as float32) and DIR/meta.json."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {"v": basis.v, "u": basis.u, "sigma": basis.sigma, "x_t": x_t}
+    save_file({k: t.detach().float().contiguous().cpu() for k, t in tensors.items()}, directory / "basis.safetensors")
+    (directory / "meta.json").write_text(json.dumps(meta, indent=2))
+    return directory / "basis.safetensors"
+
+
+def load_basis(path: str | Path) -> tuple[Basis, Tensor, dict]:
+    """A basis file (and the meta.json beside it, if any) -> (basis, x_t, meta)."""
+    tensors = _load(path, required=("v", "u", "sigma", "x_t"))
+    meta_path = Path(path).with_name("meta.json")
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    v, u, sigma = tensors["v"], tensors["u"], tensors["sigma"]
+    if not (v.shape[0] == u.shape[0] == sigma.shape[0]) or sigma.ndim != 1:
+        raise InputError(f"{path}: v, u and sigma disagree on k ({v.shape[0]}, {u.shape[0]}, {tuple(sigma.shape)})")
+    basis = Basis(sigma, v, u, int(meta.get("iterations", 0)), bool(meta.get("converged", True)))
+    return basis, tensors["x_t"], meta
+
+
+def save_direction(path: str | Path, v: Tensor, provenance: dict) -> Path:
+    """A single direction ``v`` (sample shape) with its provenance in the file's metadata."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"v": v.detach().float().contiguous().cpu()}, path, metadata={"provenance": json.dumps(provenance)})
+    return path
+
+
+def load_direction(path: str | Path) -> tuple[Tensor, dict]:
+    """A file holding a tensor ``v`` -> (v, provenance)."""
+    tensors = _load(path, required=("v",))
+    with safe_open(str(path), "pt") as handle:
+        raw = (handle.metadata() or {}).get("provenance", "{}")
+    try:
+        provenance = json.loads(raw)
+    except json.JSONDecodeError:
+        provenance = {}
+    return tensors["v"], provenance if isinstance(provenance, dict) else {}
+
+
+def _load(path: str | Path, required: tuple[str, ...]) -> dict[str, Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    if path.suffix != ".safetensors":
+        raise InputError(f"{path}: only .safetensors files are read (pickled tensors can run code)")
+    if path.stat().st_size > MAX_FILE_BYTES:
+        raise InputError(f"{path}: larger than {MAX_FILE_BYTES >> 20} MB")
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise InputError(f"{path}: not a readable safetensors file ({exc})") from None
+    missing = [name for name in required if name not in tensors]
+    if missing:
+        raise InputError(f"{path}: missing tensor(s) {', '.join(missing)}")
+    for name in required:
+        if not tensors[name].is_floating_point() or not torch.isfinite(tensors[name]).all():
+            raise InputError(f"{path}: tensor {name!r} must be finite floating point")
+    return {name: tensors[name].float() for name in required}
+
+
+@dataclass(frozen=True)
+class SavedDirection:
+    name: str
+    path: Path
+    provenance: dict
+
+
+class DirectionLibrary:
+    """A folder of named directions: ``<name>.safetensors`` each, provenance inside."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def _path(self, name: str) -> Path:
+        if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
+            raise InputError(f"direction names are 1-64 letters, digits, spaces, '-', '_' or '.', got {name!r}")
+        return self.root / f"{name}.safetensors"
+
+    def save(self, name: str, v: Tensor, provenance: dict) -> SavedDirection:
+        path = save_direction(self._path(name), v, provenance)
+        return SavedDirection(name, path, provenance)
+
+    def load(self, name: str) -> tuple[Tensor, dict]:
+        path = self._path(name)
+        if not path.is_file():
+            raise InputError(f"no saved direction named {name!r}")
+        return load_direction(path)
+
+    def list(self) -> list[SavedDirection]:
+        if not self.root.is_dir():
+            return []
+        found = []
+        for path in sorted(self.root.glob("*.safetensors")):
+            _, provenance = load_direction(path)
+            found.append(SavedDirection(path.stem, path, provenance))
+        return found

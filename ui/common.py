@@ -1,0 +1,85 @@
+"""UI-only glue shared by the sections: constants, the error guard, ZeroGPU support.
+
+Nothing here knows about diffusion; the sections call :class:`ui.editor.Editor`, which calls
+the service.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from typing import Any, Callable, TypeVar
+
+import gradio as gr
+
+from backend.basis import MAX_K
+from backend.errors import InputError
+
+log = logging.getLogger("eigenface.app")
+
+#: The slider pool: one slider per possible direction, the first k shown.
+N_SLIDERS = MAX_K
+#: Slider range and step, in the service's strength unit (RMS change of x_t per element).
+#: Past about |0.6| the images get noisy; the range still allows a look at what happens.
+SLIDER_MIN, SLIDER_MAX, SLIDER_STEP = -1.0, 1.0, 0.05
+#: Denoising steps of the quick image shown while a slider is being dragged.
+PREVIEW_STEPS = 5
+#: Atlas rows: edits from -s to +s along each direction.
+ATLAS_STRENGTH = 0.5
+ATLAS_COLUMNS = 5
+#: Largest seed the page takes: browsers hold numbers as doubles, exact up to 2**53.
+MAX_UI_SEED = 2**53 - 1
+RANDOM_SEED_MAX = 2**31 - 1
+GENERIC_ERROR = "Something went wrong on the server (the details were logged). Please try again or change the settings."
+
+CSS = """
+#eigen-sliders { max-height: 72vh; overflow-y: auto; }
+#eigen-status p { margin: 0; }
+#eigen-share textarea, #eigen-share input { font-family: ui-monospace, monospace; font-size: 0.85em; }
+"""
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def guard(fn: F) -> F:
+    """Handler wrapper: bad input -> a toast with its message; anything else -> logged, generic toast.
+
+    ``functools.wraps`` keeps the signature, so Gradio still sees ``gr.Progress`` and
+    ``gr.Request`` parameters.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except InputError as exc:
+            raise gr.Error(str(exc), title="Cannot do that", print_exception=False) from None
+        except Exception:
+            log.exception("handler %s failed", getattr(fn, "__qualname__", fn))
+            raise gr.Error(GENERIC_ERROR, print_exception=False) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+# ------------------------------------------------------------------------------ ZeroGPU
+#: True on a Hugging Face ZeroGPU Space, where GPU work runs in a forked worker per call.
+ZERO_GPU = os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "true", "t", "yes")
+
+try:  # the `spaces` package exists on Hugging Face Spaces; its GPU decorator is inert elsewhere
+    import spaces  # type: ignore[import-not-found]
+except ImportError:  # pragma: no cover - depends on the host
+    spaces = None
+
+
+def gpu(duration: int = 60) -> Callable[[F], F]:
+    """``spaces.GPU(duration=...)`` when the ``spaces`` package is importable, else a no-op."""
+
+    def decorate(fn: F) -> F:
+        if spaces is None:
+            return fn
+        return spaces.GPU(duration=duration)(fn)  # type: ignore[no-any-return]
+
+    return decorate

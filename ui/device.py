@@ -1,0 +1,65 @@
+"""Run service calls where the accelerator is, keeping the cache in the serving process.
+
+On a ZeroGPU Space every ``@spaces.GPU`` call runs in a forked worker: whatever it adds to
+the service's cache dies with the worker. So the worker records the entries it adds, returns
+them (CPU tensors only) with the result, and the serving process puts them into its own
+cache; the next call forks from a process that has them. Elsewhere the decorator is inert
+and this is a plain method call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields, is_dataclass
+from typing import Any
+
+import torch
+
+from backend.service import EigenfaceService
+
+from .common import ZERO_GPU, gpu
+
+_SERVICES: dict[int, EigenfaceService] = {}
+
+
+def call(service: EigenfaceService, method: str, *args: Any, **kwargs: Any) -> Any:
+    """``getattr(service, method)(*args, **kwargs)``, on the GPU worker when there is one."""
+    _SERVICES[id(service)] = service
+    if ZERO_GPU:
+        kwargs.pop("progress", None)  # a callback cannot reach back across the fork
+    result, entries = _on_device(id(service), method, args, kwargs)
+    for key, value in entries:
+        service.cache.put(key, value)
+    return result
+
+
+@gpu(duration=120)
+def _on_device(service_id: int, method: str, args: tuple, kwargs: dict) -> tuple[Any, list[tuple[Any, Any]]]:
+    service = _SERVICES[service_id]
+    if not ZERO_GPU:
+        return getattr(service, method)(*args, **kwargs), []
+    recorded: list[tuple[Any, Any]] = []
+    cache = service.cache
+    put = cache.put
+
+    def recording_put(key, value):
+        recorded.append((key, value))
+        put(key, value)
+
+    cache.put = recording_put  # this process is a throw-away fork serving one call
+    try:
+        result = getattr(service, method)(*args, **kwargs)
+    finally:
+        del cache.put
+    return result, [(key, value) for key, value in recorded if _on_cpu(value)]
+
+
+def _on_cpu(value: Any) -> bool:
+    if isinstance(value, torch.Tensor):
+        return value.device.type == "cpu"
+    if is_dataclass(value) and not isinstance(value, type):
+        return all(_on_cpu(getattr(value, f.name)) for f in fields(value))
+    if isinstance(value, (list, tuple)):
+        return all(_on_cpu(v) for v in value)
+    if isinstance(value, dict):
+        return all(_on_cpu(v) for v in value.values())
+    return True

@@ -1,0 +1,245 @@
+"""What the page's handlers do, without the page: inputs -> EditState -> service -> images/files.
+
+The sections in ``ui/`` turn these results into component updates; the tests can call them
+directly. Every service call goes through :func:`ui.device.call` (ZeroGPU-safe).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from backend.basis import BasisProgress
+from backend.errors import InputError
+from backend.service import EigenfaceService
+from backend.state import EditState
+
+from . import device
+from .common import ATLAS_COLUMNS, PREVIEW_STEPS, SLIDER_MAX, SLIDER_MIN
+
+#: Cached atlases (a labelled grid image each) kept per process.
+ATLAS_CACHE_ENTRIES = 32
+#: Exported files older than this are deleted when the next one is written.
+EXPORT_MAX_AGE_S = 3600
+#: Displayed/exported GIF frames are at least this many pixels wide.
+GIF_MIN_SIZE = 256
+
+Progress = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class Found:
+    """A basis the page shows sliders for: its settings and what the service said about it."""
+
+    state: EditState  # settings; its sliders are always empty
+    sigma: tuple[float, ...]
+    timestep: int  # the training timestep of the schedule point used
+    seconds: float
+    cached: bool
+    warnings: tuple[str, ...] = ()
+
+
+class Editor:
+    def __init__(self, service: EigenfaceService, export_dir: str | Path | None = None):
+        self.service = service
+        self.export_dir = Path(export_dir) if export_dir else Path(tempfile.mkdtemp(prefix="eigenface-export-"))
+        self.export_dir.mkdir(parents=True, exist_ok=True)
+        self._atlases: OrderedDict[tuple, Image.Image] = OrderedDict()
+        self._atlas_lock = threading.Lock()
+
+    # ----------------------------------------------------------------------------- inputs
+    def state(self, model: Any, prompt: Any, seed: Any, timestep: Any, k: Any, steps: Any, mode: Any = "direct", sliders: Any = ()) -> EditState:
+        """An EditState from raw request values (numbers may arrive as 3.0; the box may be empty)."""
+        state = EditState(
+            model=_text("model", model),
+            prompt=_text("prompt", "" if prompt is None else prompt),
+            seed=_whole("seed", seed),
+            timestep=_number("timestep", timestep),
+            k=_whole("k", k),
+            mode=_text("mode", mode),
+            steps=_whole("steps", steps),
+            sliders=sliders,
+        )
+        if state.model not in self.service.model_names:
+            raise InputError(f"unknown model {state.model!r}; choose one of: {', '.join(self.service.model_names)}")
+        return state
+
+    def ui_sliders(self, state: EditState) -> EditState:
+        """Refuse slider values the page's sliders cannot show (files and links may hold any)."""
+        for index, value in enumerate(state.sliders):
+            if not SLIDER_MIN <= value <= SLIDER_MAX:
+                raise InputError(f"strength {value:g} of direction {index} is outside the page's slider range [{SLIDER_MIN:g}, {SLIDER_MAX:g}]")
+        return state
+
+    def conditional(self, model: str) -> bool:
+        return self.service.model(model).conditional
+
+    # ----------------------------------------------------------------------------- compute
+    def discover(self, state: EditState, progress: Progress | None = None) -> Found:
+        if progress is not None:
+            progress(0.0, desc="Sampling the image")
+
+        def report(p: BasisProgress) -> None:
+            progress((p.iteration, p.max_iters), desc=f"Finding directions (round {p.iteration} of at most {p.max_iters})", unit="rounds")
+
+        result = device.call(self.service, "discover", state.basis_spec(), progress=report if progress is not None else None)
+        sigma = tuple(float(s) for s in result.basis.sigma.tolist())
+        return Found(state.settings(), sigma, int(result.timestep), float(result.seconds), bool(result.cached), tuple(result.warnings))
+
+    def original(self, state: EditState) -> Image.Image:
+        return device.call(self.service, "generate", state.sample_spec())
+
+    def render(self, state: EditState, preview: bool = False) -> Image.Image:
+        """The edited image; with every slider at zero, exactly the generated one."""
+        strengths = state.strengths()
+        if not strengths:
+            return self.original(state)
+        mode = state.mode
+        if preview and mode == "geodesic":
+            mode = "direct"  # the straight step stands in while dragging; release shows the geodesic
+        kwargs: dict[str, Any] = {"preview_steps": PREVIEW_STEPS} if preview else {}
+        if preview and mode == "guidance":
+            kwargs["substeps"] = 4
+        return device.call(self.service, "edit", state.basis_spec(), strengths, mode, **kwargs)
+
+    def strip(self, state: EditState, index: int, strengths: Sequence[float]) -> list[Image.Image]:
+        return device.call(self.service, "strip", state.basis_spec(), index, [float(s) for s in strengths], state.mode)
+
+    def atlas(self, found: Found, mode: str, strength: float, progress: Progress | None = None) -> Image.Image:
+        """One labelled row per direction, edits from -strength to +strength (cached)."""
+        state = replace(found.state, mode=mode)
+        strength = _number("atlas strength", strength)
+        if not 0 < strength <= SLIDER_MAX:
+            raise InputError(f"atlas strength must be within (0, {SLIDER_MAX:g}], got {strength:g}")
+        key = (state, round(strength, 6), ATLAS_COLUMNS)
+        with self._atlas_lock:
+            if key in self._atlases:
+                self._atlases.move_to_end(key)
+                return self._atlases[key]
+        values = np.linspace(-strength, strength, ATLAS_COLUMNS).tolist()
+        rows = []
+        for i in range(state.k):
+            if progress is not None:
+                progress((i, state.k), desc=f"Atlas: direction {i}", unit="directions")
+            rows.append(self.strip(state, i, values))
+        grid = labelled_grid(rows, [f"{i}  σ={s:.3g}" for i, s in enumerate(found.sigma)], [_signed(v) for v in values])
+        with self._atlas_lock:
+            self._atlases[key] = grid
+            while len(self._atlases) > ATLAS_CACHE_ENTRIES:
+                self._atlases.popitem(last=False)
+        return grid
+
+    # ----------------------------------------------------------------------------- files
+    def export_png(self, state: EditState) -> str:
+        path = self._path(state, "png")
+        self.render(state).save(path, format="PNG")
+        return str(path)
+
+    def export_json(self, state: EditState) -> str:
+        path = self._path(state, "json")
+        state.save(path)
+        return str(path)
+
+    def export_gif(self, state: EditState, index: Any, strength: Any, frames: int = 9) -> str:
+        """A loop along one direction, -strength -> +strength -> back, from the unedited image."""
+        index = _whole("GIF direction", index)
+        if not 0 <= index < state.k:
+            raise InputError(f"GIF direction must be within 0..{state.k - 1}, got {index}")
+        strength = _number("GIF strength", strength)
+        if not 0 < strength <= SLIDER_MAX:
+            raise InputError(f"GIF strength must be within (0, {SLIDER_MAX:g}], got {strength:g}")
+        values = np.linspace(-strength, strength, frames).tolist()
+        images = self.strip(replace(state, sliders=()), index, values)
+        scale = max(1, math.ceil(GIF_MIN_SIZE / images[0].width))
+        images = [im.resize((im.width * scale, im.height * scale), Image.Resampling.NEAREST) for im in images]
+        loop = images + images[-2:0:-1]  # ping-pong
+        path = self._path(replace(state, sliders=((0.0,) * index + (strength,))), "gif", tag=f"d{index}")
+        loop[0].save(path, format="GIF", save_all=True, append_images=loop[1:], duration=120, loop=0)
+        return str(path)
+
+    def _path(self, state: EditState, suffix: str, tag: str = "") -> Path:
+        self._prune()
+        digest = hashlib.sha1(state.to_query().encode()).hexdigest()[:8]
+        name = f"eigenface-{state.model}-seed{state.seed}{'-' + tag if tag else ''}-{digest}.{suffix}"
+        folder = Path(tempfile.mkdtemp(dir=self.export_dir))  # one folder per file: no clashes between users
+        return folder / name
+
+    def _prune(self) -> None:
+        cutoff = time.time() - EXPORT_MAX_AGE_S
+        for folder in self.export_dir.iterdir():
+            try:
+                if folder.stat().st_mtime < cutoff:
+                    for file in folder.iterdir():
+                        file.unlink()
+                    folder.rmdir()
+            except OSError:
+                pass
+
+
+# --------------------------------------------------------------------------------- helpers
+def labelled_grid(rows: Sequence[Sequence[Image.Image]], row_labels: Sequence[str], column_labels: Sequence[str], min_tile: int = 96) -> Image.Image:
+    """Rows of equal-size tiles on white, with a label left of each row and above each column."""
+    w, h = rows[0][0].size
+    scale = max(1, math.ceil(min_tile / w))
+    tw, th = w * scale, h * scale
+    font = _font(max(12, th // 7))
+    margin_left, margin_top, gap = int(font.size * 7.5), int(font.size * 1.8), max(2, tw // 32)
+    columns = max(len(r) for r in rows)
+    grid = Image.new("RGB", (margin_left + columns * (tw + gap), margin_top + len(rows) * (th + gap)), "white")
+    draw = ImageDraw.Draw(grid)
+    for c, text in enumerate(column_labels):
+        draw.text((margin_left + c * (tw + gap) + tw // 2, margin_top // 2), text, fill="black", font=font, anchor="mm")
+    for r, row in enumerate(rows):
+        y = margin_top + r * (th + gap)
+        draw.text((6, y + th // 2), row_labels[r] if r < len(row_labels) else str(r), fill="black", font=font, anchor="lm")
+        for c, tile in enumerate(row):
+            grid.paste(tile.resize((tw, th), Image.Resampling.LANCZOS), (margin_left + c * (tw + gap), y))
+    return grid
+
+
+def _font(size: int):
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def _signed(value: float) -> str:
+    return "0" if abs(value) < 1e-9 else f"{value:+.2g}"
+
+
+def _text(name: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise InputError(f"{name} must be text, got {type(value).__name__}")
+    return value
+
+
+def _number(name: str, value: Any) -> float:
+    if value is None or value == "":
+        raise InputError(f"{name} is empty")
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise InputError(f"{name} must be a number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise InputError(f"{name} must be a finite number, got {value}")
+    return value
+
+
+def _whole(name: str, value: Any) -> int:
+    """An integer from an int or an integral float (browsers send 8 as 8.0)."""
+    if isinstance(value, (float, np.floating)) and math.isfinite(value) and float(value).is_integer():
+        return int(value)
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return int(value)
+    _number(name, value)  # empty / not a number / not finite: its own message
+    raise InputError(f"{name} must be a whole number, got {value!r}")

@@ -178,6 +178,21 @@ def _compare(args: argparse.Namespace) -> None:
     print(f"wrote {out}/distances.csv, heatmap.png")
 
 
+def _find(args: argparse.Namespace) -> None:
+    from .store import save_direction
+
+    out = _check_out(args.out, (".safetensors",))
+    spec = _basis_spec(args)
+    alignment, result = _service(args).find_concept(spec, args.concept, args.space)
+    provenance = {"concept": args.concept, "model": spec.sample.model, "prompt": spec.sample.prompt, "seed": spec.sample.seed,
+                  "timestep": result.timestep, "k": result.basis.k, "space": args.space, "captured": round(alignment.captured, 4)}
+    save_direction(out, alignment.direction, provenance)
+    print(f"directions by alignment with {args.concept!r} (positive = toward):")
+    for index in alignment.order.tolist():
+        print(f"  {index:3d}  score {float(alignment.scores[index]):+.4f}  sigma {float(result.basis.sigma[index]):.3f}")
+    print(f"wrote {out} (the concept's projection onto the top-{result.basis.k} span keeps {alignment.captured:.1%} of it)")
+
+
 def _train(args: argparse.Namespace) -> None:
     from .catpeople.train import TrainConfig, train
 
@@ -265,6 +280,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--space", choices=["x", "h"], default="x")
     p.add_argument("--out", required=True, help="output directory (distances.csv, heatmap.png)")
     p.set_defaults(func=_compare)
+
+    p = sub.add_parser("find", help="the local direction toward a text concept (SD models)")
+    _sample_args(p)
+    p.add_argument("--concept", required=True, help="text naming what to move toward, e.g. 'a horse'")
+    p.add_argument("--timestep", type=_timestep, default=str(DEFAULT_TIMESTEP), help=timestep_help)
+    p.add_argument("--k", type=int, default=DEFAULT_K)
+    p.add_argument("--edit-prompt", default=None, help="compute the basis under this prompt's conditioning")
+    p.add_argument("--space", choices=["x", "h"], default="x", help="measure the concept in x-space (predicted x_0) or h-space")
+    p.add_argument("--out", required=True, help=".safetensors file for the combined direction (edit --vector reads it)")
+    p.set_defaults(func=_find)
 
     p = sub.add_parser("train", help="train a cat-people diffusion model (diffusers layout, resumable)")
     p.add_argument("--out", required=True)

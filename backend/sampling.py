@@ -100,9 +100,9 @@ def guided_output(model: DiffusionModel, x: Tensor, t: int, cond: Conditioning |
     return uncond + guidance_scale * (conditioned - uncond)
 
 
-def ddim_step(noise: NoiseSchedule, x: Tensor, output: Tensor, t: int, t_prev: int) -> Tensor:
-    """One deterministic DDIM update x_t -> x_{t_prev} (Song et al. 2021, eq. 12 with sigma = 0)."""
-    a, a_prev = noise.alpha(t), noise.alpha(t_prev)
+def predict_x0(noise: NoiseSchedule, x: Tensor, output: Tensor, t: int) -> tuple[Tensor, Tensor]:
+    """The clean sample and the noise a model output implies at x_t: (x_0, epsilon)."""
+    a = noise.alpha(t)
     x, output = x.float(), output.float()
     # 1. predicted x_0 and epsilon from the model output, whatever it parameterises
     if noise.prediction_type == "epsilon":
@@ -120,7 +120,14 @@ def ddim_step(noise: NoiseSchedule, x: Tensor, output: Tensor, t: int, t_prev: i
     if noise.clip_sample:
         x0 = x0.clamp(-noise.clip_sample_range, noise.clip_sample_range)
         eps = (x - a**0.5 * x0) / (1 - a) ** 0.5
+    return x0, eps
+
+
+def ddim_step(noise: NoiseSchedule, x: Tensor, output: Tensor, t: int, t_prev: int) -> Tensor:
+    """One deterministic DDIM update x_t -> x_{t_prev} (Song et al. 2021, eq. 12 with sigma = 0)."""
+    x0, eps = predict_x0(noise, x, output, t)
     # 3. "direction pointing to x_t" plus the rescaled x_0
+    a_prev = noise.alpha(t_prev)
     return a_prev**0.5 * x0 + (1 - a_prev) ** 0.5 * eps
 
 

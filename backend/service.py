@@ -21,12 +21,23 @@ from torch import Tensor
 
 from .basis import MAX_K, Basis, BasisProgress, local_basis
 from .cache import ByteLRU
+from .concepts import Alignment, align
 from .edit import EDIT_MODES, apply_edit, check_strength, combine
 from .errors import InputError
 from .geometry import grassmann_distance, transport_direction
 from .hspace import bottleneck_fn, jacobian_context
 from .models import BUILTIN_MODEL, Conditioning, DiffusionModel, load_model
-from .sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS, Trajectory, denoise, sample_trajectory, sub_schedule
+from .sampling import (
+    DEFAULT_GUIDANCE,
+    DEFAULT_STEPS,
+    NoiseSchedule,
+    Trajectory,
+    denoise,
+    predict_x0,
+    sample_trajectory,
+    sub_schedule,
+    unet_output,
+)
 
 #: Edit timestep as a fraction of the training schedule: early enough for coarse semantics
 #: (method.md: t ~ 0.6-0.8 T), late enough that the seed's image is already decided.
@@ -234,6 +245,37 @@ class EigenfaceService:
             for j in range(i + 1, n):
                 dist[i, j] = dist[j, i] = grassmann_distance(rows[i], rows[j])
         return dist
+
+    # ----------------------------------------------------------------------------- concepts
+    def find_concept(self, spec: BasisSpec, concept: str, space: str = "x") -> tuple[Alignment, BasisResult]:
+        """Rank the local directions by how much they carry a text concept, and combine them.
+
+        The concept's effect at x_t is the change of the predicted clean sample (space "x") or
+        of the bottleneck (space "h") when the conditioning switches from the sampling prompt
+        to the concept. "Toward" the concept is the returned direction's positive side.
+        """
+        model, _ = self.check_sample(spec.sample)
+        if not model.conditional:
+            raise InputError("directions from text need a text-conditioned model")
+        if not isinstance(concept, str) or not concept.strip():
+            raise InputError("the concept must be non-empty text")
+        if space not in ("x", "h"):
+            raise InputError(f"space must be 'x' or 'h', got {space!r}")
+        result = self.discover(spec)
+        base = self.conditioning(model, spec.sample.prompt)
+        target_cond = self.conditioning(model, concept)
+        x = result.x_t.to(model.device, torch.float32)[None]
+        with torch.no_grad():
+            if space == "x":
+                noise = NoiseSchedule.from_config(model.scheduler_config)
+                outputs = [unet_output(model, x, result.timestep, c.cond) for c in (target_cond, base)]
+                target = predict_x0(noise, x, outputs[0], result.timestep)[0] - predict_x0(noise, x, outputs[1], result.timestep)[0]
+            else:
+                target = bottleneck_fn(model, result.timestep, target_cond.cond)(x) - bottleneck_fn(model, result.timestep, base.cond)(x)
+        try:
+            return align(result.basis, target[0].cpu(), space), result
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
 
     # ----------------------------------------------------------------------------- edits
     def edit(

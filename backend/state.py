@@ -326,7 +326,7 @@ def _sliders_from_query(text: str) -> dict[int, float]:
 
 
 def _reject_constant(name: str) -> float:
-    raise InputError(f"non-finite number {name} in edit; numbers must be finite")
+    raise InputError(f"non-finite number {name}: numbers must be finite")
 
 
 def _format(value: float) -> str:

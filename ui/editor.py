@@ -25,7 +25,7 @@ from backend.service import EigenfaceService
 from backend.state import EditState
 
 from . import device
-from .common import ATLAS_COLUMNS, PREVIEW_STEPS, SLIDER_MAX, SLIDER_MIN
+from .common import ATLAS_COLUMNS, MAX_UI_SEED, PREVIEW_STEPS, SLIDER_MAX, SLIDER_MIN
 
 #: Cached atlases (a labelled grid image each) kept per process.
 ATLAS_CACHE_ENTRIES = 32
@@ -74,8 +74,10 @@ class Editor:
             raise InputError(f"unknown model {state.model!r}; choose one of: {', '.join(self.service.model_names)}")
         return state
 
-    def ui_sliders(self, state: EditState) -> EditState:
-        """Refuse slider values the page's sliders cannot show (files and links may hold any)."""
+    def for_page(self, state: EditState) -> EditState:
+        """Refuse what the page's controls cannot show (files and links may hold any valid state)."""
+        if state.seed > MAX_UI_SEED:
+            raise InputError(f"seed {state.seed} is too large for the page (browsers hold at most {MAX_UI_SEED}); use the command line")
         for index, value in enumerate(state.sliders):
             if not SLIDER_MIN <= value <= SLIDER_MAX:
                 raise InputError(f"strength {value:g} of direction {index} is outside the page's slider range [{SLIDER_MIN:g}, {SLIDER_MAX:g}]")
@@ -163,13 +165,13 @@ class Editor:
         scale = max(1, math.ceil(GIF_MIN_SIZE / images[0].width))
         images = [im.resize((im.width * scale, im.height * scale), Image.Resampling.NEAREST) for im in images]
         loop = images + images[-2:0:-1]  # ping-pong
-        path = self._path(replace(state, sliders=((0.0,) * index + (strength,))), "gif", tag=f"d{index}")
+        path = self._path(state, "gif", tag=f"d{index}-s{strength:g}")
         loop[0].save(path, format="GIF", save_all=True, append_images=loop[1:], duration=120, loop=0)
         return str(path)
 
     def _path(self, state: EditState, suffix: str, tag: str = "") -> Path:
         self._prune()
-        digest = hashlib.sha1(state.to_query().encode()).hexdigest()[:8]
+        digest = hashlib.sha1(f"{state.to_query()}&{tag}".encode()).hexdigest()[:8]
         name = f"eigenface-{state.model}-seed{state.seed}{'-' + tag if tag else ''}-{digest}.{suffix}"
         folder = Path(tempfile.mkdtemp(dir=self.export_dir))  # one folder per file: no clashes between users
         return folder / name
@@ -192,8 +194,9 @@ def labelled_grid(rows: Sequence[Sequence[Image.Image]], row_labels: Sequence[st
     w, h = rows[0][0].size
     scale = max(1, math.ceil(min_tile / w))
     tw, th = w * scale, h * scale
-    font = _font(max(12, th // 7))
-    margin_left, margin_top, gap = int(font.size * 7.5), int(font.size * 1.8), max(2, tw // 32)
+    size = max(12, th // 7)
+    font = _font(size)
+    margin_left, margin_top, gap = int(size * 7.5), int(size * 1.8), max(2, tw // 32)
     columns = max(len(r) for r in rows)
     grid = Image.new("RGB", (margin_left + columns * (tw + gap), margin_top + len(rows) * (th + gap)), "white")
     draw = ImageDraw.Draw(grid)

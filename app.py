@@ -1,0 +1,117 @@
+"""Eigenface web app: find the directions a diffusion model already has, and steer along them.
+
+    python app.py                                  # the built-in cat-people model, http://127.0.0.1:7860
+    python app.py --models "sd15=/models/sd15"     # also offer other local models (host's allow-list)
+    EIGENFACE_MODELS="sd15=/models/sd15" python app.py
+
+Remote users choose among the allow-listed names only; they never type a path or hub id.
+``import app`` builds nothing and serves nothing: call :func:`build_demo`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+# Runs from the repository root (a Space's working directory) without an install.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import gradio as gr  # noqa: E402
+
+from backend.errors import InputError  # noqa: E402
+from backend.models import BUILTIN_MODEL  # noqa: E402
+from backend.service import BUILTIN_NAME, EigenfaceService, ServiceConfig  # noqa: E402
+from backend.state import EditState, check_model_name  # noqa: E402
+from ui.api import ApiHandlers, build_api, wire_api  # noqa: E402
+from ui.atlas import AtlasHandlers, build_atlas, refresh_step, wire_atlas  # noqa: E402
+from ui.common import CSS, ZERO_GPU  # noqa: E402
+from ui.editor import Editor  # noqa: E402
+from ui.explore import ExploreHandlers, build_explore, wire_explore  # noqa: E402
+from ui.export import ExportHandlers, build_export, wire_export  # noqa: E402
+
+TITLE = "Eigenface"
+INTRO = (
+    "# Eigenface\n"
+    "Find the semantic directions a diffusion model already has — the top singular vectors of the "
+    "Jacobian of its U-Net bottleneck (h-space) at one noisy image — and steer the image along them. "
+    "Pick a seed, press **Find directions**, then move the sliders."
+)
+#: Concurrent renders per process; bases are always computed one at a time.
+DEFAULT_CONCURRENCY = 2
+
+
+def build_demo(service: EigenfaceService, concurrency: int = DEFAULT_CONCURRENCY) -> gr.Blocks:
+    """The page and its API for a service (whose allow-list is the model dropdown)."""
+    editor = Editor(service)
+    default = EditState(model=service.model_names[0])
+    explore_h = ExploreHandlers(editor, default)
+    atlas_h = AtlasHandlers(editor)
+    export_h = ExportHandlers(editor, explore_h)
+    api_h = ApiHandlers(editor)
+
+    with gr.Blocks(title=TITLE, delete_cache=(1800, 3600)) as demo:
+        gr.Markdown(INTRO)
+        explore = build_explore(service)
+        atlas = build_atlas(service)
+        export = build_export(service)
+        api = build_api(service)
+
+        then_after = wire_explore(explore_h, explore, after_basis=[refresh_step(atlas_h, atlas, explore)])
+        wire_atlas(atlas_h, atlas, explore)
+        wire_export(export_h, export, explore, then_after)
+        wire_api(api_h, api, explore)
+        demo.load(
+            explore_h.on_load, None, [explore.page_url, *explore.restore_outputs()],
+            api_name="on_load", api_visibility="private", concurrency_id="basis", concurrency_limit=1, show_progress_on=[explore.image],
+        )
+    demo.queue(default_concurrency_limit=concurrency, max_size=64)
+    return demo
+
+
+# ------------------------------------------------------------------------------------ CLI
+def parse_models(text: str | None) -> dict[str, str]:
+    """'name=path,name2=path2' -> {name: path}; the built-in model comes first unless renamed over."""
+    models = {BUILTIN_NAME: str(BUILTIN_MODEL)}
+    for item in filter(None, (part.strip() for part in (text or "").split(","))):
+        name, sep, source = item.partition("=")
+        if not sep or not source.strip():
+            raise InputError(f"a model entry looks like name=path, got {item!r}")
+        models[check_model_name(name.strip())] = source.strip()
+    return models
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Serve the Eigenface web app.")
+    parser.add_argument("--models", default=os.environ.get("EIGENFACE_MODELS"), help="allow-list 'name=path_or_hub_id,...' added to the built-in model (env EIGENFACE_MODELS)")
+    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), help="address to listen on (0.0.0.0 for every interface)")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
+    parser.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")
+    parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, help="renders served at the same time")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--cache-mb", type=int, default=1024, help="memory for cached trajectories and bases")
+    parser.add_argument("--no-warmup", action="store_true", help="do not load the first model and render its default image before serving")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        models = parse_models(args.models)
+    except InputError as exc:
+        sys.exit(f"error: {exc}")
+    service = EigenfaceService(ServiceConfig(models=models, cache_bytes=args.cache_mb << 20, device=args.device or ("cuda" if ZERO_GPU else None)))
+    if ZERO_GPU:  # models must live in the serving process: every GPU call forks from it
+        for name in service.model_names:
+            service.model(name)
+    elif not args.no_warmup:
+        service.generate(EditState(model=service.model_names[0]).sample_spec())
+    demo = build_demo(service, concurrency=args.concurrency)
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, css=CSS, theme=gr.themes.Soft(), max_file_size="1mb", footer_links=["api", "gradio"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""Steering by meaning: the local-basis directions a text concept points along.
+
+The concept's effect at x_t is measured as a change the model itself predicts, either in
+x-space (how the predicted clean sample x_0 moves when the conditioning switches from the
+base prompt to the concept) or in h-space (how the bottleneck moves). Projecting that change
+onto the local basis ranks the unsupervised directions by how much they carry the concept,
+and the projection itself is one combined direction that stays inside the model's own local
+geometry (the span of the top-k directions) instead of an arbitrary pixel-space difference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from .basis import Basis
+from .geometry import transport
+
+Space = Literal["x", "h"]
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """How a target change decomposes on a basis."""
+
+    scores: Tensor  # (k,) signed component of the target along each direction (x: <v_i, d>, h: <u_i, d>)
+    order: Tensor  # (k,) direction indices by decreasing |score|
+    direction: Tensor  # (*x_shape) unit: the target's projection onto span(v), pulled back for h
+    captured: float  # fraction of the target's norm inside the basis' span (0..1)
+
+
+def align(basis: Basis, target: Tensor, space: Space = "x") -> Alignment:
+    """Decompose a target change (x-space or h-space) on the basis.
+
+    x: scores_i = <v_i, target>; the combined direction is sum_i scores_i v_i, normalised,
+    i.e. the orthogonal projection onto the span of the v_i.
+    h: scores_i = <u_i, target>; the combined direction is V Sigma^-1 U^T target, normalised,
+    the x-space direction whose image under J best reproduces the target (parallel transport).
+    """
+    rows = (basis.v if space == "x" else basis.u).reshape(basis.k, -1).to(torch.float64)
+    flat = target.reshape(-1).to(torch.float64)
+    if flat.shape[0] != rows.shape[1]:
+        raise ValueError(f"target has {flat.shape[0]} elements, the basis' {space}-space has {rows.shape[1]}")
+    norm = float(flat.norm())
+    if norm == 0.0:
+        raise ValueError("the concept changes nothing at this point (zero target)")
+    scores = rows @ flat
+    order = torch.argsort(scores.abs(), descending=True)
+    if space == "x":
+        combined = (scores @ rows).reshape(basis.v.shape[1:])
+        combined = combined / combined.norm()
+    else:
+        combined = transport(target.reshape(basis.u.shape[1:]).to(basis.u), basis).to(torch.float64)
+    captured = float(scores.norm() / norm)
+    return Alignment(scores.float(), order, combined.float(), min(captured, 1.0))

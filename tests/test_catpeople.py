@@ -1,0 +1,173 @@
+"""The cat-people ground truth: renderer, factor estimator, and the semantic check.
+
+The semantic check is the end-to-end claim of Eigenface on the built-in model: edits along
+the top Jacobian directions move the known generative factors several times more than edits
+of the same strength along random directions. It runs on two seeds with four directions, so
+it stays within the CI budget on two CPU cores (about half a minute).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from backend.catpeople.estimator import FactorEstimator, factor_distance
+from backend.catpeople.render import FACTORS, NUM_FACTORS, render, render_dataset, sample_factors
+from backend.catpeople.semantics import (
+    DEFAULT_ESTIMATOR,
+    MIXED,
+    DirectionLabel,
+    label_from_response,
+    pil_to_tensor,
+    random_directions,
+)
+
+HUE = FACTORS.index("hue")
+
+
+@pytest.fixture(scope="module")
+def estimator() -> FactorEstimator:
+    return FactorEstimator.load(DEFAULT_ESTIMATOR)
+
+
+# ------------------------------------------------------------------------------------ renderer
+def test_render_shape_range_and_determinism():
+    images, factors = render_dataset(8, resolution=64, seed=3)
+    again, factors_again = render_dataset(8, resolution=64, seed=3)
+    assert images.shape == (8, 3, 64, 64) and factors.shape == (8, NUM_FACTORS)
+    assert images.dtype == torch.float32
+    assert float(images.min()) >= 0.0 and float(images.max()) <= 1.0
+    assert torch.equal(images, again) and torch.equal(factors, factors_again)
+    assert not torch.equal(images, render_dataset(8, resolution=64, seed=4)[0])
+    # Batching does not change a face, and other resolutions work.
+    assert torch.allclose(render(factors[2:3]), images[2:3], atol=1e-6)
+    assert render(factors[:2], resolution=32).shape == (2, 3, 32, 32)
+
+
+def test_render_factors_matter_and_hue_is_circular():
+    base = torch.full((1, NUM_FACTORS), 0.5)
+    reference = render(base)
+    for i, name in enumerate(FACTORS):
+        moved = base.clone()
+        moved[0, i] = 0.9
+        assert (render(moved) - reference).abs().max() > 0.1, f"factor {name} does not change the image"
+    ends = base.repeat(2, 1)
+    ends[0, HUE], ends[1, HUE] = 0.0, 1.0
+    a, b = render(ends)
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_render_rejects_bad_shapes():
+    with pytest.raises(ValueError):
+        render(torch.rand(2, NUM_FACTORS - 1))
+    with pytest.raises(ValueError):
+        render(torch.rand(NUM_FACTORS))
+
+
+def test_factor_distance_is_circular_for_hue():
+    a = torch.zeros(1, NUM_FACTORS)
+    b = torch.zeros(1, NUM_FACTORS)
+    a[0, HUE], b[0, HUE] = 0.95, 0.05
+    a[0, 0], b[0, 0] = 0.95, 0.05
+    d = factor_distance(a, b)
+    assert d[0, HUE] == pytest.approx(0.1, abs=1e-6)
+    assert d[0, 0] == pytest.approx(0.9, abs=1e-6)
+
+
+# ----------------------------------------------------------------------------------- estimator
+def _r_squared(estimated: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    err = factor_distance(estimated, truth)
+    sst = ((truth - truth.mean(dim=0)) ** 2).sum(dim=0)
+    # Hue: squared circular deviation from the circular mean.
+    angle = truth[:, HUE].double() * 2 * math.pi
+    mean = float(torch.atan2(angle.sin().mean(), angle.cos().mean()) / (2 * math.pi)) % 1.0
+    dev = (truth[:, HUE] - mean).abs()
+    sst[HUE] = (torch.minimum(dev, 1 - dev) ** 2).sum()
+    return 1 - (err**2).sum(dim=0) / sst
+
+
+def test_estimator_accuracy_on_clean_renders(estimator):
+    images, truth = render_dataset(128, seed=777)
+    r2 = _r_squared(estimator.estimate(images), truth)
+    failing = {name: round(float(r2[i]), 4) for i, name in enumerate(FACTORS) if r2[i] < 0.9}
+    assert not failing, f"R^2 below 0.9: {failing}"
+
+
+def test_is_face_for_clean_renders_not_for_noise(estimator):
+    images, _ = render_dataset(64, seed=778)
+    assert bool(estimator.is_face(images).all())
+    noise = torch.rand(16, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    grey = torch.full((4, 3, 64, 64), 0.5)
+    assert not bool(estimator.is_face(noise).any())
+    assert not bool(estimator.is_face(grey).any())
+
+
+def test_estimator_reads_other_resolutions(estimator):
+    factors = sample_factors(16, torch.Generator().manual_seed(5))
+    estimated = estimator.estimate(render(factors, resolution=128))
+    assert float(factor_distance(estimated, factors).mean()) < 0.05
+
+
+# -------------------------------------------------------------------------------- labels (unit)
+def test_label_from_response():
+    response = torch.zeros(NUM_FACTORS)
+    response[FACTORS.index("smile")], response[FACTORS.index("eyes")] = 0.3, 0.1
+    label = label_from_response(2, response)
+    assert isinstance(label, DirectionLabel)
+    assert (label.index, label.label, label.top) == (2, "smile", "smile")
+    assert label.ratio == pytest.approx(3.0)
+    response[FACTORS.index("eyes")] = 0.2
+    mixed = label_from_response(2, response)
+    assert mixed.label == MIXED and mixed.top == "smile" and mixed.ratio == pytest.approx(1.5)
+    assert label_from_response(0, torch.zeros(NUM_FACTORS)).label == MIXED
+    assert label.as_dict()["response"]["smile"] == pytest.approx(0.3)
+
+
+def test_pil_round_trip_and_random_directions():
+    from backend.service import to_pil
+
+    images, _ = render_dataset(2, seed=1)
+    back = pil_to_tensor(to_pil(images))
+    assert back.shape == images.shape and float((back - images).abs().max()) <= 0.5 / 255 + 1e-6
+    v = random_directions((3, 8, 8), 4, seed=1)
+    assert v.shape == (4, 3, 8, 8)
+    assert torch.allclose(v.flatten(1).norm(dim=1), torch.ones(4))
+    assert torch.equal(v, random_directions((3, 8, 8), 4, seed=1))
+
+
+# ------------------------------------------------------------------------ semantic check (model)
+@pytest.fixture(scope="module")
+def service():
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    from backend.service import EigenfaceService
+
+    return EigenfaceService()
+
+
+def test_top_directions_are_semantic(service, estimator):
+    """Top-4 directions move the estimated factors >= 3x more than random ones (2 seeds)."""
+    from backend.catpeople.semantics import semantic_ratio
+
+    result = semantic_ratio(service, seeds=[0, 1], k=4, n_random=3, strength=0.5, estimator=estimator)
+    assert result.direction_total.shape == (2, 4) and result.random_total.shape == (2, 3)
+    per_seed = [round(r, 2) for r in result.per_seed_ratio]
+    assert result.ratio >= 3.0, f"semantic ratio {result.ratio:.2f} < 3 (per seed {per_seed})"
+    assert min(per_seed) >= 3.0, f"a seed's semantic ratio is below 3: {per_seed}"
+
+
+def test_factor_response_and_labels_on_the_model(service, estimator):
+    """factor_response / label_directions agree with each other and are deterministic."""
+    from backend.catpeople.semantics import factor_response, label_directions
+    from backend.service import BasisSpec, SampleSpec
+
+    spec = BasisSpec(SampleSpec(seed=0), k=4)  # cached by the previous test's basis
+    labels = label_directions(service, spec, estimator, strength=0.5)
+    assert [l.index for l in labels] == [0, 1, 2, 3]
+    again = factor_response(service, spec, 0, strengths=(-0.5, 0.5), estimator=estimator)
+    assert torch.allclose(again, labels[0].response)
+    assert again.shape == (NUM_FACTORS,) and bool((again >= 0).all())
+    assert float(factor_response(service, spec, 1, strengths=(0.0,), estimator=estimator).abs().max()) < 0.02
+    with pytest.raises(ValueError):
+        factor_response(service, spec, None, estimator=estimator)

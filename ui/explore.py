@@ -1,0 +1,309 @@
+"""The main section: settings, "Find directions", the image, one slider per direction.
+
+Handlers first, then the layout (:func:`build_explore`), then the events (:func:`wire_explore`).
+The public API of the page lives here too: ``find_directions`` is the button's own event, with
+explicit inputs, so a ``gradio_client`` call and a click run the same code.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, replace
+from typing import Any, Sequence
+
+import gradio as gr
+
+from backend.edit import EDIT_MODES
+from backend.service import DEFAULT_K, DEFAULT_TIMESTEP, EigenfaceService
+from backend.basis import MAX_K
+from backend.sampling import DEFAULT_STEPS
+from backend.state import EditState
+
+from .common import MAX_UI_SEED, N_SLIDERS, RANDOM_SEED_MAX, SLIDER_MAX, SLIDER_MIN, SLIDER_STEP, guard
+from .editor import Editor, Found
+
+
+# ================================================================================= handlers
+class ExploreHandlers:
+    """Each method is one event's function; ``*values`` are the 64 pool sliders."""
+
+    def __init__(self, editor: Editor, default: EditState):
+        self.editor = editor
+        self.default = default
+
+    # ---------------------------------------------------------------- the public endpoint
+    @guard
+    def find_directions(self, model, prompt, seed, timestep, k, steps, progress=gr.Progress()):
+        """Compute (or fetch from the cache) the top-k directions of an image.
+
+        Returns the unedited image and the k singular values as a JSON list.
+        """
+        state = self.editor.state(model, prompt, seed, timestep, k, steps)
+        found = self.editor.discover(state, progress)
+        image = self.editor.original(state)
+        return image, json.dumps([round(s, 6) for s in found.sigma]), found
+
+    # ---------------------------------------------------------------- page-only steps
+    @guard
+    def show_directions(self, found: Found | None, mode: str, page_url: str):
+        """After find_directions: label and show the first k sliders (all at zero), status, link."""
+        if found is None:
+            return (gr.skip(),) * (3 + N_SLIDERS)
+        original = self.editor.original(found.state)
+        state = replace(found.state, mode=mode)
+        return (found_status(found), (original, original), share_link(page_url, state), *slider_updates(found, ()))
+
+    @guard
+    def preview(self, found: Found | None, mode: str, *values: float):
+        if found is None:
+            return gr.skip()
+        return self.editor.render(current(found, mode, values), preview=True)
+
+    @guard
+    def settle(self, found: Found | None, mode: str, page_url: str, *values: float):
+        """Full-quality image for the current sliders (slider release, mode change)."""
+        if found is None:
+            return gr.skip(), gr.skip(), gr.skip()
+        state = current(found, mode, values)
+        image = self.editor.render(state)
+        return image, (self.editor.original(state), image), share_link(page_url, state)
+
+    @guard
+    def reset_all(self, found: Found | None, mode: str, page_url: str):
+        if found is None:
+            return (gr.skip(),) * 3 + tuple(gr.update(value=0) for _ in range(N_SLIDERS))
+        state = replace(found.state, mode=mode)
+        original = self.editor.original(state)
+        return (original, (original, original), share_link(page_url, state), *(gr.update(value=0) for _ in range(N_SLIDERS)))
+
+    @guard
+    def model_changed(self, model: str, found: Found | None, seed, timestep, k, steps):
+        conditional = self.editor.conditional(model)
+        return gr.update(visible=conditional, value=""), stale_status(found, model, "", seed, timestep, k, steps)
+
+    @guard
+    def notice(self, found: Found | None, model, prompt, seed, timestep, k, steps):
+        return stale_status(found, model, prompt, seed, timestep, k, steps)
+
+    @guard
+    def random_seed(self):
+        return random.randint(0, RANDOM_SEED_MAX)
+
+    # ---------------------------------------------------------------- restoring an edit
+    @guard
+    def on_load(self, request: gr.Request, progress=gr.Progress()):
+        """Page load: restore the edit in the URL query if there is one, else show the default image."""
+        page_url = _page_url(request)
+        params = dict(request.query_params) if request is not None else {}
+        if any(key in params for key in ("model", "seed", "t", "k", "steps", "mode", "s", "prompt")):
+            return (page_url, *self.restore(EditState.from_query(params), page_url, progress))
+        state = self.default
+        skip = (gr.skip(),) * len(RESTORE_FIELDS)
+        updates = dict(zip(RESTORE_FIELDS, skip))
+        updates["prompt"] = gr.update(visible=self.editor.conditional(state.model))
+        updates["image"] = self.editor.original(state)
+        updates["status"] = NO_DIRECTIONS
+        return (page_url, *(updates[name] for name in RESTORE_FIELDS), *(gr.skip() for _ in range(N_SLIDERS)))
+
+    def restore(self, state: EditState, page_url: str, progress=None) -> tuple:
+        """Everything the page shows for a saved edit: controls, basis, sliders, image."""
+        state = self.editor.for_page(state)
+        self.editor.state(state.model, state.prompt, state.seed, state.timestep, state.k, state.steps, state.mode)  # allow-list
+        found = self.editor.discover(state, progress)
+        image = self.editor.render(state)
+        original = self.editor.original(state)
+        conditional = self.editor.conditional(state.model)
+        values = {
+            "model": state.model,
+            "prompt": gr.update(value=state.prompt, visible=conditional),
+            "seed": state.seed,
+            "timestep": state.timestep,
+            "k": state.k,
+            "steps": state.steps,
+            "mode": state.mode,
+            "found": found,
+            "image": image,
+            "compare": (original, image),
+            "status": found_status(found),
+            "share": share_link(page_url, state),
+        }
+        return (*(values[name] for name in RESTORE_FIELDS), *slider_updates(found, state.sliders))
+
+
+#: The order of the outputs of :meth:`ExploreHandlers.restore` (then the 64 sliders).
+RESTORE_FIELDS = ("model", "prompt", "seed", "timestep", "k", "steps", "mode", "found", "image", "compare", "status", "share")
+NO_DIRECTIONS = "Press **Find directions** to compute this image's directions."
+
+
+def current(found: Found, mode: str, values: Sequence[float]) -> EditState:
+    """The displayed basis with the page's mode and the first k slider values."""
+    return replace(found.state, mode=mode, sliders=tuple(float(v or 0.0) for v in values[: found.state.k]))
+
+
+def slider_updates(found: Found, values: Sequence[float]) -> list[dict]:
+    values = list(values) + [0.0] * (N_SLIDERS - len(values))
+    return [
+        gr.update(visible=True, value=values[i], label=f"direction {i} · σ={found.sigma[i]:.3g}")
+        if i < found.state.k
+        else gr.update(visible=False, value=0)
+        for i in range(N_SLIDERS)
+    ]
+
+
+def found_status(found: Found) -> str:
+    s = found.state
+    how = "from the cache" if found.cached else f"in {found.seconds:.1f} s"
+    text = f"**{s.k} directions** of seed {s.seed} at t = {s.timestep:g} T (timestep {found.timestep}), found {how}. Move a slider; several combine."
+    for warning in found.warnings:
+        text += f"\n\n⚠️ {warning}"
+    return text
+
+
+def stale_status(found: Found | None, model, prompt, seed, timestep, k, steps) -> str:
+    if found is None:
+        return NO_DIRECTIONS
+    s = found.state
+    try:
+        same = (s.model, s.prompt, s.seed, s.k, s.steps) == (model, prompt or "", int(seed), int(k), int(steps)) and abs(s.timestep - float(timestep)) < 1e-9
+    except (TypeError, ValueError):
+        same = False
+    if same:
+        return found_status(found)
+    return f"Settings changed: press **Find directions** to apply them. The sliders still belong to seed {s.seed}, t = {s.timestep:g}, k = {s.k}."
+
+
+def share_link(page_url: str, state: EditState) -> str:
+    return f"{page_url}?{state.to_query()}"
+
+
+def _page_url(request: gr.Request | None) -> str:
+    """The page's address without its query, as the browser sent it (works behind proxies)."""
+    if request is None:
+        return ""
+    headers = {key.lower(): value for key, value in dict(request.headers).items()}
+    referer = headers.get("referer", "")
+    return referer.split("?", 1)[0].split("#", 1)[0]
+
+
+# ================================================================================= layout
+@dataclass
+class Explore:
+    model: gr.Dropdown
+    prompt: gr.Textbox
+    seed: gr.Number
+    random_seed: gr.Button
+    timestep: gr.Slider
+    k: gr.Slider
+    steps: gr.Slider
+    mode: gr.Radio
+    find: gr.Button
+    status: gr.Markdown
+    image: gr.Image
+    compare: gr.ImageSlider
+    sliders: list[gr.Slider]
+    reset_all: gr.Button
+    share: gr.Textbox
+    sigma_json: gr.Textbox
+    found: gr.State
+    page_url: gr.State
+
+    @property
+    def controls(self) -> list[gr.components.Component]:
+        """The basis settings, in the public API's order."""
+        return [self.model, self.prompt, self.seed, self.timestep, self.k, self.steps]
+
+    def restore_outputs(self) -> list:
+        """Outputs of :meth:`ExploreHandlers.restore`, in its order."""
+        return [getattr(self, name) for name in RESTORE_FIELDS] + self.sliders
+
+
+def build_explore(service: EigenfaceService) -> Explore:
+    models = service.model_names
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=1, min_width=260):
+            model = gr.Dropdown(models, value=models[0], label="Model", info="Models this server offers")
+            prompt = gr.Textbox("", label="Prompt", visible=False, max_lines=3, placeholder="a photo of ...")
+            with gr.Row(equal_height=True):
+                seed = gr.Number(0, precision=0, minimum=0, maximum=MAX_UI_SEED, label="Seed", scale=3, min_width=100)
+                random_seed = gr.Button("🎲 Random", scale=2, min_width=90, size="md")
+            timestep = gr.Slider(0.05, 1.0, value=DEFAULT_TIMESTEP, step=0.01, label="Edit timestep (fraction of T)", info="Early (high) = coarse semantics")
+            k = gr.Slider(1, MAX_K, value=DEFAULT_K, step=1, precision=0, label="Directions k")
+            steps = gr.Slider(2, 100, value=DEFAULT_STEPS, step=1, precision=0, label="DDIM steps")
+            mode = gr.Radio(list(EDIT_MODES), value="direct", label="Edit mode", info="direct: one step · guidance: along the model's response · geodesic: follows the curved space (slow)")
+            find = gr.Button("Find directions", variant="primary", elem_id="find-directions")
+            status = gr.Markdown(NO_DIRECTIONS, elem_id="eigen-status")
+        with gr.Column(scale=2, min_width=320):
+            with gr.Tabs():
+                with gr.Tab("Image"):
+                    image = gr.Image(label="Image", type="pil", format="png", interactive=False, height=440, buttons=["download", "fullscreen"], elem_id="eigen-image")
+                with gr.Tab("Before / after"):
+                    compare = gr.ImageSlider(label="Before / after", type="pil", format="png", interactive=False, height=440, elem_id="eigen-compare")
+            share = gr.Textbox(label="Share link", info="Opens this edit: settings, directions and slider values", interactive=False, buttons=["copy"], elem_id="eigen-share")
+        with gr.Column(scale=1, min_width=260):
+            gr.Markdown("### Directions")
+            with gr.Column(elem_id="eigen-sliders"):
+                sliders = [
+                    gr.Slider(SLIDER_MIN, SLIDER_MAX, value=0, step=SLIDER_STEP, label=f"direction {i}", visible=False, elem_id=f"direction-{i}")
+                    for i in range(N_SLIDERS)
+                ]
+            reset_all = gr.Button("Reset all sliders", elem_id="reset-all")
+    sigma_json = gr.Textbox(visible=False, label="σ (JSON)")
+    return Explore(model, prompt, seed, random_seed, timestep, k, steps, mode, find, status, image, compare, sliders, reset_all, share, sigma_json, gr.State(None), gr.State(""))
+
+
+# ================================================================================= events
+def wire_explore(h: ExploreHandlers, ex: Explore, after_basis: Sequence[dict] = ()):
+    """Wire the section's events. ``after_basis``: extra ``.then`` steps (keyword dicts, e.g. the
+    atlas refresh) to run whenever the displayed basis or mode changes.
+
+    Returns ``then_after(dependency, prefix)``, which appends the ``after_basis`` steps to
+    another section's event (loading an edit file).
+    """
+    share = ex.share
+    shown = [ex.status, ex.compare, share, *ex.sliders]
+
+    def chain(dep, prefix: str):
+        dep = dep.then(h.show_directions, [ex.found, ex.mode, ex.page_url], shown, api_name=f"{prefix}_show", api_visibility="private", show_progress="hidden")
+        then_after(dep, prefix)
+
+    def then_after(dep, prefix: str):
+        for i, step in enumerate(after_basis):
+            dep = dep.then(**step, api_name=f"{prefix}_after_{i}", api_visibility="private")
+
+    find = ex.find.click(
+        h.find_directions, ex.controls, [ex.image, ex.sigma_json, ex.found],
+        api_name="find_directions", preprocess=False, concurrency_id="basis", concurrency_limit=1, show_progress_on=[ex.image],
+    )
+    chain(find, "find")
+    seeded = ex.random_seed.click(h.random_seed, None, ex.seed, api_name="random_seed", api_visibility="private", queue=False).then(
+        h.find_directions, ex.controls, [ex.image, ex.sigma_json, ex.found],
+        api_name="random_seed_find", api_visibility="private", preprocess=False, concurrency_id="basis", concurrency_limit=1, show_progress_on=[ex.image],
+    )
+    chain(seeded, "random")
+
+    sliders_in = [ex.found, ex.mode, *ex.sliders]
+    preview = gr.on(
+        [s.input for s in ex.sliders], h.preview, sliders_in, ex.image,
+        api_name="preview", api_visibility="private", trigger_mode="always_last", show_progress="hidden", concurrency_id="render",
+    )
+    settle_in = [ex.found, ex.mode, ex.page_url, *ex.sliders]
+    gr.on(
+        [s.release for s in ex.sliders], h.settle, settle_in, [ex.image, ex.compare, share],
+        api_name="settle", api_visibility="private", trigger_mode="always_last", show_progress="hidden", concurrency_id="render", cancels=[preview],
+    )
+    moded = ex.mode.input(
+        h.settle, settle_in, [ex.image, ex.compare, share],
+        api_name="mode_changed", api_visibility="private", trigger_mode="always_last", concurrency_id="render", cancels=[preview], show_progress_on=[ex.image],
+    )
+    then_after(moded, "mode")
+    ex.reset_all.click(
+        h.reset_all, [ex.found, ex.mode, ex.page_url], [ex.image, ex.compare, share, *ex.sliders],
+        api_name="reset_all", api_visibility="private", cancels=[preview], concurrency_id="render",
+    )
+    ex.model.input(h.model_changed, [ex.model, ex.found, ex.seed, ex.timestep, ex.k, ex.steps], [ex.prompt, ex.status], api_name="model_changed", api_visibility="private")
+    gr.on(
+        [ex.prompt.input, ex.seed.input, ex.timestep.input, ex.k.input, ex.steps.input], h.notice, [ex.found, *ex.controls], ex.status,
+        api_name="notice", api_visibility="private", trigger_mode="always_last", show_progress="hidden", queue=False,
+    )
+    return then_after

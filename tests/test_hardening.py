@@ -1,0 +1,124 @@
+"""Strangers' input at the service boundary: every bad request is an InputError, never a crash."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from backend.errors import InputError
+from backend.service import BasisSpec, EigenfaceService, SampleSpec, ServiceConfig
+
+STEPS = 3
+
+
+@pytest.fixture(scope="module")
+def service(tiny_ddpm_dir, tiny_sd_dir) -> EigenfaceService:
+    return EigenfaceService(ServiceConfig(models={"ddpm": str(tiny_ddpm_dir), "sd": str(tiny_sd_dir)}, device="cpu", cache_bytes=64 << 20))
+
+
+anything = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=40),
+)
+models = st.one_of(st.sampled_from(["ddpm", "sd", "", "../etc/passwd", "owner/name", "/tmp"]), anything)
+prompts = st.one_of(st.just(""), st.text(max_size=100), st.just("word " * 200), anything)
+
+
+def _call_or_input_error(fn) -> None:
+    try:
+        fn()
+    except InputError as exc:
+        assert str(exc).strip(), "an InputError must say what was wrong"
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(model=models, seed=anything, prompt=prompts, steps=st.one_of(st.integers(-3, 5), anything))
+def test_generate_never_crashes(service, model, seed, prompt, steps):
+    _call_or_input_error(lambda: service.generate(SampleSpec(model=model, seed=seed, prompt=prompt, steps=steps)))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(
+    model=st.sampled_from(["ddpm", "sd"]),
+    seed=st.integers(0, 3),
+    timestep=st.one_of(st.integers(-5, 1005), st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=8)),
+    k=st.one_of(st.integers(-2, 70), anything),
+    strengths=st.one_of(
+        st.lists(st.floats(allow_nan=True, allow_infinity=True, width=32), max_size=5),
+        st.dictionaries(st.integers(-3, 70), st.floats(-20, 20), max_size=3),
+        anything,
+    ),
+    mode=st.one_of(st.sampled_from(["direct", "guidance", "geodesic", "sideways"]), anything),
+)
+def test_edit_never_crashes(service, model, seed, timestep, k, strengths, mode):
+    prompt = "a cat" if model == "sd" else ""
+    spec = BasisSpec(SampleSpec(model=model, seed=seed, prompt=prompt, steps=STEPS), timestep, k if not isinstance(k, int) or k < 6 else 2)
+    _call_or_input_error(lambda: service.edit(spec, strengths, mode, substeps=2, preview_steps=2))
+
+
+def test_wrong_vectors_are_refused(service):
+    spec = BasisSpec(SampleSpec(model="ddpm", seed=0, steps=STEPS), 0.6, 2)
+    shape = service.model("ddpm").sample_shape
+    for bad in (torch.zeros(shape), torch.ones(3, 3), torch.full(shape, math.nan), torch.ones(shape, dtype=torch.int64), [1.0, 2.0]):
+        with pytest.raises(InputError):
+            service.edit_vector(spec, bad, 0.3)
+
+
+def test_out_of_memory_is_a_clear_error_and_the_service_recovers(service, monkeypatch):
+    import backend.service as service_module
+
+    real = service_module.local_basis
+    spec = BasisSpec(SampleSpec(model="ddpm", seed=11, steps=STEPS), 0.6, 3)
+
+    def exhausted(*args, **kwargs):
+        raise torch.OutOfMemoryError("simulated: CUDA out of memory")
+
+    monkeypatch.setattr(service_module, "local_basis", exhausted)
+    with pytest.raises(InputError, match="out of memory"):
+        service.discover(spec)
+    monkeypatch.setattr(service_module, "local_basis", real)
+    assert service.discover(spec).basis.k == 3  # nothing half-computed was cached
+
+
+def test_cache_stays_within_its_byte_bound(tiny_ddpm_dir):
+    small = EigenfaceService(ServiceConfig(models={"ddpm": str(tiny_ddpm_dir)}, device="cpu", cache_bytes=200_000))
+    for seed in range(6):
+        small.discover(BasisSpec(SampleSpec(model="ddpm", seed=seed, steps=STEPS), 0.6, 2))
+        assert small.cache.bytes <= 200_000 or len(small.cache) == 1
+    assert small.cache.evictions > 0
+    # an evicted basis is recomputed identically
+    again = small.discover(BasisSpec(SampleSpec(model="ddpm", seed=0, steps=STEPS), 0.6, 2))
+    fresh = EigenfaceService(ServiceConfig(models={"ddpm": str(tiny_ddpm_dir)}, device="cpu")).discover(
+        BasisSpec(SampleSpec(model="ddpm", seed=0, steps=STEPS), 0.6, 2)
+    )
+    assert torch.equal(again.basis.v, fresh.basis.v)
+
+
+def test_unlisted_models_are_refused_in_app_mode(service):
+    for name in ("../../etc", "/tmp", "stable-diffusion-v1-5/stable-diffusion-v1-5"):
+        with pytest.raises(InputError, match="unknown model"):
+            service.generate(SampleSpec(model=name))
+
+
+def test_long_prompt_is_truncated_with_a_warning(service):
+    result = service.discover(BasisSpec(SampleSpec(model="sd", seed=0, prompt="cat " * 300, steps=STEPS), 0.6, 2))
+    assert any("truncated" in w for w in result.warnings)
+
+
+def test_same_request_gives_identical_png_bytes(service):
+    import io
+
+    spec = BasisSpec(SampleSpec(model="ddpm", seed=5, steps=STEPS), 0.6, 2)
+    blobs = []
+    for _ in range(2):
+        buffer = io.BytesIO()
+        service.edit(spec, {0: 0.3, 1: -0.2}).save(buffer, format="PNG")
+        blobs.append(buffer.getvalue())
+    assert blobs[0] == blobs[1]

@@ -41,7 +41,8 @@ def _basis_spec(args: argparse.Namespace, **overrides):
     from .service import BasisSpec
 
     sample = _sample(args, overrides.pop("seed", None), overrides.pop("prompt", None))
-    return BasisSpec(sample, overrides.pop("timestep", args.timestep), overrides.pop("k", getattr(args, "k", 8)), getattr(args, "edit_prompt", None) or None)
+    # getattr: `compare` has no --timestep (it passes one per spec), and pop's default is evaluated eagerly
+    return BasisSpec(sample, overrides.pop("timestep", getattr(args, "timestep", None)), overrides.pop("k", getattr(args, "k", 8)), getattr(args, "edit_prompt", None) or None)
 
 
 def _check_out(path: str, suffixes: tuple[str, ...]) -> Path:
@@ -67,6 +68,9 @@ def _generate(args: argparse.Namespace) -> None:
 def _discover(args: argparse.Namespace) -> None:
     from .store import save_basis
 
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {args.out!r} exists and is not a directory")
     service, spec = _service(args), _basis_spec(args)
     result = service.discover(spec)
     grid = service.grid(spec, args.grid_strength, args.grid_columns)
@@ -84,7 +88,6 @@ def _discover(args: argparse.Namespace) -> None:
         "seconds": round(result.seconds, 4),
         "sigma": [round(float(s), 6) for s in result.basis.sigma],
     }
-    out = Path(args.out)
     save_basis(out, result.basis, result.x_t, meta)
     grid.save(out / "grid.png")
     for warning in result.warnings:
@@ -126,7 +129,11 @@ def _edit(args: argparse.Namespace) -> None:
             if not 0 <= index < basis.k:
                 raise InputError(f"direction index {index} is out of range: the basis has {basis.k} directions (0..{basis.k - 1})")
             sliders[index] = check_strength(value, f"strength of direction {index}")
-        service.adopt_basis(spec, basis, x_t)
+        if not service.adopt_basis(spec, basis, x_t):
+            raise InputError(
+                f"{args.basis} was computed at another point (see its meta.json: seed, timestep, prompt, steps); "
+                "pass the same settings, or apply a direction elsewhere with transport and --vector"
+            )
         direction, strength = combine(basis.v, sliders)
         if strength == 0.0:
             image = service.edit_vector(spec, basis.v[0], 0.0, args.mode, substeps=args.substeps)

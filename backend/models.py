@@ -120,8 +120,10 @@ def load_model(name: str | os.PathLike | None = None, device: str | torch.device
     """
     from diffusers import DiffusionPipeline
     from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
 
     diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()  # its "Loading weights" bar (text encoders) would break the CLI's one-line errors
 
     source = str(BUILTIN_MODEL if name is None else name)
     local = Path(source).expanduser()

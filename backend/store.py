@@ -100,7 +100,7 @@ class DirectionLibrary:
         self.root = Path(root)
 
     def _path(self, name: str) -> Path:
-        if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
+        if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
             raise InputError(f"direction names are 1-64 letters, digits, spaces, '-', '_' or '.', got {name!r}")
         return self.root / f"{name}.safetensors"
 

@@ -1,0 +1,220 @@
+"""backend.sampling: schedules, the DDIM update, deterministic trajectories, resumable denoising."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from backend.models import load_model
+from backend.sampling import (
+    NoiseSchedule,
+    Trajectory,
+    ddim_step,
+    denoise,
+    guided_output,
+    initial_noise,
+    sample_trajectory,
+    schedule,
+    sub_schedule,
+    unet_output,
+)
+
+STEPS = 4
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """The tiny models are dominated by OpenMP overhead: one thread is several times faster."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def ddpm(tiny_ddpm_dir):
+    return load_model(tiny_ddpm_dir, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def sd(tiny_sd_dir):
+    return load_model(tiny_sd_dir, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def ddpm_traj(ddpm) -> Trajectory:
+    return sample_trajectory(ddpm, seed=0, steps=STEPS)
+
+
+# ------------------------------------------------------------------------------ schedules
+def test_schedule_follows_the_models_scheduler(ddpm, sd):
+    from diffusers import DDIMScheduler
+
+    for model in (ddpm, sd):
+        ts = schedule(model, STEPS)
+        ref = DDIMScheduler.from_config(model.scheduler_config)
+        ref.set_timesteps(STEPS)
+        assert ts == tuple(int(t) for t in ref.timesteps)
+        assert len(ts) == STEPS and list(ts) == sorted(ts, reverse=True)
+        assert all(0 <= t < model.num_train_timesteps for t in ts)
+    assert schedule(ddpm, STEPS) == (750, 500, 250, 0)
+    assert schedule(sd, STEPS) == (751, 501, 251, 1)  # steps_offset=1
+
+
+@pytest.mark.parametrize(
+    "start, steps, expected",
+    [
+        (0, None, (900, 700, 500, 300, 100)),
+        (2, None, (500, 300, 100)),
+        (0, 5, (900, 700, 500, 300, 100)),
+        (0, 99, (900, 700, 500, 300, 100)),
+        (0, 3, (900, 500, 100)),
+        (1, 2, (700, 100)),
+        (1, 1, (700,)),
+        (4, 3, (100,)),
+    ],
+)
+def test_sub_schedule(start, steps, expected):
+    assert sub_schedule((900, 700, 500, 300, 100), start, steps) == expected
+
+
+def test_sub_schedule_keeps_the_first_and_last_in_order():
+    full = tuple(range(999, -1, -50))
+    for start in range(len(full)):
+        for steps in range(1, len(full) + 2):
+            sub = sub_schedule(full, start, steps)
+            assert sub[0] == full[start]
+            if steps >= 2:  # a one-step preview goes straight from x_t to x_0
+                assert sub[-1] == full[-1]
+            assert list(sub) == sorted(set(sub), reverse=True)
+            assert len(sub) == min(steps, len(full) - start)
+            assert set(sub) <= set(full[start:])
+
+
+def test_noise_schedule_from_configs(ddpm, sd):
+    pixel = NoiseSchedule.from_config(ddpm.scheduler_config)
+    assert pixel.alphas_cumprod.dtype == torch.float64 and pixel.alphas_cumprod.shape == (1000,)
+    assert pixel.alpha(-1) == 1.0  # set_alpha_to_one defaults to True
+    assert pixel.prediction_type == "epsilon" and pixel.clip_sample
+    latent = NoiseSchedule.from_config(sd.scheduler_config)
+    assert latent.alpha(-1) == pytest.approx(float(latent.alphas_cumprod[0]))  # set_alpha_to_one=False
+    assert not latent.clip_sample
+    alphas = latent.alphas_cumprod
+    assert bool((alphas[1:] < alphas[:-1]).all()) and 0 < float(alphas[-1]) < float(alphas[0]) < 1
+
+
+# ------------------------------------------------------------------------------ DDIM update
+def _schedule(prediction_type: str, clip: bool = False) -> NoiseSchedule:
+    alphas = torch.linspace(0.999, 0.01, 1000, dtype=torch.float64)
+    return NoiseSchedule(alphas, 1.0, prediction_type, clip, 1.0)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_ddim_step_is_exact_for_the_true_model_output(prediction_type):
+    """With the exact output for a known (x0, eps), one step lands on sqrt(a') x0 + sqrt(1 - a') eps."""
+    noise = _schedule(prediction_type)
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.rand(2, 3, 4, 4, generator=g) * 2 - 1, torch.randn(2, 3, 4, 4, generator=g)
+    t, t_prev = 700, 300
+    a, a_prev = noise.alpha(t), noise.alpha(t_prev)
+    x_t = a**0.5 * x0 + (1 - a) ** 0.5 * eps
+    output = {"epsilon": eps, "v_prediction": a**0.5 * eps - (1 - a) ** 0.5 * x0, "sample": x0}[prediction_type]
+    expected = a_prev**0.5 * x0 + (1 - a_prev) ** 0.5 * eps
+    torch.testing.assert_close(ddim_step(noise, x_t, output, t, t_prev), expected, atol=1e-5, rtol=1e-5)
+    # the last step (t_prev = -1, alpha = 1) returns the clean sample
+    torch.testing.assert_close(ddim_step(noise, x_t, output, t, -1), x0, atol=1e-5, rtol=1e-5)
+
+
+def test_ddim_step_clips_x0_for_pixel_models():
+    noise = _schedule("sample", clip=True)
+    x_t = torch.zeros(1, 1, 2, 2)
+    out = ddim_step(noise, x_t, torch.full((1, 1, 2, 2), 5.0), 500, -1)
+    torch.testing.assert_close(out, torch.ones(1, 1, 2, 2))
+
+
+def test_ddim_step_unknown_prediction_type():
+    with pytest.raises(ValueError, match="prediction_type"):
+        ddim_step(_schedule("flow"), torch.zeros(1), torch.zeros(1), 10, 5)
+
+
+# ------------------------------------------------------------------------------ trajectories
+def test_initial_noise_is_seeded_on_the_cpu(ddpm):
+    a, b = initial_noise(ddpm, 7), initial_noise(ddpm, 7)
+    assert a.shape == ddpm.sample_shape == (3, 16, 16) and a.device.type == "cpu"
+    assert torch.equal(a, b) and not torch.equal(a, initial_noise(ddpm, 8))
+
+
+def test_trajectory_shape_and_start(ddpm, ddpm_traj):
+    assert ddpm_traj.timesteps == schedule(ddpm, STEPS)
+    assert ddpm_traj.latents.shape == (STEPS + 1, 3, 16, 16)
+    assert ddpm_traj.latents.dtype == torch.float32 and ddpm_traj.latents.device.type == "cpu"
+    assert torch.equal(ddpm_traj.latents[0], initial_noise(ddpm, 0))
+    assert torch.equal(ddpm_traj.x0, ddpm_traj.latents[-1])
+    assert torch.isfinite(ddpm_traj.latents).all()
+    # consecutive points differ: every step moved x
+    assert all(not torch.equal(ddpm_traj.latents[i], ddpm_traj.latents[i + 1]) for i in range(STEPS))
+
+
+def test_trajectory_is_deterministic(ddpm, ddpm_traj):
+    again = sample_trajectory(ddpm, seed=0, steps=STEPS)
+    assert again.timesteps == ddpm_traj.timesteps and torch.equal(again.latents, ddpm_traj.latents)
+    other = sample_trajectory(ddpm, seed=1, steps=STEPS)
+    assert not torch.equal(other.x0, ddpm_traj.x0)
+
+
+@pytest.mark.parametrize("index", [0, 1, 2, 3])
+def test_denoising_from_any_point_resumes_the_trajectory_exactly(ddpm, ddpm_traj, index):
+    """What edits rely on: x_t from the trajectory, denoised over the rest of the schedule, is x_0."""
+    seen = []
+    x0 = denoise(ddpm, ddpm_traj.latents[index][None], ddpm_traj.timesteps[index:], on_step=lambda i, x: seen.append(i))
+    assert torch.equal(x0[0].cpu(), ddpm_traj.x0)
+    assert seen == list(range(STEPS - index))
+
+
+def test_denoise_batches_are_independent(ddpm, ddpm_traj):
+    x = ddpm_traj.latents[2]
+    both = denoise(ddpm, torch.stack([x, -x]), ddpm_traj.timesteps[2:])
+    torch.testing.assert_close(both[0], ddpm_traj.x0, atol=1e-5, rtol=1e-5)
+    single = denoise(ddpm, (-x)[None], ddpm_traj.timesteps[2:])
+    torch.testing.assert_close(both[1], single[0], atol=1e-5, rtol=1e-5)
+
+
+def test_pixel_model_decodes_to_unit_range(ddpm, ddpm_traj):
+    image = ddpm.decode(ddpm_traj.x0[None])
+    assert image.shape == (1, 3, 16, 16) and image.dtype == torch.float32
+    assert float(image.min()) >= 0 and float(image.max()) <= 1
+
+
+# ------------------------------------------------------------------------------ text conditioning
+def test_guided_output_is_classifier_free_guidance(sd):
+    cond = sd.encode_prompt("a photo of a cat")
+    x = torch.randn(2, *sd.sample_shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        conditioned = unet_output(sd, x, 501, cond.cond)
+        unconditioned = unet_output(sd, x, 501, cond.uncond)
+        torch.testing.assert_close(guided_output(sd, x, 501, cond, 1.0), conditioned)
+        torch.testing.assert_close(
+            guided_output(sd, x, 501, cond, 7.5), unconditioned + 7.5 * (conditioned - unconditioned), atol=1e-4, rtol=1e-4
+        )
+        torch.testing.assert_close(guided_output(sd, x, 501, cond, 0.0), unconditioned, atol=1e-5, rtol=1e-5)
+
+
+def test_sd_trajectory_depends_on_prompt_and_guidance(sd):
+    a = sample_trajectory(sd, 0, STEPS, sd.encode_prompt("a cat"), 7.5)
+    assert a.latents.shape == (STEPS + 1, 4, 8, 8)
+    assert torch.equal(a.latents, sample_trajectory(sd, 0, STEPS, sd.encode_prompt("a cat"), 7.5).latents)
+    assert not torch.equal(a.x0, sample_trajectory(sd, 0, STEPS, sd.encode_prompt("a dog"), 7.5).x0)
+    assert not torch.equal(a.x0, sample_trajectory(sd, 0, STEPS, sd.encode_prompt("a cat"), 1.0).x0)
+    image = sd.decode(a.x0[None])
+    assert image.shape == (1, 3, 16, 16) and float(image.min()) >= 0 and float(image.max()) <= 1
+
+
+def test_encode_prompt(sd, ddpm):
+    from backend.errors import InputError
+
+    cond = sd.encode_prompt("a photo of a cat")
+    assert cond.cond.shape == cond.uncond.shape == (1, 77, 32) and not cond.truncated
+    assert torch.equal(cond.uncond, sd.encode_prompt("").cond)
+    assert sd.encode_prompt("cat " * 100).truncated
+    with pytest.raises(InputError, match="unconditional"):
+        ddpm.encode_prompt("a cat")

@@ -1,0 +1,374 @@
+"""backend.service.EigenfaceService end to end on the tiny checkpoints (CPU, 4 DDIM steps)."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import backend.service as service_module
+from backend.basis import Basis
+from backend.errors import InputError
+from backend.geometry import principal_angles
+from backend.service import BasisSpec, EigenfaceService, SampleSpec, ServiceConfig, parse_timestep
+
+STEPS = 4
+K = 4
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """The tiny models are dominated by OpenMP overhead: one thread is several times faster."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def make_service(tiny_ddpm_dir, tiny_sd_dir):
+    def make(**overrides) -> EigenfaceService:
+        return EigenfaceService(ServiceConfig(models={"ddpm": str(tiny_ddpm_dir), "sd": str(tiny_sd_dir)}, device="cpu", **overrides))
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def svc(make_service) -> EigenfaceService:
+    return make_service()
+
+
+DDPM = SampleSpec(model="ddpm", seed=0, steps=STEPS)
+DDPM_BASIS = BasisSpec(DDPM, timestep=0.5, k=K)
+SD = SampleSpec(model="sd", seed=0, prompt="a photo of a cat", steps=STEPS, guidance_scale=7.5)
+SD_BASIS = BasisSpec(SD, timestep=0.5, k=K)
+
+
+def png(image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def pixels(image) -> np.ndarray:
+    return np.asarray(image).astype(int)
+
+
+@pytest.fixture
+def recorded_denoise(monkeypatch):
+    """Record the x_t batches the service hands to denoise (i.e. the edited points)."""
+    calls = []
+    real = service_module.denoise
+
+    def spy(model, x, timesteps, *args, **kwargs):
+        calls.append((x.detach().clone(), tuple(timesteps)))
+        return real(model, x, timesteps, *args, **kwargs)
+
+    monkeypatch.setattr(service_module, "denoise", spy)
+    return calls
+
+
+# ------------------------------------------------------------------------------ generate / discover
+def test_generate(svc):
+    image = svc.generate(DDPM)
+    assert image.size == (16, 16) and image.mode == "RGB"
+    assert svc.generate(DDPM) is not image  # a fresh image each call, from the cached trajectory
+    assert png(svc.generate(DDPM)) == png(image)
+    assert png(svc.generate(SampleSpec(model="ddpm", seed=1, steps=STEPS))) != png(image)
+
+
+def test_identical_requests_give_identical_bytes(svc, make_service):
+    fresh = make_service()
+    assert png(fresh.generate(DDPM)) == png(svc.generate(DDPM))
+    assert png(fresh.edit(DDPM_BASIS, {0: 0.5, 1: -0.3})) == png(svc.edit(DDPM_BASIS, {0: 0.5, 1: -0.3}))
+    assert png(fresh.generate(SD)) == png(svc.generate(SD))
+
+
+def test_identical_requests_give_identical_bases(svc, make_service):
+    a = svc.discover(DDPM_BASIS).basis
+    b = make_service().discover(DDPM_BASIS).basis
+    assert torch.equal(a.sigma, b.sigma) and torch.equal(a.v, b.v) and torch.equal(a.u, b.u)
+
+
+def test_discover(svc):
+    result = svc.discover(DDPM_BASIS)
+    traj = svc.trajectory(DDPM)
+    assert traj.timesteps == (750, 500, 250, 0)
+    assert result.timestep == 500 and result.index == 1  # 0.5 * 999 -> nearest schedule point
+    assert torch.equal(result.x_t, traj.latents[1])
+    basis = result.basis
+    assert basis.k == K and basis.v.shape == (K, 3, 16, 16) and basis.u.shape == (K, 32, 8, 8)
+    assert basis.v.device.type == "cpu" and basis.converged
+    assert bool((basis.sigma[:-1] >= basis.sigma[1:]).all())
+    again = svc.discover(DDPM_BASIS)
+    assert again.cached and again.seconds == 0.0 and again.basis is basis
+    # an int timestep and a fraction naming the same schedule point share the basis
+    assert svc.discover(BasisSpec(DDPM, timestep=500, k=K)).basis is basis
+    assert svc.discover(BasisSpec(DDPM, timestep="0.5", k=K)).basis is basis
+
+
+def test_discover_reports_progress(make_service):
+    rounds = []
+    result = make_service().discover(BasisSpec(DDPM, timestep=0.5, k=2), progress=rounds.append)
+    assert len(rounds) == result.basis.iterations and rounds[-1].sigma.shape == (2,)
+
+
+# ------------------------------------------------------------------------------ edits
+@pytest.mark.parametrize("mode", ["direct", "guidance", "geodesic"])
+def test_zero_strength_reproduces_generate(svc, mode):
+    original = png(svc.generate(DDPM))
+    assert png(svc.edit(DDPM_BASIS, {0: 0.0}, mode)) == original
+    assert png(svc.edit(DDPM_BASIS, [0.0] * K, mode)) == original
+    assert png(svc.edit(DDPM_BASIS, {}, mode)) == original
+    v0 = svc.discover(DDPM_BASIS).basis.v[0]
+    assert png(svc.edit_vector(DDPM_BASIS, v0, 0.0, mode)) == original
+
+
+def test_zero_strength_reproduces_generate_sd(svc):
+    original = png(svc.generate(SD))
+    for mode in ("direct", "guidance"):
+        assert png(svc.edit(SD_BASIS, {1: 0.0}, mode)) == original
+
+
+def test_direct_edit_moves_x_t_by_strength_sqrt_n(svc, recorded_denoise):
+    result = svc.discover(DDPM_BASIS)
+    image = svc.edit(DDPM_BASIS, {0: 0.3})
+    (x, timesteps), = recorded_denoise
+    assert x.shape == (1, 3, 16, 16)
+    delta = x[0] - result.x_t
+    n = result.x_t.numel()
+    assert float(delta.norm()) == pytest.approx(0.3 * math.sqrt(n), rel=1e-5)
+    torch.testing.assert_close(delta, 0.3 * math.sqrt(n) * result.basis.v[0], atol=1e-5, rtol=1e-5)
+    assert timesteps == (500, 250, 0)  # denoised from the edit timestep on
+    assert png(image) != png(svc.generate(DDPM))
+
+
+def test_negative_strength_moves_the_other_way(svc, recorded_denoise):
+    result = svc.discover(DDPM_BASIS)
+    svc.edit(DDPM_BASIS, {2: -0.25})
+    delta = recorded_denoise[0][0][0] - result.x_t
+    torch.testing.assert_close(delta, -0.25 * math.sqrt(768) * result.basis.v[2], atol=1e-5, rtol=1e-5)
+
+
+def test_two_sliders_combine(svc, recorded_denoise):
+    result = svc.discover(DDPM_BASIS)
+    v = result.basis.v
+    svc.edit(DDPM_BASIS, {0: 0.3, 2: -0.4})
+    delta = recorded_denoise[0][0][0] - result.x_t
+    expected = math.sqrt(768) * (0.3 * v[0] - 0.4 * v[2])
+    torch.testing.assert_close(delta, expected, atol=1e-5, rtol=1e-5)
+    assert float(delta.norm()) == pytest.approx(0.5 * math.sqrt(768), rel=1e-5)  # orthonormal: |(0.3, -0.4)| = 0.5
+    # the full slider list means the same as the sparse mapping
+    svc.edit(DDPM_BASIS, [0.3, 0.0, -0.4, 0.0])
+    torch.testing.assert_close(recorded_denoise[1][0], recorded_denoise[0][0], atol=1e-6, rtol=0)
+
+
+def test_edit_vector_direct_matches_slider_edit(svc, recorded_denoise):
+    result = svc.discover(DDPM_BASIS)
+    svc.edit_vector(DDPM_BASIS, 5.0 * result.basis.v[1], 0.4)  # the vector's length does not matter
+    delta = recorded_denoise[0][0][0] - result.x_t
+    torch.testing.assert_close(delta, 0.4 * math.sqrt(768) * result.basis.v[1], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("mode, substeps", [("guidance", 4), ("geodesic", 2)])
+def test_curved_modes_run_and_change_the_image(svc, recorded_denoise, mode, substeps):
+    result = svc.discover(DDPM_BASIS)
+    original = svc.generate(DDPM)
+    image = svc.edit(DDPM_BASIS, {0: 0.5}, mode, substeps=substeps)
+    assert image.size == original.size
+    assert np.abs(pixels(image) - pixels(original)).max() > 0
+    x = recorded_denoise[0][0][0]
+    assert torch.isfinite(x).all()
+    moved = float((x - result.x_t).norm())
+    assert 0.05 * 0.5 * math.sqrt(768) < moved < 2 * 0.5 * math.sqrt(768)
+    straight = result.x_t + 0.5 * math.sqrt(768) * result.basis.v[0]
+    assert not torch.allclose(x, straight, atol=1e-4)  # not the direct edit
+    assert png(svc.edit(DDPM_BASIS, {0: 0.5}, mode, substeps=substeps)) == png(image)  # deterministic
+
+
+def test_geodesic_path_length_is_the_strength(svc, recorded_denoise):
+    """Geodesic shooting moves in `substeps` steps of |strength| sqrt(n) / substeps each."""
+    result = svc.discover(DDPM_BASIS)
+    svc.edit(DDPM_BASIS, {1: 0.2}, "geodesic", substeps=1)  # one step: a straight move along v_1
+    delta = recorded_denoise[0][0][0] - result.x_t
+    torch.testing.assert_close(delta, 0.2 * math.sqrt(768) * result.basis.v[1], atol=1e-4, rtol=1e-4)
+
+
+def test_preview_steps(svc, recorded_denoise):
+    full = svc.edit(DDPM_BASIS, {0: 0.3})
+    preview = svc.edit(DDPM_BASIS, {0: 0.3}, preview_steps=1)
+    assert preview.size == full.size and preview.mode == full.mode
+    assert recorded_denoise[0][1] == (500, 250, 0) and recorded_denoise[1][1] == (500,)
+    torch.testing.assert_close(recorded_denoise[1][0], recorded_denoise[0][0])  # the same edited x_t
+    assert svc.edit(DDPM_BASIS, {0: 0.3}, preview_steps=99).size == full.size
+
+
+def test_strip_and_grid(svc):
+    original = pixels(svc.generate(DDPM))
+    strip = svc.strip(DDPM_BASIS, 1, [-0.5, 0.0, 0.5])
+    assert len(strip) == 3 and all(im.size == (16, 16) for im in strip)
+    assert np.abs(pixels(strip[1]) - original).max() <= 1  # batched render of the unedited point
+    grid = svc.grid(DDPM_BASIS, strength=0.5, columns=3)
+    assert grid.size == (3 * 16, K * 16)
+    middle = pixels(grid)[:, 16:32]
+    for row in range(K):
+        assert np.abs(middle[16 * row : 16 * (row + 1)] - original).max() <= 1
+
+
+# ------------------------------------------------------------------------------ bad input
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda s: s.generate(SampleSpec(model="nope")), "unknown model"),
+        (lambda s: s.generate(SampleSpec(model="")), "non-empty"),
+        (lambda s: s.generate(SampleSpec(model="ddpm", prompt="a cat", steps=STEPS)), "unconditional"),
+        (lambda s: s.generate(SampleSpec(model="ddpm", steps=0)), "steps"),
+        (lambda s: s.generate(SampleSpec(model="ddpm", steps=1001)), "steps"),
+        (lambda s: s.generate(SampleSpec(model="ddpm", seed=-1, steps=STEPS)), "seed"),
+        (lambda s: s.generate(SampleSpec(model="ddpm", seed=1.5, steps=STEPS)), "seed"),
+        (lambda s: s.generate(SampleSpec(model="sd", steps=STEPS, guidance_scale=float("nan"))), "guidance_scale"),
+        (lambda s: s.generate(SampleSpec(model="sd", steps=STEPS, guidance_scale=-1.0)), "guidance_scale"),
+        (lambda s: s.discover(BasisSpec(DDPM, k=0)), "k must be"),
+        (lambda s: s.discover(BasisSpec(DDPM, k=65)), "k must be"),
+        (lambda s: s.discover(BasisSpec(DDPM, timestep=1000, k=K)), "timestep"),
+        (lambda s: s.discover(BasisSpec(DDPM, timestep=-1, k=K)), "timestep"),
+        (lambda s: s.discover(BasisSpec(DDPM, timestep=1.5, k=K)), "timestep"),
+        (lambda s: s.discover(BasisSpec(DDPM, timestep="abc", k=K)), "timestep"),
+        (lambda s: s.discover(BasisSpec(DDPM, k=K, edit_prompt="a cat")), "text-conditioned"),
+        (lambda s: s.edit(DDPM_BASIS, {0: float("nan")}), "finite"),
+        (lambda s: s.edit(DDPM_BASIS, {0: float("inf")}), "finite"),
+        (lambda s: s.edit(DDPM_BASIS, {0: 11.0}), "within"),
+        (lambda s: s.edit(DDPM_BASIS, {K: 0.3}), "direction index"),
+        (lambda s: s.edit(DDPM_BASIS, {-1: 0.3}), "direction index"),
+        (lambda s: s.edit(DDPM_BASIS, [0.1] * (K + 1)), "direction index"),
+        (lambda s: s.edit(DDPM_BASIS, {0: 0.3}, "sideways"), "mode"),
+        (lambda s: s.edit(DDPM_BASIS, {0: 0.3}, substeps=0), "substeps"),
+        (lambda s: s.edit(DDPM_BASIS, {0: 0.3}, preview_steps=0), "preview_steps"),
+        (lambda s: s.edit_vector(DDPM_BASIS, torch.ones(4, 8, 8), 0.3), "shape"),
+        (lambda s: s.edit_vector(DDPM_BASIS, torch.zeros(3, 16, 16), 0.3), "all zeros"),
+        (lambda s: s.edit_vector(DDPM_BASIS, torch.full((3, 16, 16), float("nan")), 0.3), "NaN"),
+        (lambda s: s.edit_vector(DDPM_BASIS, torch.ones(3, 16, 16, dtype=torch.int64), 0.3), "floating-point"),
+        (lambda s: s.edit_vector(DDPM_BASIS, torch.ones(3, 16, 16), float("nan")), "finite"),
+        (lambda s: s.strip(DDPM_BASIS, K, [0.1]), "direction index"),
+        (lambda s: s.grid(DDPM_BASIS, columns=2), "columns"),
+        (lambda s: s.compare([DDPM_BASIS], space="z"), "space"),
+        (lambda s: s.transport(s.discover(DDPM_BASIS).basis, K, s.discover(DDPM_BASIS).basis), "direction index"),
+    ],
+)
+def test_bad_input_raises_input_error(svc, call, message):
+    with pytest.raises(InputError, match=message):
+        call(svc)
+
+
+def test_any_model_only_when_allowed(make_service, tiny_ddpm_dir):
+    with pytest.raises(InputError, match="unknown model"):
+        make_service().generate(SampleSpec(model=str(tiny_ddpm_dir), steps=STEPS))
+    anything = EigenfaceService(ServiceConfig(models={}, allow_any_model=True, device="cpu"))
+    assert anything.generate(SampleSpec(model=str(tiny_ddpm_dir), steps=STEPS)).size == (16, 16)
+    with pytest.raises(InputError, match="HF_HUB_OFFLINE"):
+        anything.generate(SampleSpec(model="someone/some-model", steps=STEPS))
+    with pytest.raises(InputError, match="not found"):
+        anything.generate(SampleSpec(model="/no/such/dir", steps=STEPS))
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [(0, 0.0), (999, 999.0), ("500", 500.0), (" 250 ", 250.0), (1.0, 999.0), (0.5, 499.5), ("0.6", 0.6 * 999), ("1e-1", 99.9), (np.int64(7), 7.0)],
+)
+def test_parse_timestep(value, expected):
+    assert parse_timestep(value, 1000) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("value", [1000, -1, 1.5, 0.0, -0.5, "abc", "", "1.5", "-1", float("nan"), float("inf"), True, None, [1]])
+def test_parse_timestep_rejects(value):
+    with pytest.raises(InputError):
+        parse_timestep(value, 1000)
+
+
+# ------------------------------------------------------------------------------ SD path
+def _max_angle(a: Basis, b: Basis) -> float:
+    return float(principal_angles(a.v, b.v).max())
+
+
+def test_sd_different_prompt_gives_a_different_basis(svc):
+    cat = svc.discover(SD_BASIS)
+    assert cat.basis.v.shape == (K, 4, 8, 8) and cat.basis.u.shape == (K, 64, 4, 4)
+    assert cat.warnings == ()
+    dog = svc.discover(BasisSpec(SampleSpec(model="sd", seed=0, prompt="a red horse", steps=STEPS), timestep=0.5, k=K))
+    assert _max_angle(cat.basis, dog.basis) > 0.1
+
+
+def test_sd_edit_prompt_changes_the_basis(svc):
+    base = svc.discover(SD_BASIS)
+    edited = svc.discover(BasisSpec(SD, timestep=0.5, k=K, edit_prompt="a painting of an old man"))
+    assert torch.equal(edited.x_t, base.x_t)  # the same point, a different Jacobian
+    assert _max_angle(base.basis, edited.basis) > 0.05
+    image = svc.edit(BasisSpec(SD, timestep=0.5, k=K, edit_prompt="a painting of an old man"), {0: 0.5})
+    assert image.size == (16, 16)
+
+
+def test_sd_classifier_free_guidance(svc, make_service):
+    guided = svc.generate(SD)
+    plain = svc.generate(SampleSpec(model="sd", seed=0, prompt="a photo of a cat", steps=STEPS, guidance_scale=1.0))
+    assert guided.size == plain.size == (16, 16)
+    assert png(guided) != png(plain)
+    assert not torch.equal(svc.trajectory(SD).x0, svc.trajectory(SampleSpec(model="sd", seed=0, prompt="a photo of a cat", steps=STEPS, guidance_scale=1.0)).x0)
+    assert png(make_service().generate(SD)) == png(guided)
+
+
+def test_sd_long_prompt_warns_and_works(svc):
+    prompt = "a photo of a smiling cat " * 20
+    result = svc.discover(BasisSpec(SampleSpec(model="sd", seed=0, prompt=prompt, steps=STEPS), timestep=0.5, k=2))
+    assert len(result.warnings) == 1 and "truncated" in result.warnings[0] and "77" in result.warnings[0]
+    assert result.basis.k == 2 and torch.isfinite(result.basis.v).all()
+    assert svc.generate(SampleSpec(model="sd", seed=0, prompt=prompt, steps=STEPS)).size == (16, 16)
+
+
+def test_sd_empty_prompt(svc):
+    spec = SampleSpec(model="sd", seed=0, prompt="", steps=STEPS)
+    assert svc.generate(spec).size == (16, 16)
+    result = svc.discover(BasisSpec(spec, timestep=0.5, k=2))
+    assert result.warnings == () and result.basis.k == 2
+    assert svc.edit(BasisSpec(spec, timestep=0.5, k=2), {0: 0.3}).size == (16, 16)
+
+
+# ------------------------------------------------------------------------------ geometry through the service
+def test_transport_and_compare(svc):
+    b_spec = BasisSpec(SampleSpec(model="ddpm", seed=1, steps=STEPS), timestep=0.5, k=K)
+    a, b = svc.discover(DDPM_BASIS), svc.discover(b_spec)
+    # transporting a direction into its own basis is the identity
+    torch.testing.assert_close(svc.transport(a.basis, 2, a.basis), a.basis.v[2], atol=1e-5, rtol=1e-5)
+    moved = svc.transport(a.basis, 0, b.basis)
+    assert moved.shape == (3, 16, 16) and float(moved.norm()) == pytest.approx(1.0, abs=1e-5)
+    coords = b.basis.v.reshape(K, -1) @ moved.reshape(-1)  # it lies in the target's span
+    assert float(coords.norm()) == pytest.approx(1.0, abs=1e-4)
+    with pytest.raises(InputError, match="different models"):
+        svc.transport(a.basis, 0, svc.discover(SD_BASIS).basis)
+
+    dist = svc.compare([DDPM_BASIS, b_spec])
+    assert dist.shape == (2, 2) and dist[0, 0] == dist[1, 1] == 0 and dist[0, 1] == dist[1, 0] > 0
+    assert dist[0, 1] <= math.pi / 2 * math.sqrt(K) + 1e-9
+    assert svc.compare([DDPM_BASIS, b_spec], space="h").shape == (2, 2)
+
+
+def test_adopt_basis(make_service, svc):
+    result = svc.discover(DDPM_BASIS)
+    fresh = make_service()
+    assert fresh.adopt_basis(DDPM_BASIS, result.basis, result.x_t)
+    adopted = fresh.discover(DDPM_BASIS)
+    assert adopted.cached and adopted.basis is result.basis
+    other = BasisSpec(SampleSpec(model="ddpm", seed=2, steps=STEPS), timestep=0.5, k=K)
+    assert not fresh.adopt_basis(other, result.basis, result.x_t)  # computed at another x_t
+    assert not fresh.adopt_basis(BasisSpec(DDPM, timestep=0.5, k=K + 1), result.basis, result.x_t)
+
+
+def test_finite_difference_jvp_mode(make_service, svc):
+    """ServiceConfig(jvp_mode="fd") (the CUDA default) finds the same directions as exact JVPs."""
+    spec = BasisSpec(DDPM, timestep=0.5, k=2)
+    exact = svc.discover(spec).basis
+    fd = make_service(jvp_mode="fd", basis_chunk_size=3).discover(spec).basis
+    torch.testing.assert_close(fd.sigma, exact.sigma, rtol=1e-3, atol=0)
+    assert float(principal_angles(fd.v[:1], exact.v[:1])[0]) < 1e-2

@@ -71,6 +71,11 @@ def build_demo(service: EigenfaceService, concurrency: int = DEFAULT_CONCURRENCY
     return demo
 
 
+def launch_options() -> dict:
+    """Keyword arguments for ``demo.launch`` besides the address (Gradio 6 takes css/theme there)."""
+    return {"css": CSS, "theme": gr.themes.Soft(), "max_file_size": "1mb", "footer_links": ["api", "gradio"]}
+
+
 # ------------------------------------------------------------------------------------ CLI
 def parse_models(text: str | None) -> dict[str, str]:
     """'name=path,name2=path2' -> {name: path}; the built-in model comes first unless renamed over."""
@@ -98,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("eigenface").setLevel(logging.INFO)
     try:
         models = parse_models(args.models)
     except InputError as exc:
@@ -110,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     elif not args.no_warmup:
         service.generate(EditState(model=service.model_names[0]).sample_spec())
     demo = build_demo(service, concurrency=args.concurrency)
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share, css=CSS, theme=gr.themes.Soft(), max_file_size="1mb", footer_links=["api", "gradio"])
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, **launch_options())
 
 
 if __name__ == "__main__":

@@ -21,11 +21,16 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def served(tiny_ddpm_dir):
+def demo_and_service(tiny_ddpm_dir):
     import app
 
     service = EigenfaceService(ServiceConfig(models={"tiny": str(tiny_ddpm_dir)}))
-    demo = app.build_demo(service)
+    return app.build_demo(service), service
+
+
+@pytest.fixture(scope="module")
+def served(demo_and_service):
+    demo, service = demo_and_service
     port = _free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
@@ -33,6 +38,17 @@ def served(tiny_ddpm_dir):
         yield service, client
     finally:
         demo.close()
+
+
+def test_every_event_has_an_api_name(demo_and_service):
+    demo, _ = demo_and_service
+    events = [f for f in demo.fns.values() if f.fn is not None]  # fn None: Gradio's own cancel helpers
+    assert len(events) > 20
+    assert all(f.api_name and not f.api_name.startswith("unnamed") for f in events), [f.api_name for f in events]
+    public = sorted(f.api_name for f in events if f.api_visibility == "public")
+    assert public == ["find_directions", "render"]
+    sliders = [f for f in events if f.api_name in ("preview", "settle")]
+    assert [f.trigger_mode for f in sliders] == ["always_last", "always_last"]
 
 
 def _pixels(path) -> np.ndarray:

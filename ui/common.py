@@ -34,7 +34,11 @@ RANDOM_SEED_MAX = 2**31 - 1
 GENERIC_ERROR = "Something went wrong on the server (the details were logged). Please try again or change the settings."
 
 CSS = """
+#eigen-image .image-container > button, #eigen-image .image-frame { width: 100%; height: 100%; }
+#eigen-image .image-frame img, #eigen-compare img { width: 100%; height: 100%; object-fit: contain; }
+#eigen-download .empty { min-height: 56px; height: 56px; }
 #eigen-sliders { max-height: 72vh; overflow-y: auto; }
+#eigen-sliders > .form { flex-shrink: 0; }
 #eigen-status p { margin: 0; }
 #eigen-share textarea, #eigen-share input { font-family: ui-monospace, monospace; font-size: 0.85em; }
 """
@@ -56,7 +60,7 @@ def guard(fn: F) -> F:
         except gr.Error:
             raise
         except InputError as exc:
-            raise gr.Error(str(exc), title="Cannot do that", print_exception=False) from None
+            raise gr.Error(str(exc), print_exception=False) from None
         except Exception:
             log.exception("handler %s failed", getattr(fn, "__qualname__", fn))
             raise gr.Error(GENERIC_ERROR, print_exception=False) from None

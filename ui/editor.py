@@ -134,7 +134,8 @@ class Editor:
             if progress is not None:
                 progress((i, state.k), desc=f"Atlas: direction {i}", unit="directions")
             rows.append(self.strip(state, i, values))
-        grid = labelled_grid(rows, [f"{i}  σ={s:.3g}" for i, s in enumerate(found.sigma)], [_signed(v) for v in values])
+        sigma = "σ" if _font(12)[1] else "sigma"
+        grid = labelled_grid(rows, [f"{i}  {sigma}={s:.3g}" for i, s in enumerate(found.sigma)], [_signed(v) for v in values])
         with self._atlas_lock:
             self._atlases[key] = grid
             while len(self._atlases) > ATLAS_CACHE_ENTRIES:
@@ -195,7 +196,7 @@ def labelled_grid(rows: Sequence[Sequence[Image.Image]], row_labels: Sequence[st
     scale = max(1, math.ceil(min_tile / w))
     tw, th = w * scale, h * scale
     size = max(12, th // 7)
-    font = _font(size)
+    font, _ = _font(size)
     margin_left, margin_top, gap = int(size * 7.5), int(size * 1.8), max(2, tw // 32)
     columns = max(len(r) for r in rows)
     grid = Image.new("RGB", (margin_left + columns * (tw + gap), margin_top + len(rows) * (th + gap)), "white")
@@ -210,11 +211,16 @@ def labelled_grid(rows: Sequence[Sequence[Image.Image]], row_labels: Sequence[st
     return grid
 
 
-def _font(size: int):
+def _font(size: int) -> tuple[ImageFont.ImageFont | ImageFont.FreeTypeFont, bool]:
+    """A font for labels, and whether it has Greek letters (Pillow's built-in one has none)."""
     try:
-        return ImageFont.load_default(size=size)
+        return ImageFont.truetype("DejaVuSans.ttf", size), True
+    except OSError:
+        pass
+    try:
+        return ImageFont.load_default(size=size), False
     except TypeError:  # Pillow < 10.1: the fixed bitmap font
-        return ImageFont.load_default()
+        return ImageFont.load_default(), False
 
 
 def _signed(value: float) -> str:

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import json
 import random
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, replace
-from typing import Any, Sequence
+from typing import Sequence
 
 import gradio as gr
 
-from backend.edit import EDIT_MODES
-from backend.service import DEFAULT_K, DEFAULT_TIMESTEP, EigenfaceService
 from backend.basis import MAX_K
+from backend.edit import EDIT_MODES
+from backend.errors import InputError
 from backend.sampling import DEFAULT_STEPS
+from backend.service import DEFAULT_K, DEFAULT_TIMESTEP, EigenfaceService
 from backend.state import EditState
 
 from .common import MAX_UI_SEED, N_SLIDERS, RANDOM_SEED_MAX, SLIDER_MAX, SLIDER_MIN, SLIDER_STEP, guard
@@ -31,6 +34,23 @@ class ExploreHandlers:
     def __init__(self, editor: Editor, default: EditState):
         self.editor = editor
         self.default = default
+        self._settled: OrderedDict[str, EditState] = OrderedDict()  # per browser session
+        self._settled_lock = threading.Lock()
+
+    def _settle(self, request: gr.Request | None, state: EditState) -> None:
+        session = getattr(request, "session_hash", None)
+        if session is None:
+            return
+        with self._settled_lock:
+            self._settled[session] = state
+            self._settled.move_to_end(session)
+            while len(self._settled) > MAX_SESSIONS:
+                self._settled.popitem(last=False)
+
+    def _last_settled(self, request: gr.Request | None) -> EditState | None:
+        session = getattr(request, "session_hash", None)
+        with self._settled_lock:
+            return self._settled.get(session) if session is not None else None
 
     # ---------------------------------------------------------------- the public endpoint
     @guard
@@ -55,25 +75,32 @@ class ExploreHandlers:
         return (found_status(found), (original, original), share_link(page_url, state), *slider_updates(found, ()))
 
     @guard
-    def preview(self, found: Found | None, mode: str, *values: float):
+    def preview(self, request: gr.Request, found: Found | None, mode: str, *values: float):
+        """Quick image while dragging; skipped when the full-quality one for these values is
+        already there (a drag's last `input` can arrive after its `release`)."""
         if found is None:
             return gr.skip()
-        return self.editor.render(current(found, mode, values), preview=True)
+        state = current(found, mode, values)
+        if self._last_settled(request) == state:
+            return gr.skip()
+        return self.editor.render(state, preview=True)
 
     @guard
-    def settle(self, found: Found | None, mode: str, page_url: str, *values: float):
+    def settle(self, request: gr.Request, found: Found | None, mode: str, page_url: str, *values: float):
         """Full-quality image for the current sliders (slider release, mode change)."""
         if found is None:
             return gr.skip(), gr.skip(), gr.skip()
         state = current(found, mode, values)
+        self._settle(request, state)
         image = self.editor.render(state)
         return image, (self.editor.original(state), image), share_link(page_url, state)
 
     @guard
-    def reset_all(self, found: Found | None, mode: str, page_url: str):
+    def reset_all(self, request: gr.Request, found: Found | None, mode: str, page_url: str):
         if found is None:
             return (gr.skip(),) * 3 + tuple(gr.update(value=0) for _ in range(N_SLIDERS))
         state = replace(found.state, mode=mode)
+        self._settle(request, state)
         original = self.editor.original(state)
         return (original, (original, original), share_link(page_url, state), *(gr.update(value=0) for _ in range(N_SLIDERS)))
 
@@ -97,7 +124,12 @@ class ExploreHandlers:
         page_url = _page_url(request)
         params = dict(request.query_params) if request is not None else {}
         if any(key in params for key in ("model", "seed", "t", "k", "steps", "mode", "s", "prompt")):
-            return (page_url, *self.restore(EditState.from_query(params), page_url, progress))
+            try:
+                state = self.check(EditState.from_query(params))
+            except InputError as exc:  # a broken link still opens the page, with a warning
+                gr.Warning(f"Could not open the edit in this link: {exc}", title="Link not restored")
+            else:
+                return (page_url, *self.restore(state, page_url, progress))
         state = self.default
         skip = (gr.skip(),) * len(RESTORE_FIELDS)
         updates = dict(zip(RESTORE_FIELDS, skip))
@@ -106,10 +138,15 @@ class ExploreHandlers:
         updates["status"] = NO_DIRECTIONS
         return (page_url, *(updates[name] for name in RESTORE_FIELDS), *(gr.skip() for _ in range(N_SLIDERS)))
 
-    def restore(self, state: EditState, page_url: str, progress=None) -> tuple:
-        """Everything the page shows for a saved edit: controls, basis, sliders, image."""
-        state = self.editor.for_page(state)
+    def check(self, state: EditState) -> EditState:
+        """A saved edit (file or link) this server and page can show; else InputError."""
         self.editor.state(state.model, state.prompt, state.seed, state.timestep, state.k, state.steps, state.mode)  # allow-list
+        if state.prompt and not self.editor.conditional(state.model):
+            raise InputError(f"model {state.model!r} is unconditional: it takes no prompt")
+        return self.editor.for_page(state)
+
+    def restore(self, state: EditState, page_url: str, progress=None) -> tuple:
+        """Everything the page shows for a checked edit: controls, basis, sliders, image."""
         found = self.editor.discover(state, progress)
         image = self.editor.render(state)
         original = self.editor.original(state)
@@ -131,6 +168,8 @@ class ExploreHandlers:
         return (*(values[name] for name in RESTORE_FIELDS), *slider_updates(found, state.sliders))
 
 
+#: Browser sessions whose last full-quality edit is remembered (to drop late previews).
+MAX_SESSIONS = 4096
 #: The order of the outputs of :meth:`ExploreHandlers.restore` (then the 64 sliders).
 RESTORE_FIELDS = ("model", "prompt", "seed", "timestep", "k", "steps", "mode", "found", "image", "compare", "status", "share")
 NO_DIRECTIONS = "Press **Find directions** to compute this image's directions."
@@ -226,7 +265,7 @@ def build_explore(service: EigenfaceService) -> Explore:
             prompt = gr.Textbox("", label="Prompt", visible=False, max_lines=3, placeholder="a photo of ...")
             with gr.Row(equal_height=True):
                 seed = gr.Number(0, precision=0, minimum=0, maximum=MAX_UI_SEED, label="Seed", scale=3, min_width=100)
-                random_seed = gr.Button("🎲 Random", scale=2, min_width=90, size="md")
+                random_seed = gr.Button("Random seed", scale=2, min_width=90, size="md")
             timestep = gr.Slider(0.05, 1.0, value=DEFAULT_TIMESTEP, step=0.01, label="Edit timestep (fraction of T)", info="Early (high) = coarse semantics")
             k = gr.Slider(1, MAX_K, value=DEFAULT_K, step=1, precision=0, label="Directions k")
             steps = gr.Slider(2, 100, value=DEFAULT_STEPS, step=1, precision=0, label="DDIM steps")
@@ -240,7 +279,7 @@ def build_explore(service: EigenfaceService) -> Explore:
                 with gr.Tab("Before / after"):
                     compare = gr.ImageSlider(label="Before / after", type="pil", format="png", interactive=False, height=440, elem_id="eigen-compare")
             share = gr.Textbox(label="Share link", info="Opens this edit: settings, directions and slider values", interactive=False, buttons=["copy"], elem_id="eigen-share")
-        with gr.Column(scale=1, min_width=260):
+        with gr.Column(scale=1, min_width=320):
             gr.Markdown("### Directions")
             with gr.Column(elem_id="eigen-sliders"):
                 sliders = [

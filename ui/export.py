@@ -11,9 +11,9 @@ from backend.errors import InputError
 from backend.service import EigenfaceService
 from backend.state import MAX_JSON_BYTES, EditState
 
-from .common import ATLAS_STRENGTH, SLIDER_MAX, SLIDER_STEP, guard
+from .common import ATLAS_STRENGTH, N_SLIDERS, SLIDER_MAX, SLIDER_STEP, guard
 from .editor import Editor, Found
-from .explore import Explore, ExploreHandlers, current
+from .explore import RESTORE_FIELDS, Explore, ExploreHandlers, current
 
 NOTHING_YET = "Press Find directions first: there is no edit to export yet."
 
@@ -37,11 +37,18 @@ class ExportHandlers:
         return self.editor.export_gif(_state(found, mode, ()), direction, strength)
 
     @guard
-    def load(self, path: str | None, page_url: str, progress=gr.Progress()):
-        """An uploaded edit file -> every control, the sliders and the image."""
+    def read(self, path: str | None):
+        """An uploaded edit file -> a checked EditState (a bad file only gets a toast)."""
         if not path:
             raise InputError("no file received")
-        return self.explore.restore(EditState.load(path), page_url, progress)
+        return self.explore.check(EditState.load(path))
+
+    @guard
+    def load(self, state: EditState | None, page_url: str, progress=gr.Progress()):
+        """The checked edit -> every control, the sliders and the image."""
+        if state is None:
+            return (gr.skip(),) * (len(RESTORE_FIELDS) + N_SLIDERS)
+        return self.explore.restore(state, page_url, progress)
 
 
 def _state(found: Found | None, mode: str, values) -> EditState:
@@ -60,6 +67,7 @@ class Export:
     gif_strength: gr.Slider
     load: gr.UploadButton
     files: gr.File
+    pending: gr.State
 
 
 def build_export(service: EigenfaceService) -> Export:
@@ -73,7 +81,7 @@ def build_export(service: EigenfaceService) -> Export:
             gif_strength = gr.Slider(SLIDER_STEP, SLIDER_MAX, value=ATLAS_STRENGTH, step=SLIDER_STEP, label="GIF: strength (−s … +s)", min_width=160)
             gif = gr.Button("Traversal (GIF)", size="md")
         files = gr.File(label="Download", interactive=False, elem_id="eigen-download")
-    return Export(png, json, gif, gif_direction, gif_strength, load, files)
+    return Export(png, json, gif, gif_direction, gif_strength, load, files, gr.State(None))
 
 
 # ================================================================================= events
@@ -86,7 +94,9 @@ def wire_export(h: ExportHandlers, export: Export, ex: Explore, then_after) -> N
         api_name="export_gif", api_visibility="private", concurrency_id="batch", concurrency_limit=1,
     )
     loaded = export.load.upload(
-        h.load, [export.load, ex.page_url], ex.restore_outputs(),
+        h.read, export.load, export.pending, api_name="read_edit", api_visibility="private", show_progress="hidden",
+    ).then(
+        h.load, [export.pending, ex.page_url], ex.restore_outputs(),
         api_name="load_edit", api_visibility="private", concurrency_id="basis", concurrency_limit=1, show_progress_on=[ex.image],
     )
     then_after(loaded, "load")

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# One device-tool call: fine-tune the built-in model, then the issue-6 GPU benchmark.
+# The model's files are written to OUTDIR first, so they come back even if the benchmark is cut.
+# Usage there: bash bench/gpu_session.sh OUTDIR TRAIN_MINUTES
+set -uo pipefail
+out=${1:?outdir}; minutes=${2:-3}
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
+python3 -m backend.cli train --out /tmp/ft --init assets/catpeople --minutes "$minutes" --batch-size 512 --device cuda --weights-dtype float16 \
+  2>&1 | tr '\r' '\n' | grep -E "step=|saved|rror" | awk 'NR % 25 == 1 || /saved|rror/'
+mkdir -p "$out/model"
+cp /tmp/ft/unet/diffusion_pytorch_model.safetensors /tmp/ft/training.json "$out/model/"
+T_BASIS=${T_BASIS:-150} T_EDIT=${T_EDIT:-60} bash bench/gpu_bench.sh "$out/bench"

@@ -104,17 +104,24 @@ class BenchModel:
         return None if self.cond is None else self.cond.cond
 
 
-def build_random_sd(name: str, device: torch.device, seed: int = 0) -> BenchModel:
-    """An SD-architecture U-Net + VAE with seeded random weights, built on ``device`` directly."""
+def build_random_sd(name: str, device: torch.device, seed: int = 0, sample_size: int | None = None) -> BenchModel:
+    """An SD-architecture U-Net + VAE with seeded random weights, built on ``device`` directly.
+
+    ``sample_size`` overrides the latent size. Below 16 for sd-tiny h is 64x1x1, where GroupNorm
+    normalises groups of two values and finite differences break down (measured: sigma 12x off).
+    """
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     unet_cfg, vae_cfg, tokens = RANDOM_SD[name]
-    torch.manual_seed(seed)
-    with torch.device(device):
+    if sample_size:
+        unet_cfg = dict(unet_cfg, sample_size=sample_size)
+    cuda_devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda_devices), torch.device(device):
+        torch.manual_seed(seed)  # seeded weights without disturbing the caller's global RNG
         unet = UNet2DConditionModel(**unet_cfg)
         vae = AutoencoderKL(**vae_cfg)
     for module in (unet, vae):
-        module.eval().requires_grad_(False)
+        module.to(device).eval().requires_grad_(False)  # .to: in case a buffer was made off-device
     render = torch.float16 if device.type == "cuda" else torch.float32
     model = DiffusionModel(name=f"{name} (random weights)", unet=unet, scheduler_config=dict(SD15_SCHEDULER), device=device, render_dtype=render, vae=vae)
     gen = torch.Generator().manual_seed(seed + 1)
@@ -123,10 +130,10 @@ def build_random_sd(name: str, device: torch.device, seed: int = 0) -> BenchMode
     return BenchModel(model, Conditioning("<random context>", cond, uncond), True)
 
 
-def bench_model(name: str, device: torch.device, seed: int = 0, prompt: str = "") -> BenchModel:
+def bench_model(name: str, device: torch.device, seed: int = 0, prompt: str = "", sample_size: int | None = None) -> BenchModel:
     """``sd15`` / ``sd-tiny`` (random weights), ``builtin``, or a diffusers pipeline directory."""
     if name in RANDOM_SD:
-        return build_random_sd(name, device, seed)
+        return build_random_sd(name, device, seed, sample_size)
     model = load_model(None if name == "builtin" else name, device=device)
     cond = model.encode_prompt(prompt) if model.conditional else None
     return BenchModel(model, cond, False)
@@ -210,9 +217,19 @@ def _status_kib(field_name: str) -> int | None:
     return None
 
 
+def _release_freed_heap() -> None:
+    """Hand memory freed by earlier phases back to the OS (glibc keeps it otherwise), so that the
+    RSS baseline of the next measurement is what is really in use."""
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 @dataclass
 class Measurement:
     seconds: float = 0.0
+    cpu_seconds: float | None = None  # process CPU time, all threads (CPU runs: less sensitive to a shared machine)
     peak_mib: float | None = None  # peak allocated (CUDA) or peak RSS (CPU)
     work_mib: float | None = None  # peak minus what was held before (model weights etc.)
 
@@ -227,16 +244,18 @@ def measure(device: torch.device) -> Iterator[Measurement]:
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
     else:
+        _release_freed_heap()
         with contextlib.suppress(OSError):
             Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
         base = _status_kib("VmRSS")
         base = None if base is None else base * 1024
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     try:
         yield out
     finally:
         _sync(device)
         out.seconds = time.perf_counter() - start
+        out.cpu_seconds = None if device.type == "cuda" else time.process_time() - cpu_start
         if device.type == "cuda":
             peak = torch.cuda.max_memory_allocated(device)
         else:
@@ -373,6 +392,8 @@ def accuracy(est: Estimate, ref: Estimate, gap: float) -> dict:
     angles = direction_angles(est.v, ref.v[:k])
     subspace = float(principal_angles(est.v, ref.v[:k]).max())
     sep_angles = angles[separated]
+    # The top-k span is well defined only if sigma_k is separated from sigma_{k+1}.
+    kth_gap = float((ref.sigma[k - 1] - ref.sigma[k]) / ref.sigma[k - 1]) if ref.sigma.numel() > k else None
     return {
         "sigma_rel_err_max": float(rel.max()),
         "sigma_rel_err": rel.tolist(),
@@ -382,7 +403,8 @@ def accuracy(est: Estimate, ref: Estimate, gap: float) -> dict:
         "angle_median_separated": float(sep_angles.median()) if sep_angles.numel() else None,
         "angles": angles.tolist(),
         "subspace_angle": subspace,
-        "subspace_separated": bool(gaps[-1] > gap) if ref.sigma.numel() > k else False,
+        "kth_gap": kth_gap,
+        "subspace_separated": kth_gap is not None and kth_gap > gap,
     }
 
 
@@ -416,20 +438,87 @@ def reference_basis(h_fn, x: Tensor, k_ref: int, specs: list[Variant], seed: int
     raise RuntimeError(f"every reference configuration ran out of memory: {last_error}")
 
 
-def fd_check(h_fn, x: Tensor, eps_list: list[float], count: int, seed: int) -> list[dict]:
-    """Relative error of the central-difference JVP against the exact one, for random unit tangents."""
+def fd_check(h_fn, x: Tensor, eps_list: list[float], count: int, seed: int, top: Tensor) -> list[dict]:
+    """Relative error of the central-difference JVP against the exact one, for ``count`` random unit
+    tangents and for the reference's top ``count`` singular directions ``top`` (count, n): the top
+    directions respond most strongly and can bend most, so random tangents alone can mislead."""
     from backend.basis import jvp
 
     gen = torch.Generator().manual_seed(seed)
-    v = torch.randn(count, x.numel(), generator=gen)
-    v = (v / v.norm(dim=1, keepdim=True)).reshape(count, *x.shape).to(x)
+    rand = torch.randn(count, x.numel(), generator=gen, dtype=torch.float64)
+    sets = {"random": rand / rand.norm(dim=1, keepdim=True), "top": top[:count]}
+    rows = {eps: {"eps": eps} for eps in eps_list}
+    for label, v in sets.items():
+        v = v.reshape(-1, *x.shape).to(x)
+        with jacobian_context(True):
+            exact = jvp(h_fn, x, v, "exact").double()
+        for eps in eps_list:
+            approx = jvp(h_fn, x, v, "fd", eps).double()
+            err = (approx - exact).flatten(1).norm(dim=1) / exact.flatten(1).norm(dim=1)
+            rows[eps][f"{label}_rel_err_max"] = float(err.max())
+    return list(rows.values())
+
+
+def product_timings(h_fn, x: Tensor, block: int, device: torch.device, seed: int) -> list[dict]:
+    """Time ways of computing J V and J^T U for one block of ``block`` directions (evidence for
+    speed ideas): what ``local_basis`` does now (x expanded to a batch, so the primal / forward
+    pass is repeated per direction) against vmapped torch.func transforms that compute the
+    primal once, one-sided differences, and the official one-reverse-pass-per-direction loop.
+    Errors are relative to the batched exact product."""
+    from backend.basis import jvp, vjp
+
+    gen = torch.Generator().manual_seed(seed + 7)
+    v = torch.linalg.qr(torch.randn(x.numel(), block, generator=gen)).Q.T.reshape(block, *x.shape).to(x)
+    single = lambda z: h_fn(z[None])[0]  # noqa: E731  (*x_shape) -> (*h_shape)
     with jacobian_context(True):
-        exact = jvp(h_fn, x, v, "exact").double()
+        exact = jvp(h_fn, x, v, "exact")
+    u = torch.randn(exact.shape, generator=gen).to(x)
+    reference_jt = vjp(h_fn, x, u)
+
+    def vmapped_jvp():
+        return torch.func.vmap(lambda t: torch.func.jvp(single, (x,), (t,))[1])(v)
+
+    def one_sided(eps=1.0):
+        with torch.no_grad():
+            out = h_fn(torch.cat([x[None] + eps * v, x[None]]))
+        return (out[:-1] - out[-1:]) / eps
+
+    def vmapped_vjp():
+        with torch.enable_grad():
+            _, pullback = torch.func.vjp(single, x)
+            return torch.func.vmap(pullback)(u)[0]
+
+    def official_loop():
+        x1 = x[None].detach().requires_grad_(True)
+        with torch.enable_grad():
+            h = h_fn(x1)[0]
+            return torch.stack([torch.autograd.grad(h, x1, grad_outputs=ui, retain_graph=True)[0][0] for ui in u])
+
+    cases = [
+        ("J V", "exact, x expanded to a batch (basis.jvp)", True, lambda: jvp(h_fn, x, v, "exact"), exact),
+        ("J V", "exact, vmap over tangents (primal once)", True, vmapped_jvp, exact),
+        ("J V", "central difference eps=1, 2B forwards (basis.jvp fd)", False, lambda: jvp(h_fn, x, v, "fd", 1.0), exact),
+        ("J V", "one-sided difference eps=1, B+1 forwards", False, one_sided, exact),
+        ("J^T U", "x expanded to a batch (basis.vjp)", False, lambda: vjp(h_fn, x, u), reference_jt),
+        ("J^T U", "vmap over cotangents (forward once)", False, vmapped_vjp, reference_jt),
+        ("J^T U", "one forward, one reverse pass per direction (official)", False, official_loop, reference_jt),
+    ]
     rows = []
-    for eps in eps_list:
-        approx = jvp(h_fn, x, v, "fd", eps).double()
-        err = (approx - exact).flatten(1).norm(dim=1) / exact.flatten(1).norm(dim=1)
-        rows.append({"eps": eps, "rel_err_max": float(err.max()), "rel_err_median": float(err.median())})
+    for product, how, math_attention, fn, truth in cases:
+        row = {"product": product, "how": how, "block": block}
+        try:
+            with jacobian_context(math_attention):
+                fn()  # warm-up
+                with measure(device) as m:
+                    out = fn()
+            err = (out.double() - truth.double()).flatten(1).norm(dim=1) / truth.double().flatten(1).norm(dim=1)
+            row.update(seconds=m.seconds, cpu_seconds=m.cpu_seconds, peak_mib=m.peak_mib, rel_err_max=float(err.max()))
+        except Exception as exc:  # a missing vmap / forward-AD rule is a result here, not a crash
+            row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        rows.append(row)
+        print(f"[bench_basis] product {row}", flush=True)
     return rows
 
 
@@ -443,9 +532,9 @@ def _fmt(value, spec: str = ".3g") -> str:
 
 
 TABLE_HEADER = (
-    "| k | method | rounds | conv | time (s) | s/round | peak MiB | +MiB | sigma rel err (max) | separated dirs | "
+    "| k | method | rounds | conv | time (s) | CPU time (s) | s/round | peak MiB | +MiB | sigma rel err (max) | separated dirs | "
     "max angle, sep. (rad) | median angle, sep. (rad) | top-k subspace angle (rad) |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -453,11 +542,11 @@ def table_row(row: dict) -> str:
     acc = row.get("accuracy") or {}
     status = row.get("status", "ok")
     if status != "ok":
-        return f"| {row['k']} | {row['method']} | {status} | | | | | | | | | | |"
+        return f"| {row['k']} | {row['method']} | {status} | | | | | | | | | | | |"
     sub = acc.get("subspace_angle")
     sub_text = _fmt(sub) + ("" if acc.get("subspace_separated") else " (k-th gap < threshold)") if sub is not None else "-"
     return (
-        f"| {row['k']} | {row['method']} | {row['rounds']} | {'yes' if row['converged'] else 'no'} | {_fmt(row['seconds'], '.2f')} | "
+        f"| {row['k']} | {row['method']} | {row['rounds']} | {'yes' if row['converged'] else 'no'} | {_fmt(row['seconds'], '.2f')} | {_fmt(row['cpu_seconds'], '.1f')} | "
         f"{_fmt(row['seconds'] / max(row['rounds'], 1), '.2f')} | {_fmt(row['peak_mib'], '.0f')} | {_fmt(row['work_mib'], '.0f')} | "
         f"{_fmt(acc.get('sigma_rel_err_max'), '.1e')} | {acc.get('n_separated', '-')}/{row['k']} | {_fmt(acc.get('angle_max_separated'), '.2e')} | "
         f"{_fmt(acc.get('angle_median_separated'), '.2e')} | {sub_text} |"
@@ -482,33 +571,47 @@ def markdown(result: dict) -> str:
         f"elementwise tol {info['baseline_tol']:g}, at least {info['baseline_min_iters']} iterations; cap per k: {info['baseline_caps']}).",
     ]
     if result.get("fd_check"):
-        checks = ", ".join(f"eps {c['eps']:g}: {c['rel_err_max']:.1e}" for c in result["fd_check"])
-        lines.append(f"- finite-difference JVP vs exact (max relative error over {info['fd_check_count']} random unit tangents): {checks}")
+        checks = ", ".join(f"eps {c['eps']:g}: {c['random_rel_err_max']:.1e} / {c['top_rel_err_max']:.1e}" for c in result["fd_check"])
+        lines.append(f"- finite-difference JVP vs exact, max relative error over {info['fd_check_count']} random unit tangents / "
+                     f"the reference's top {info['fd_check_count']} directions: {checks}")
     lines += ["", TABLE_HEADER, *(table_row(r) for r in result["rows"])]
+    if result.get("products"):
+        lines += [
+            "",
+            f"Jacobian products for one block of {result['products'][0]['block']} directions (after a warm-up; error relative to the batched exact product):",
+            "",
+            "| product | how | time (s) | CPU time (s) | peak MiB | rel err (max) |",
+            "|---|---|---|---|---|---|",
+        ]
+        for p in result["products"]:
+            if "error" in p:
+                lines.append(f"| {p['product']} | {p['how']} | failed: {p['error']} | | | |")
+            else:
+                lines.append(f"| {p['product']} | {p['how']} | {p['seconds']:.3f} | {_fmt(p['cpu_seconds'], '.2f')} | {_fmt(p['peak_mib'], '.0f')} | {p['rel_err_max']:.1e} |")
     if result.get("sweep"):
         lines += [
             "",
             "Rounds sweep (fixed number of rounds, tol = 0; time is for that many rounds):",
             "",
-            "| k | variant | rounds | time (s) | sigma rel err (max) | max angle, sep. (rad) | median angle, sep. (rad) | top-k subspace angle (rad) |",
-            "|---|---|---|---|---|---|---|---|",
+            "| k | variant | rounds | time (s) | CPU time (s) | sigma rel err (max) | max angle, sep. (rad) | median angle, sep. (rad) | top-k subspace angle (rad) |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for s in result["sweep"]:
             a = s["accuracy"]
             lines.append(
-                f"| {s['k']} | {s['method']} | {s['rounds']} | {s['seconds']:.2f} | {a['sigma_rel_err_max']:.1e} | "
+                f"| {s['k']} | {s['method']} | {s['rounds']} | {s['seconds']:.2f} | {_fmt(s['cpu_seconds'], '.1f')} | {a['sigma_rel_err_max']:.1e} | "
                 f"{_fmt(a['angle_max_separated'], '.2e')} | {_fmt(a['angle_median_separated'], '.2e')} | {a['subspace_angle']:.2e} |"
             )
     return "\n".join(lines) + "\n\n"
 
 
-def write_results(result: dict, out: Path, name: str, final: bool) -> None:
-    """JSON is rewritten after every row (partial results survive a timeout); markdown is appended once."""
+def write_results(result: dict, out: Path, name: str, md_prefix: str) -> None:
+    """Rewrite ``<name>.json`` and this run's section of ``<name>.md`` (earlier runs' sections are kept),
+    after every row, so that a run cut off by a timeout still leaves its finished rows."""
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(result, indent=1))
-    if final:
-        with open(out / f"{name}.md", "a") as f:
-            f.write(markdown(result))
+    if "reference" in result:
+        (out / f"{name}.md").write_text(md_prefix + markdown(result))
 
 
 # ------------------------------------------------------------------------------ main
@@ -530,6 +633,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=20, help="DDIM steps of the schedule x_t lies on")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--prompt", default="", help="prompt for text-conditioned checkpoints")
+    p.add_argument("--sample-size", type=int, default=None, help="latent size of the random sd15 / sd-tiny models (default 64 / 16)")
     p.add_argument("--ours", nargs="+", default=["fd", "exact"], help="local_basis variants: mode[:chunk=N][:eps=E][:block=B][:tol=T][:iters=I][:krylov=K]")
     p.add_argument("--no-baseline", action="store_true")
     p.add_argument("--baseline-chunk", type=int, default=5)
@@ -543,8 +647,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--sweep", type=int, default=0, help="also run each --ours variant for 1..N fixed rounds (cost grows as N^2)")
     p.add_argument("--fd-check", default="", help="comma-separated fd_eps values to check against the exact JVP, e.g. 1e-3,1e-2,1e-1,1")
     p.add_argument("--fd-check-count", type=int, default=4)
+    p.add_argument("--products", type=int, default=0, help="also time J V / J^T U implementations for a block of this many directions")
     p.add_argument("--tf32", action="store_true", help="leave TF32 on (CUDA); off by default since it ruins finite differences")
     p.add_argument("--budget-s", type=float, default=None, help="skip the remaining methods once this much time has passed")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is far faster on an oversubscribed shared CPU)")
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--name", default=None, help="results file stem (default basis-<model>-<device type>)")
     return p
@@ -552,6 +658,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     started = time.perf_counter()
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not args.tf32:
@@ -565,8 +673,10 @@ def main(argv: list[str] | None = None) -> dict:
     caps = parse_caps(args.baseline_max_iters)
     label = Path(args.model).name if Path(args.model).is_dir() else args.model
     name = args.name or f"basis-{label}-{device.type}"
+    md_file = args.out / f"{name}.md"
+    md_prefix = md_file.read_text() if md_file.is_file() else ""  # this run's section goes after earlier runs'
 
-    bm = bench_model(args.model, device, args.seed, args.prompt)
+    bm = bench_model(args.model, device, args.seed, args.prompt, args.sample_size)
     point = bench_point(bm, args.t_frac, args.steps, args.seed)
     h_fn = bottleneck_fn(bm.model, point.t, bm.context)
     x = point.x
@@ -589,47 +699,51 @@ def main(argv: list[str] | None = None) -> dict:
     eigenface_basis(h_fn, x, 1, Variant("fd", tol=0, iters=2, block=2), args.seed)
     eigenface_basis(h_fn, x, 1, Variant("exact", tol=0, iters=1, block=2), args.seed)
 
-    if args.fd_check:
-        result["fd_check"] = fd_check(h_fn, x, [float(e) for e in args.fd_check.split(",")], args.fd_check_count, args.seed)
-        print(f"[bench_basis] fd check: {result['fd_check']}", flush=True)
-
     key_src = f"{bm.model.name}|{args.seed}|{point.t}|{k_ref}|{[s.label() for s in ref_specs]}|{float(x.double().sum()):.10e}|{torch.__version__}"
     key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
     ref, ref_info = reference_basis(h_fn, x, k_ref, ref_specs, args.seed + 1000, device, args.ref_cache, key)
     result["reference"] = ref_info
     print(f"[bench_basis] reference: {ref_info}", flush=True)
-    write_results(result, args.out, name, final=False)
+    if args.fd_check:
+        result["fd_check"] = fd_check(h_fn, x, [float(e) for e in args.fd_check.split(",")], args.fd_check_count, args.seed, ref.v)
+        print(f"[bench_basis] fd check: {result['fd_check']}", flush=True)
+    write_results(result, args.out, name, md_prefix)
 
     def over_budget() -> bool:
         return args.budget_s is not None and time.perf_counter() - started > args.budget_s
 
-    def record(k: int, method: str, run: Callable[[], Estimate]) -> None:
+    def record(k: int, method: str, run: Callable[[list], Estimate]) -> None:
         row = {"k": k, "method": method}
+        trace: list[dict] = []  # per round (local_basis only): largest angle to the previous round's span, top-k sigma
         if over_budget():
             row["status"] = "skipped (time budget)"
         else:
             try:
                 with measure(device) as m:
-                    est = run()
-                row.update(status="ok", rounds=est.rounds, converged=est.converged, seconds=m.seconds, peak_mib=m.peak_mib, work_mib=m.work_mib,
-                           sigma=est.sigma.tolist(), accuracy=accuracy(est, ref, args.gap))
+                    est = run(trace)
+                row.update(status="ok", rounds=est.rounds, converged=est.converged, seconds=m.seconds, cpu_seconds=m.cpu_seconds, peak_mib=m.peak_mib, work_mib=m.work_mib,
+                           sigma=est.sigma.tolist(), accuracy=accuracy(est, ref, args.gap), trace=trace)
             except torch.OutOfMemoryError:
                 row["status"] = "out of memory"
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
         result["rows"].append(row)
         print(f"[bench_basis] {table_row(row)}", flush=True)
-        write_results(result, args.out, name, final=False)
+        write_results(result, args.out, name, md_prefix)
 
     for k in args.k:
         if not args.no_baseline:
             cap = max(caps(k), args.baseline_min_iters)
-            record(k, f"official baseline (cap {cap} it)", lambda: official_basis(
+            record(k, f"official baseline (cap {cap} it)", lambda _: official_basis(
                 h_fn, x, k, chunk=args.baseline_chunk, tol=args.baseline_tol, min_iters=args.baseline_min_iters, max_iters=cap,
                 generator=torch.Generator().manual_seed(args.seed)))
         for variant in variants:
-            record(k, f"eigenface {variant.label()}", lambda: eigenface_basis(h_fn, x, k, variant, args.seed))
+            record(k, f"eigenface {variant.label()}", lambda trace: eigenface_basis(
+                h_fn, x, k, variant, args.seed, callback=lambda p: trace.append({"round": p.iteration, "angle": p.angle, "sigma": p.sigma.tolist()})))
 
+    if args.products and not over_budget():
+        result["products"] = product_timings(h_fn, x, args.products, device, args.seed)
+        write_results(result, args.out, name, md_prefix)
     if args.sweep:
         result["sweep"] = []
         for k in args.k:
@@ -639,11 +753,11 @@ def main(argv: list[str] | None = None) -> dict:
                         break
                     with measure(device) as m:
                         est = eigenface_basis(h_fn, x, k, replace(variant, tol=0.0), args.seed, max_iters=rounds)
-                    entry = {"k": k, "method": variant.label().rsplit(" tol=", 1)[0], "rounds": rounds, "seconds": m.seconds, "accuracy": accuracy(est, ref, args.gap)}
+                    entry = {"k": k, "method": variant.label().rsplit(" tol=", 1)[0], "rounds": rounds, "seconds": m.seconds, "cpu_seconds": m.cpu_seconds, "accuracy": accuracy(est, ref, args.gap)}
                     result["sweep"].append(entry)
                     print(f"[bench_basis] sweep {entry['method']} r={rounds}: {m.seconds:.2f} s, max sep angle {_fmt(entry['accuracy']['angle_max_separated'])}", flush=True)
     result["seconds_total"] = time.perf_counter() - started
-    write_results(result, args.out, name, final=True)
+    write_results(result, args.out, name, md_prefix)
     print(markdown(result))
     return result
 

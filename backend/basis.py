@@ -54,17 +54,29 @@ class BasisProgress:
     angle: float  # largest principal angle (rad) between this round's top-k subspace and the last
 
 
-def jvp(h_fn: HFn, x: Tensor, v: Tensor, mode: JvpMode = "exact", fd_eps: float = 1.0) -> Tensor:
+def _single(h_fn: HFn) -> Callable[[Tensor], Tensor]:
+    """h for one unbatched sample, as torch.func transforms want it."""
+    return lambda x: h_fn(x[None])[0]
+
+
+def jvp(h_fn: HFn, x: Tensor, v: Tensor, mode: JvpMode = "exact", fd_eps: float = 0.1) -> Tensor:
     """J v for a block of tangents v (B, *x_shape) at the single point x (*x_shape).
 
-    ``exact`` uses forward-mode AD; ``fd`` a central difference of step ``fd_eps`` (in L2
-    units of v), which runs with the model's fastest kernels (see method.md for its accuracy).
+    ``exact`` uses forward-mode AD, vectorised over the tangents with ``vmap`` so the primal
+    pass runs once for the whole block (a third cheaper than repeating x in a batch); ``fd``
+    is a central difference of step ``fd_eps`` (in L2 units of v) that runs with the model's
+    fastest kernels (accuracy: see BENCHMARKS.md and method.md).
     """
-    batch = x.expand(v.shape[0], *x.shape)
     if mode == "exact":
         with torch.no_grad():  # forward-mode AD ignores grad mode; this keeps parameters out of it
-            return torch.func.jvp(h_fn, (batch.contiguous(),), (v.contiguous(),))[1]
+            try:
+                single = _single(h_fn)
+                return torch.func.vmap(lambda t: torch.func.jvp(single, (x,), (t,))[1])(v.contiguous())
+            except (RuntimeError, NotImplementedError):  # an op without a batching rule: repeat x instead
+                batch = x.expand(v.shape[0], *x.shape).contiguous()
+                return torch.func.jvp(h_fn, (batch,), (v.contiguous(),))[1]
     if mode == "fd":
+        batch = x.expand(v.shape[0], *x.shape)
         with torch.no_grad():
             both = h_fn(torch.cat([batch + fd_eps * v, batch - fd_eps * v]))
         plus, minus = both.chunk(2)
@@ -72,8 +84,21 @@ def jvp(h_fn: HFn, x: Tensor, v: Tensor, mode: JvpMode = "exact", fd_eps: float 
     raise ValueError(f"jvp mode must be 'exact' or 'fd', got {mode!r}")
 
 
-def vjp(h_fn: HFn, x: Tensor, u: Tensor) -> Tensor:
-    """J^T u for a block of cotangents u (B, *h_shape) at x: one reverse pass for the block."""
+def vjp(h_fn: HFn, x: Tensor, u: Tensor, vectorize: bool = False) -> Tensor:
+    """J^T u for a block of cotangents u (B, *h_shape) at x.
+
+    ``vectorize``: one forward pass and the reverse pass vmapped over the block (cheaper, but
+    on the math attention kernel only: vmapping a fused attention backward falls back to a
+    loop). Otherwise x is repeated in a batch and one reverse pass serves the block, with
+    whatever kernels are active (the memory-lean choice for large models on a GPU).
+    """
+    if vectorize:
+        try:
+            with torch.enable_grad():
+                _, pullback = torch.func.vjp(_single(h_fn), x.detach())
+                return torch.func.vmap(pullback)(u.contiguous())[0]
+        except (RuntimeError, NotImplementedError):
+            pass  # an op without a batching rule: fall through to the batched reverse pass
     batch = x.expand(u.shape[0], *x.shape).detach().clone().requires_grad_(True)
     with torch.enable_grad():
         h = h_fn(batch)
@@ -114,7 +139,7 @@ def local_basis(
     init: Tensor | None = None,
     chunk_size: int | None = None,
     jvp_mode: JvpMode = "exact",
-    fd_eps: float = 1e-2,
+    fd_eps: float = 0.1,
     generator: torch.Generator | None = None,
     callback: Callable[[BasisProgress], None] | None = None,
 ) -> Basis:
@@ -164,7 +189,7 @@ def local_basis(
         return jvp(h_fn, x, rows.reshape(-1, *x.shape), jvp_mode, fd_eps)
 
     def apply_jt(rows: Tensor) -> Tensor:
-        return vjp(h_fn, x, rows.reshape(-1, *h_shape))
+        return vjp(h_fn, x, rows.reshape(-1, *h_shape), vectorize=jvp_mode == "exact")
 
     qs: list[Tensor] = []  # orthonormal Krylov blocks (n, b)
     ys: list[Tensor] = []  # their images J Q (m, b)

@@ -31,7 +31,12 @@ def strength_scale(sample_shape: tuple[int, ...] | torch.Size) -> float:
 
 
 def check_strength(value: float, what: str = "strength") -> float:
-    value = float(value)
+    if isinstance(value, bool):
+        raise InputError(f"{what} must be a number, got {value!r}")
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{what} must be a number, got {value!r}") from None
     if not math.isfinite(value):
         raise InputError(f"{what} must be a finite number, got {value}")
     if abs(value) > MAX_STRENGTH:

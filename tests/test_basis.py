@@ -25,15 +25,6 @@ ANGLE_TOL = 1e-2  # rad, for directions whose singular values are separated
 GAP = 0.02  # relative gap that counts as "separated"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The tiny models are dominated by OpenMP overhead: one thread is several times faster."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @dataclass
 class Point:
     """h_fn at a point x_t of a real trajectory, and the exact SVD of its Jacobian there."""

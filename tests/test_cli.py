@@ -23,15 +23,6 @@ from backend.store import load_direction
 STEPS = ["--steps", "4"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The tiny models are dominated by OpenMP overhead: one thread is several times faster."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def ddpm(tiny_ddpm_dir) -> str:
     return str(tiny_ddpm_dir)

@@ -22,15 +22,6 @@ from backend.sampling import (
 STEPS = 4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The tiny models are dominated by OpenMP overhead: one thread is several times faster."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def ddpm(tiny_ddpm_dir):
     return load_model(tiny_ddpm_dir, device="cpu")

@@ -19,15 +19,6 @@ STEPS = 4
 K = 4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The tiny models are dominated by OpenMP overhead: one thread is several times faster."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def make_service(tiny_ddpm_dir, tiny_sd_dir):
     def make(**overrides) -> EigenfaceService:

@@ -45,7 +45,7 @@ from backend.catpeople.semantics import (  # noqa: E402
     DEFAULT_ESTIMATOR,
     MIXED,
     EditResponse,
-    edit_response,
+    edit_responses,
     label_from_response,
     random_directions,
 )
@@ -65,6 +65,7 @@ class Sizes:
     n_random: int = 8
     strength: float = 0.5
     heldout_strength: float = 0.3
+    timestep: float | None = None  # edit timestep of the semantic check (None: the service default)
     sweep_seeds: tuple[int, ...] = (0, 1)
     sweep_timesteps: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8)
     sweep_strengths: tuple[float, ...] = (0.3, 0.5)
@@ -82,6 +83,14 @@ def log(message: str) -> None:
 class Report:
     lines: list[str] = field(default_factory=list)
     timings: list[tuple[str, float]] = field(default_factory=list)
+    sections: dict[str, list[str]] = field(default_factory=dict)
+    raw: dict = field(default_factory=dict)  # numbers behind the tables (--json)
+    current: str = "head"
+
+    def section(self, name: str) -> None:
+        """Lines added from now on belong to ``name`` (sections print in ORDER, whatever order they ran in)."""
+        self.current = name
+        self.lines = self.sections.setdefault(name, [])
 
     def add(self, *lines: str) -> None:
         self.lines.extend(lines)
@@ -92,8 +101,19 @@ class Report:
         self.lines.extend("| " + " | ".join(str(c) for c in row) + " |" for row in rows)
         self.lines.append("")
 
+    json_path: Path | None = None
+
+    def flush_raw(self) -> None:
+        if self.json_path is not None:
+            import json
+
+            self.json_path.parent.mkdir(parents=True, exist_ok=True)
+            self.json_path.write_text(json.dumps(self.raw, indent=1))
+
     def text(self) -> str:
-        return "\n".join(self.lines) + "\n"
+        order = ["head", "accuracy", "samples", "semantic", "atlas", "sweep", "timings"]
+        names = order + [n for n in self.sections if n not in order]
+        return "\n".join(line for n in names for line in self.sections.get(n, [])) + "\n"
 
 
 def mark(ok: bool) -> str:
@@ -129,6 +149,7 @@ def resultant_length(x: torch.Tensor) -> float:
 
 # ------------------------------------------------------------------------------------ sections
 def section_accuracy(report: Report, estimator: FactorEstimator, sizes: Sizes) -> dict:
+    report.section("accuracy")
     start = time.perf_counter()
     images, truth = render_dataset(sizes.renders, seed=20240)  # seeds 0-2 trained / calibrated it
     rendered = time.perf_counter() - start
@@ -145,6 +166,7 @@ def section_accuracy(report: Report, estimator: FactorEstimator, sizes: Sizes) -
     report.table(["factor", "R^2", "MAE", "check"],
                  [[name, f"{float(r2[i]):.4f}", f"{float(mae[i]):.4f}", mark(float(r2[i]) >= 0.9)] for i, name in enumerate(FACTORS)])
     log(f"accuracy: {seconds:.1f}s (render {rendered:.1f}s); R^2 " + " ".join(f"{n}={float(v):.3f}" for n, v in zip(FACTORS, r2)))
+    report.raw["accuracy"] = {"r2": dict(zip(FACTORS, r2.tolist())), "mae": dict(zip(FACTORS, mae.tolist())), "clean_face_rate": float(faces.float().mean())}
     return {"r2": r2, "clean_face_rate": float(faces.float().mean())}
 
 
@@ -160,6 +182,7 @@ def section_samples(report: Report, service, estimator: FactorEstimator, sizes: 
     from backend.sampling import DEFAULT_STEPS
     from backend.service import image_grid, to_pil
 
+    report.section("samples")
     model = service.model("catpeople")
     start = time.perf_counter()
     images = []
@@ -207,24 +230,38 @@ def section_samples(report: Report, service, estimator: FactorEstimator, sizes: 
                "pass when the mean and the std of all samples are both within 20%. Hue, circular: linear mean/std are "
                f"shown too (uniform on [0, 1) has the same), R = mean resultant length (uniform: ~{1 / math.sqrt(sizes.samples):.3f}).", "")
     report.table(["factor", "mean (all)", "std (all)", "mean (faces)", "std (faces)", "check (all)", "circular"], rows)
+    report.raw["samples"] = {"face_rate": rate, "errors": [round(float(e), 5) for e in errors], "factors": [[round(float(v), 4) for v in row] for row in factors]}
+    report.flush_raw()
     log(f"samples: face rate {rate:.1%}, generation {gen_seconds:.0f}s")
     return {"face_rate": rate, "images": images, "faces": faces}
 
 
-def _semantic_seed(service, estimator, spec, sizes: Sizes, random_seed: int = 0) -> dict:
-    """One seed: responses of each top direction and each random direction at +-s and +-s_heldout."""
-    strengths = (-sizes.strength, -sizes.heldout_strength, sizes.heldout_strength, sizes.strength)
+def _semantic_seed(service, estimator, spec, sizes: Sizes, random_seed: int = 0, magnitudes: list[float] | None = None) -> dict:
+    """One seed: responses of each top direction and each random direction at +-s and +-s_heldout
+    (or at +- each of ``magnitudes``)."""
+    magnitudes = sorted({sizes.strength, sizes.heldout_strength} if magnitudes is None else set(magnitudes))
+    strengths = tuple([-m for m in reversed(magnitudes)] + magnitudes)
     model = service.model(spec.sample.model)
     t0 = time.perf_counter()
     basis = service.discover(spec)
     t1 = time.perf_counter()
-    directions = [edit_response(service, spec, i, strengths=strengths, estimator=estimator) for i in range(basis.basis.k)]
+    directions = edit_responses(service, spec, list(range(basis.basis.k)), strengths, estimator=estimator)
     t2 = time.perf_counter()
     vectors = random_directions(model.sample_shape, sizes.n_random, random_seed * 1_000_003 + spec.sample.seed)
-    randoms = [edit_response(service, spec, vector=v, strengths=strengths, estimator=estimator) for v in vectors]
+    randoms = edit_responses(service, spec, list(vectors), strengths, estimator=estimator)
     t3 = time.perf_counter()
     return {"seed": spec.sample.seed, "directions": directions, "randoms": randoms, "basis": basis,
             "seconds": {"trajectory+basis": t1 - t0, "direction edits": t2 - t1, "random edits": t3 - t2}}
+
+
+def _raw_seed(res: dict) -> dict:
+    def one(r: EditResponse) -> dict:
+        return {"base": [round(float(v), 5) for v in r.base], "edited": [[round(float(v), 5) for v in row] for row in r.edited],
+                "edited_is_face": [bool(v) for v in r.edited_is_face]}
+
+    return {"base_is_face": res["directions"][0].base_is_face, "sigma": [round(float(v), 5) for v in res["basis"].basis.sigma],
+            "directions": [one(r) for r in res["directions"]], "random": [one(r) for r in res["randoms"]],
+            "seconds": {k: round(v, 2) for k, v in res["seconds"].items()}}
 
 
 def _response_at(r: EditResponse, strength: float) -> torch.Tensor:
@@ -251,14 +288,19 @@ def _short(label: str) -> str:
 def section_semantic(report: Report, service, estimator: FactorEstimator, sizes: Sizes, docs: Path) -> dict:
     from backend.service import DEFAULT_TIMESTEP, BasisSpec, SampleSpec
 
+    report.section("semantic")
     s, h = sizes.strength, sizes.heldout_strength
+    edit_t = DEFAULT_TIMESTEP if sizes.timestep is None else sizes.timestep
     seeds = list(sizes.semantic_seeds)
     results = []
     start = time.perf_counter()
     for seed in seeds:
-        spec = BasisSpec(SampleSpec(seed=seed), timestep=DEFAULT_TIMESTEP, k=sizes.k)
+        spec = BasisSpec(SampleSpec(seed=seed), timestep=edit_t, k=sizes.k)
         res = _semantic_seed(service, estimator, spec, sizes)
         results.append(res)
+        report.raw.setdefault("semantic", {"timestep": edit_t, "strengths": list(res["directions"][0].strengths), "factors": list(FACTORS), "seeds": {}})
+        report.raw["semantic"]["seeds"][str(seed)] = _raw_seed(res)
+        report.flush_raw()
         ratio, _, _ = _ratio(res["directions"], res["randoms"], s)
         log(f"semantic: seed {seed} ratio {ratio:.2f} (" + ", ".join(f"{k} {v:.1f}s" for k, v in res["seconds"].items()) + ")")
     seconds = time.perf_counter() - start
@@ -267,7 +309,7 @@ def section_semantic(report: Report, service, estimator: FactorEstimator, sizes:
 
     # --- ratio per seed
     report.add("## (d) Semantic check: top Jacobian directions vs random directions", "",
-               f"Seeds {seeds}, edit timestep {DEFAULT_TIMESTEP} (training t = {timestep}), basis k = {sizes.k}, direct edits. "
+               f"Seeds {seeds}, edit timestep {edit_t} (training t = {timestep}), basis k = {sizes.k}, direct edits. "
                f"For every direction: edits at -s and +s; change = sum over factors of the mean absolute change of the "
                f"estimated factors (hue circular) from the unedited sample. Random: {sizes.n_random} random unit directions "
                f"per seed at the same strengths. Ratio = mean over top-k / mean over random. Pass: ratio >= 3 on every seed "
@@ -352,15 +394,19 @@ def section_semantic(report: Report, service, estimator: FactorEstimator, sizes:
         issue8[name] = {"labelled": labelled, "verified": verified, "pass": passed}
         rows.append([name, f"{labelled}/{len(seeds)}", f"{verified}/{len(seeds)}", f"{sum(ratios) / len(ratios):.2f}", " ".join(which), mark(passed)])
     never = [n for n in FACTORS if n not in issue8]
+    if not rows:
+        rows.append(["(none)", "-", "-", "-", "-", mark(False)])
     report.table(["factor", "seeds labelled", "seeds verified (held-out)", f"mean held-out ratio", "direction per seed (x = not verified)", "check"], rows)
     report.add(f"Factors no top-{sizes.k} direction is labelled with on any seed: {', '.join(never) or 'none'}.", "")
     log(f"semantic: overall ratio {overall[s]:.2f} at s={s}, {overall[h]:.2f} at s={h}; {seconds:.0f}s")
-    return {"results": results, "labels": labels, "ratio": overall, "pass": pass_all, "issue8": issue8, "timestep": timestep}
+    report.raw["semantic"].update({"ratio": overall, "pass": pass_all, "issue8": issue8})
+    return {"results": results, "labels": labels, "ratio": overall, "pass": pass_all, "issue8": issue8, "timestep": timestep, "edit_t": edit_t}
 
 
 def section_atlas(report: Report, service, sizes: Sizes, docs: Path, semantic: dict | None, seed: int | None, strength: float) -> None:
     from backend.service import DEFAULT_TIMESTEP, BasisSpec, SampleSpec
 
+    report.section("atlas")
     labels = None
     if seed is None:
         seed = 0
@@ -371,7 +417,8 @@ def section_atlas(report: Report, service, sizes: Sizes, docs: Path, semantic: d
         for res, row in zip(semantic["results"], semantic["labels"]):
             if res["seed"] == seed:
                 labels = row
-    spec = BasisSpec(SampleSpec(seed=seed), timestep=DEFAULT_TIMESTEP, k=sizes.k)
+    edit_t = DEFAULT_TIMESTEP if sizes.timestep is None else sizes.timestep
+    spec = BasisSpec(SampleSpec(seed=seed), timestep=edit_t, k=sizes.k)
     start = time.perf_counter()
     grid = service.grid(spec, strength=strength, columns=5)
     seconds = time.perf_counter() - start
@@ -390,7 +437,7 @@ def section_atlas(report: Report, service, sizes: Sizes, docs: Path, semantic: d
         draw.multiline_text((4, i * row_h + row_h // 2 - 18), text, fill="black")
     docs.mkdir(parents=True, exist_ok=True)
     canvas.save(docs / "atlas.png")
-    report.add("## (e) Atlas", "", f"`{docs / 'atlas.png'}`: seed {seed}, timestep {DEFAULT_TIMESTEP}, one row per direction, "
+    report.add("## (e) Atlas", "", f"`{docs / 'atlas.png'}`: seed {seed}, timestep {edit_t}, one row per direction, "
                f"edits from -{strength} to +{strength} (5 columns, original in the middle), rows named by label_directions "
                f"(at +-{sizes.strength}).", "")
     log(f"atlas: {seconds:.0f}s")
@@ -399,8 +446,8 @@ def section_atlas(report: Report, service, sizes: Sizes, docs: Path, semantic: d
 def section_sweep(report: Report, service, estimator: FactorEstimator, sizes: Sizes, semantic: dict | None) -> None:
     from backend.service import DEFAULT_TIMESTEP, BasisSpec, SampleSpec
 
+    report.section("sweep")
     strengths = sorted(set(sizes.sweep_strengths))
-    sweep_sizes = Sizes(**{**sizes.__dict__})
     rows = []
     start = time.perf_counter()
     table: dict[tuple[float, float], list[float]] = {}
@@ -408,12 +455,13 @@ def section_sweep(report: Report, service, estimator: FactorEstimator, sizes: Si
     for t in sizes.sweep_timesteps:
         for seed in sizes.sweep_seeds:
             reuse = None
-            if semantic is not None and t == DEFAULT_TIMESTEP and {sizes.strength, sizes.heldout_strength} >= set(strengths):
+            if semantic is not None and t == semantic["edit_t"] and {sizes.strength, sizes.heldout_strength} >= set(strengths):
                 reuse = next((r for r in semantic["results"] if r["seed"] == seed), None)
             if reuse is None:
-                sweep_sizes.strength, sweep_sizes.heldout_strength = max(strengths), min(strengths)
                 spec = BasisSpec(SampleSpec(seed=seed), timestep=t, k=sizes.k)
-                reuse = _semantic_seed(service, estimator, spec, sweep_sizes)
+                reuse = _semantic_seed(service, estimator, spec, sizes, magnitudes=strengths)
+                report.raw.setdefault("sweep", {})[f"{t}/{seed}"] = _raw_seed(reuse)
+                report.flush_raw()
             for st in strengths:
                 ratio, _, _ = _ratio(reuse["directions"], reuse["randoms"], st)
                 table.setdefault((t, st), []).append(ratio)
@@ -436,6 +484,19 @@ def section_sweep(report: Report, service, estimator: FactorEstimator, sizes: Si
     log(f"sweep: {seconds:.0f}s")
 
 
+def _provenance() -> str:
+    """The commit the numbers come from, and the files that differed from it."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.split("\n")
+    except (OSError, subprocess.SubprocessError):
+        return "commit unknown"
+    changed = [line[3:] for line in dirty if line.strip()]
+    return f"commit {head or 'unknown'}" + (f" + uncommitted changes to {', '.join(changed)}" if changed else "")
+
+
 # ------------------------------------------------------------------------------------------ main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -446,8 +507,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--estimator", default=str(DEFAULT_ESTIMATOR), help="factor estimator directory")
     parser.add_argument("--samples", type=int, help="number of samples for (c) (default 256, quick 32)")
     parser.add_argument("--seeds", help="comma-separated seeds for the semantic check (default 0..7, quick 0,1)")
+    parser.add_argument("--k", type=int, help="directions per basis (default 8, quick 4)")
+    parser.add_argument("--n-random", type=int, help="random directions per seed (default 8, quick 4)")
+    parser.add_argument("--timestep", type=float, help="edit timestep of the semantic check and the atlas (default: the service's)")
+    parser.add_argument("--strength", type=float, help="edit strength of the semantic check (default 0.5)")
+    parser.add_argument("--heldout", type=float, help="held-out strength that verifies labels (default 0.3)")
+    parser.add_argument("--sweep-timesteps", help="comma-separated edit timesteps of the sweep (default 0.5,0.6,0.7,0.8)")
+    parser.add_argument("--sweep-strengths", help="comma-separated strengths of the sweep (default 0.3,0.5)")
+    parser.add_argument("--sweep-seeds", help="comma-separated seeds of the sweep (default 0,1)")
+    parser.add_argument("--json", help="write the raw numbers (estimated factors of every edit) to this JSON file")
     parser.add_argument("--atlas-seed", type=int, help="seed of the atlas (default: the first semantic seed whose sample is a face)")
-    parser.add_argument("--atlas-strength", type=float, default=0.6, help="largest |strength| in the atlas (default 0.6)")
+    parser.add_argument("--atlas-strength", type=float, default=0.3, help="largest |strength| in the atlas (default 0.3)")
     parser.add_argument("--threads", type=int, default=int(os.environ.get("EIGENFACE_THREADS", "2")), help="torch CPU threads (default 2)")
     args = parser.parse_args(argv)
 
@@ -457,18 +527,30 @@ def main(argv: list[str] | None = None) -> int:
         sizes.samples = args.samples
     if args.seeds:
         sizes.semantic_seeds = tuple(int(s) for s in args.seeds.split(","))
+    for name, attr in (("k", "k"), ("n_random", "n_random"), ("timestep", "timestep"), ("strength", "strength"), ("heldout", "heldout_strength")):
+        if getattr(args, name) is not None:
+            setattr(sizes, attr, getattr(args, name))
+    for name in ("sweep_timesteps", "sweep_strengths"):
+        if getattr(args, name):
+            setattr(sizes, name, tuple(float(v) for v in getattr(args, name).split(",")))
+    if args.sweep_seeds:
+        sizes.sweep_seeds = tuple(int(v) for v in args.sweep_seeds.split(","))
+    if sizes.heldout_strength == sizes.strength:
+        parser.error("--heldout must differ from --strength")
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = set(sections) - {"accuracy", "samples", "semantic", "atlas", "sweep"}
     if unknown:
         parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
     docs = Path(args.docs)
 
-    report = Report()
+    report = Report(json_path=Path(args.json) if args.json else None)
+    report.section("head")
     wall = time.perf_counter()
-    report.add("# Cat-people evaluation" + (" (quick)" if args.quick else ""), "",
-               f"`python bench/catpeople_eval.py{' --quick' if args.quick else ''}` - torch {torch.__version__}, "
-               f"{torch.get_num_threads()} CPU threads, {time.strftime('%Y-%m-%d')}.", "")
     estimator = FactorEstimator.load(args.estimator)
+    report.add("# Cat-people evaluation" + (" (quick)" if args.quick else ""), "",
+               f"`python bench/catpeople_eval.py {' '.join(sys.argv[1:] if argv is None else argv)}` - torch {torch.__version__}, "
+               f"{torch.get_num_threads()} CPU threads, {time.strftime('%Y-%m-%d %H:%M')}, {_provenance()}; "
+               f"estimator face threshold {estimator.face_threshold:.5f}.", "")
 
     if "accuracy" in sections:
         section_accuracy(report, estimator, sizes)
@@ -481,19 +563,21 @@ def main(argv: list[str] | None = None) -> int:
         service = EigenfaceService()
         service.model("catpeople")
         report.timings.append(("load model", time.perf_counter() - start))
-    if "samples" in sections:
-        section_samples(report, service, estimator, sizes, docs)
     semantic = None
     if "semantic" in sections:
         semantic = section_semantic(report, service, estimator, sizes, docs)
     if "atlas" in sections:
         section_atlas(report, service, sizes, docs, semantic, args.atlas_seed, args.atlas_strength)
+    if "samples" in sections:
+        section_samples(report, service, estimator, sizes, docs)
     if "sweep" in sections:
         section_sweep(report, service, estimator, sizes, semantic)
 
+    report.section("timings")
     report.add("## Timings", "")
     report.timings.append(("total", time.perf_counter() - wall))
     report.table(["step", "seconds"], [[name, f"{sec:.1f}"] for name, sec in report.timings])
+    report.flush_raw()
     text = report.text()
     sys.stdout.write(text)
     if args.out:

@@ -99,6 +99,73 @@ def _check_strengths(strengths: Iterable[float]) -> tuple[float, ...]:
     return values
 
 
+def edit_responses(
+    service: "EigenfaceService",
+    spec: "BasisSpec",
+    directions: Sequence[int | Tensor],
+    strengths: Sequence[float] = (-DEFAULT_STRENGTH, DEFAULT_STRENGTH),
+    *,
+    estimator: FactorEstimator | None = None,
+    mode: str = "direct",
+    batch_size: int = 16,
+) -> list[EditResponse]:
+    """:class:`EditResponse` for several directions at once, rendered in batches.
+
+    Each item of ``directions`` is an index into ``service.discover(spec)`` or a vector of the
+    model's sample shape (normalised, as :meth:`EigenfaceService.edit_vector` does).
+    """
+    estimator = estimator or default_estimator()
+    strengths = _check_strengths(strengths)
+    if not directions:
+        return []
+    images = _render(service, spec, list(directions), strengths, mode, batch_size)
+    base = pil_to_tensor(service.generate(spec.sample))
+    edited = pil_to_tensor(images)
+    factors = estimator.estimate(torch.cat([base, edited]))
+    faces = estimator.is_face(torch.cat([base, edited]))
+    s = len(strengths)
+    return [
+        EditResponse(factors[0], factors[1 + i * s : 1 + (i + 1) * s], strengths, bool(faces[0]), faces[1 + i * s : 1 + (i + 1) * s])
+        for i in range(len(directions))
+    ]
+
+
+def _render(service, spec, directions: list, strengths: tuple[float, ...], mode: str, batch_size: int) -> list[Image.Image]:
+    """Edits (direction-major, then strength) as PIL images.
+
+    Renders through the service's batch renderer when it has one, so that many edits of one
+    sample share each U-Net call (on a CPU this is much faster than one edit at a time);
+    otherwise one :meth:`strip` per basis direction and one :meth:`edit_vector` per vector.
+    """
+    from ..edit import check_strength
+    from ..service import _check_int, check_vector
+
+    model = service.model(spec.sample.model)
+    needs_basis = mode == "geodesic" or any(not isinstance(d, Tensor) for d in directions)
+    batch = getattr(service, "_render_batch", None)
+    if batch is None:  # public API only
+        images = []
+        for d in directions:
+            if isinstance(d, Tensor):
+                images += [service.edit_vector(spec, d, st, mode) for st in strengths]
+            else:
+                images += service.strip(spec, d, list(strengths), mode)
+        return images
+    result = service.discover(spec) if needs_basis else service._point(spec)
+    edits = []
+    for d in directions:
+        if isinstance(d, Tensor):
+            v = check_vector(d, model.sample_shape)
+            v = v / v.norm()
+        else:
+            v = result.basis.v[_check_int("direction index", d, 0, result.basis.k - 1)]
+        edits += [(v, check_strength(st)) for st in strengths]
+    images = []
+    for first in range(0, len(edits), batch_size):
+        images += batch(spec, result, edits[first : first + batch_size], mode, None, None)
+    return images
+
+
 def edit_response(
     service: "EigenfaceService",
     spec: "BasisSpec",
@@ -113,23 +180,10 @@ def edit_response(
 
     Exactly one of ``direction_index`` (a direction of ``service.discover(spec)``) and
     ``vector`` (any tensor of the model's sample shape; it is normalised) must be given.
-    A basis direction's edits render as one batch (:meth:`EigenfaceService.strip`); a vector's
-    one at a time (:meth:`EigenfaceService.edit_vector`).
     """
     if (direction_index is None) == (vector is None):
         raise InputError("give exactly one of direction_index and vector")
-    estimator = estimator or default_estimator()
-    strengths = _check_strengths(strengths)
-    if vector is None:
-        images = service.strip(spec, direction_index, list(strengths), mode)
-    else:
-        images = [service.edit_vector(spec, vector, s, mode) for s in strengths]
-    base = pil_to_tensor(service.generate(spec.sample))
-    edited = pil_to_tensor(images)
-    both = torch.cat([base, edited])
-    factors = estimator.estimate(both)
-    faces = estimator.is_face(both)
-    return EditResponse(factors[0], factors[1:], strengths, bool(faces[0]), faces[1:])
+    return edit_responses(service, spec, [direction_index if vector is None else vector], strengths, estimator=estimator, mode=mode)[0]
 
 
 def factor_response(
@@ -204,10 +258,8 @@ def label_directions(
 ) -> list[DirectionLabel]:
     """One :class:`DirectionLabel` per direction of ``service.discover(spec)`` (edits at +-strength)."""
     k = service.discover(spec).basis.k
-    return [
-        label_from_response(i, factor_response(service, spec, i, strengths=(-strength, strength), estimator=estimator, mode=mode), dominance)
-        for i in range(k)
-    ]
+    responses = edit_responses(service, spec, list(range(k)), (-strength, strength), estimator=estimator, mode=mode)
+    return [label_from_response(i, r.response, dominance) for i, r in enumerate(responses)]
 
 
 # ---------------------------------------------------------------------------- semantic ratio
@@ -281,9 +333,19 @@ def _ratio(directions: Tensor, random: Tensor) -> float:
     return float(directions.mean()) / denominator if denominator > 0 else math.inf
 
 
+#: Mixes the seed of random directions, so that their generator never replays a sample's own
+#: initial noise: ``initial_noise(model, s)`` is ``randn`` from ``manual_seed(s)``, and a
+#: "random" direction equal to x_T is far from random (moving along it scales the noise).
+_STREAM = 0x9E3779B97F4A7C15
+
+
 def random_directions(shape: Sequence[int], n: int, seed: int) -> Tensor:
-    """``n`` random unit directions (n, *shape), standard normal then normalised; seeded."""
-    g = torch.Generator().manual_seed(seed)
+    """``n`` random unit directions (n, *shape), standard normal then normalised; seeded.
+
+    The generator is seeded from ``seed`` through a mixing constant, so that it is not the
+    stream that draws the initial noise of sample ``seed`` (see :data:`_STREAM`).
+    """
+    g = torch.Generator().manual_seed((seed * _STREAM + 0x5EED) % (2**63))
     v = torch.randn(n, *shape, generator=g)
     return v / v.flatten(1).norm(dim=1).reshape(n, *([1] * len(shape)))
 
@@ -305,10 +367,10 @@ def seed_semantics(
     model = service.model(spec.sample.model)
     k = service.discover(spec).basis.k
     strengths = (-strength, strength)
-    directions = [edit_response(service, spec, i, strengths=strengths, estimator=estimator, mode=mode) for i in range(k)]
     # Random directions depend on the sample's seed too, so different seeds see different ones.
     vectors = random_directions(model.sample_shape, n_random, random_seed * 1_000_003 + spec.sample.seed)
-    randoms = [edit_response(service, spec, vector=v, strengths=strengths, estimator=estimator, mode=mode) for v in vectors]
+    responses = edit_responses(service, spec, list(range(k)) + list(vectors), strengths, estimator=estimator, mode=mode)
+    directions, randoms = responses[:k], responses[k:]
     return SeedSemantics(
         seed=spec.sample.seed,
         direction_response=torch.stack([r.response for r in directions]),

@@ -1,0 +1,35 @@
+"""Time the service's own basis path (what "Find directions" costs once the image is sampled).
+
+    python bench/bench_service.py --threads 2 --k 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from backend.service import BasisSpec, EigenfaceService, SampleSpec, ServiceConfig
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--k", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    for mode in ("fd", "exact"):
+        service = EigenfaceService(ServiceConfig(jvp_mode=mode))
+        spec = BasisSpec(SampleSpec(seed=args.seed), 0.6, args.k)
+        start = time.perf_counter()
+        service.trajectory(spec.sample)
+        sampled = time.perf_counter()
+        result = service.discover(spec)
+        done = time.perf_counter()
+        print(f"{mode:5s} k={args.k}: sampling {sampled - start:.2f} s, basis {done - sampled:.2f} s, {result.basis.iterations} rounds")
+
+
+if __name__ == "__main__":
+    main()

@@ -126,7 +126,7 @@ def apply_edit(
     try:
         path = geodesic_shoot(
             h_fn, x, direction.to(x), strength * strength_scale(x.shape), substeps=n, k=basis.k, basis=basis.to(x.device),
-            basis_iters=2, jvp_mode=jvp_mode, generator=torch.Generator().manual_seed(0),
+            basis_iters=2, final_basis=False, jvp_mode=jvp_mode, generator=torch.Generator().manual_seed(0),
         )
     except ValueError as exc:
         raise InputError(f"geodesic edit failed: {exc}") from None

@@ -206,7 +206,7 @@ class GeodesicPath:
 
     points: Tensor  # (substeps + 1, *x_shape); points[0] is the start, points[-1] the end
     directions: Tensor  # (substeps, *x_shape), unit; step i went points[i] -> points[i] + (|length|/substeps) directions[i]
-    basis: Basis  # the basis at points[-1]
+    basis: Basis  # the basis at points[-1] (at points[-2] when final_basis=False)
     bases: tuple[Basis, ...]  # the basis at every point (substeps + 1 of them) if keep_bases, else ()
     seconds: float  # wall time of the whole shoot, basis updates included
 
@@ -222,6 +222,7 @@ def geodesic_shoot(
     basis: Basis | None = None,
     basis_iters: int = 3,
     keep_bases: bool = False,
+    final_basis: bool = True,
     step_callback: Callable[[GeodesicStep], None] | None = None,
     **basis_kwargs: Any,
 ) -> GeodesicPath:
@@ -246,7 +247,8 @@ def geodesic_shoot(
     :func:`transport`); the variant without it would act like a power iteration and drift
     towards v_1 over many steps.
 
-    ``basis``: the basis at x if already known (with k rows; else it is computed with
+    ``final_basis=False`` skips re-estimating the basis at the end point, which an edit never
+    uses (one update in ``substeps`` saved).  ``basis``: the basis at x if already known (with k rows; else it is computed with
     ``basis_kwargs``).  ``basis_kwargs`` go to :func:`~backend.basis.local_basis` (e.g.
     ``block_size``, ``tol``, ``chunk_size``, ``jvp_mode``, ``generator``); the warm updates override
     ``init`` and ``max_iters``.  Raises ValueError where transport finds no component of
@@ -286,7 +288,9 @@ def geodesic_shoot(
             x_next, next_basis = x, basis
         else:
             x_next = points[-1] + step * d
-            next_basis = local_basis(h_fn, x_next, k, **{**update_kwargs, "init": basis.v})
+            last = i == substeps and not (final_basis or keep_bases or step_callback is not None)
+            # An edit only needs the end point: the basis there would be computed and never used.
+            next_basis = basis if last else local_basis(h_fn, x_next, k, **{**update_kwargs, "init": basis.v})
             if i < substeps:  # the direction after the last step would go unused
                 image, _ = _image_in_span(d, basis)  # J_i d_i, exact: d_i lies in span(V_i)
                 d = transport(image, next_basis).to(x)

@@ -140,6 +140,7 @@ def local_basis(
     chunk_size: int | None = None,
     jvp_mode: JvpMode = "exact",
     fd_eps: float = 0.1,
+    vjp_dtype: torch.dtype | None = None,
     generator: torch.Generator | None = None,
     callback: Callable[[BasisProgress], None] | None = None,
 ) -> Basis:
@@ -168,6 +169,10 @@ def local_basis(
         chunk_size: most directions per batched JVP / VJP call (memory bound).
         jvp_mode: ``exact`` (forward AD) or ``fd`` (central difference, fast kernels).
         fd_eps: finite-difference step, in L2 units of the unit tangent.
+        vjp_dtype: run the J^T products under autocast at this dtype (e.g. bfloat16 on a GPU).
+            They only choose the next search block; the Ritz pairs come from the J Q images,
+            which stay in x's dtype. So half precision here costs a little convergence speed,
+            never accuracy, and the reverse pass is the most expensive product.
         generator: seeds the random start, so equal inputs give equal bases.
         callback: receives a :class:`BasisProgress` after each round.
     """
@@ -189,7 +194,8 @@ def local_basis(
         return jvp(h_fn, x, rows.reshape(-1, *x.shape), jvp_mode, fd_eps)
 
     def apply_jt(rows: Tensor) -> Tensor:
-        return vjp(h_fn, x, rows.reshape(-1, *h_shape), vectorize=jvp_mode == "exact")
+        with torch.autocast(x.device.type, dtype=vjp_dtype, enabled=vjp_dtype is not None):
+            return vjp(h_fn, x, rows.reshape(-1, *h_shape), vectorize=jvp_mode == "exact").to(x.dtype)
 
     qs: list[Tensor] = []  # orthonormal Krylov blocks (n, b)
     ys: list[Tensor] = []  # their images J Q (m, b)

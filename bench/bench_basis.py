@@ -315,6 +315,9 @@ def official_basis(
     return Estimate(s.sqrt().double().cpu(), v.reshape(k, n).double().cpu(), i + 1, converged)
 
 
+VJP_DTYPES = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 @dataclass(frozen=True)
 class Variant:
     """One configuration of ``local_basis``; parsed from ``mode[:key=value...]``, e.g. ``fd:chunk=16:eps=0.01``."""
@@ -326,19 +329,22 @@ class Variant:
     tol: float = 1e-4
     iters: int = 30
     krylov: int | None = None
+    vjp: str | None = None  # autocast dtype of the J^T products, e.g. bf16
 
     @classmethod
     def parse(cls, text: str) -> "Variant":
         mode, *items = text.split(":")
         if mode not in ("exact", "fd"):
             raise ValueError(f"variant {text!r}: mode must be 'exact' or 'fd', got {mode!r}")
-        kinds = {"chunk": int, "eps": float, "block": int, "tol": float, "iters": int, "krylov": int}
+        kinds = {"chunk": int, "eps": float, "block": int, "tol": float, "iters": int, "krylov": int, "vjp": str}
         values = {}
         for item in items:
             key, _, value = item.partition("=")
             if key not in kinds:
                 raise ValueError(f"variant {text!r}: unknown key {key!r} (use {', '.join(kinds)})")
             values[key] = kinds[key](value)
+        if values.get("vjp", None) not in VJP_DTYPES:
+            raise ValueError(f"variant {text!r}: vjp must be one of bf16, fp16")
         return cls(mode, **values)
 
     def label(self) -> str:
@@ -346,6 +352,8 @@ class Variant:
         if self.mode == "fd":
             parts.append(f"eps={self.eps:g}")
         parts.append(f"chunk={self.chunk or 'all'}")
+        if self.vjp is not None:
+            parts.append(f"vjp={self.vjp}")
         if self.block is not None:
             parts.append(f"block={self.block}")
         parts.append(f"tol={self.tol:g}" if self.tol > 0 else f"rounds={self.iters}")
@@ -356,7 +364,7 @@ def eigenface_basis(h_fn, x: Tensor, k: int, variant: Variant, seed: int, max_it
     with jacobian_context(variant.mode == "exact"):
         basis = local_basis(
             h_fn, x, k, block_size=variant.block, max_iters=max_iters or variant.iters, tol=variant.tol, max_krylov=variant.krylov,
-            chunk_size=variant.chunk, jvp_mode=variant.mode, fd_eps=variant.eps, generator=torch.Generator().manual_seed(seed), callback=callback,
+            chunk_size=variant.chunk, jvp_mode=variant.mode, fd_eps=variant.eps, vjp_dtype=VJP_DTYPES[variant.vjp], generator=torch.Generator().manual_seed(seed), callback=callback,
         )
     return Estimate(basis.sigma.double().cpu(), basis.v.reshape(basis.k, -1).double().cpu(), basis.iterations, basis.converged)
 

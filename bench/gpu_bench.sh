@@ -26,7 +26,7 @@ if [ "${EIGENFACE_BENCH_SMOKE:-0}" = 1 ]; then
   # (One thread: on a shared, oversubscribed CPU two torch threads were 10-50x slower than one.)
   model=sd-tiny; extra=(--threads 1)
   basis_args=(--k 4 --ref-k 8 --reference exact:tol=1e-6:iters=8 --baseline-min-iters 3 --baseline-max-iters 3
-              --ours fd:eps=0.1:iters=4 exact:iters=4 --fd-check 1e-2,1e-1,1 --fd-check-count 1 --products 4)
+              --ours fd:eps=0.1:iters=4:vjp=bf16 fd:eps=0.1:iters=4 exact:iters=4 --fd-check 1e-2,1e-1,1 --fd-check-count 1 --products 4)
   edit_args=(--steps 6 --preview-steps 2 --batch 1 2 --repeats 1)
   t_basis=${T_BASIS:-100}; t_edit=${T_EDIT:-60}
 else
@@ -36,7 +36,7 @@ else
   # (~30 s on an H200 by method.md). Method order = priority: whatever the time budget cuts comes last.
   model=sd15; extra=()
   basis_args=(--k 10 50 --steps 25 --ref-k 64 --reference exact:chunk=5:tol=1e-7:iters=12 fd:chunk=20:eps=0.1:tol=1e-7:iters=12
-              --baseline-max-iters 10:15,50:11 --ours fd:chunk=20:eps=0.1 exact:chunk=5 --fd-check 1e-2,1e-1,1 --products 8)
+              --baseline-max-iters 10:15,50:11 --ours fd:chunk=20:eps=0.1:vjp=bf16 fd:chunk=20:eps=0.1 exact:chunk=5 --fd-check 1e-2,1e-1,1 --products 8)
   edit_args=(--steps 25 --preview-steps 5 --batch 1 4 --dtypes fp16 fp32 --repeats 3 --full-sample)
   t_basis=${T_BASIS:-230}; t_edit=${T_EDIT:-100}
 fi

@@ -6,8 +6,8 @@ set -uo pipefail
 out=${1:?outdir}; minutes=${2:-3}
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
-python3 -m backend.cli train --out /tmp/ft --init assets/catpeople --minutes "$minutes" --batch-size 512 --device cuda --weights-dtype float16 \
+python3 -m backend.cli train --out /tmp/ft --init assets/catpeople --minutes "$minutes" --batch-size 512 --device cuda --weights-dtype float16 --compile \
   2>&1 | tr '\r' '\n' | grep -E "step=|saved|rror" | awk 'NR % 25 == 1 || /saved|rror/'
 mkdir -p "$out/model"
 cp /tmp/ft/unet/diffusion_pytorch_model.safetensors /tmp/ft/training.json "$out/model/"
-T_BASIS=${T_BASIS:-150} T_EDIT=${T_EDIT:-60} bash bench/gpu_bench.sh "$out/bench"
+T_BASIS=${T_BASIS:-170} T_EDIT=${T_EDIT:-70} bash bench/gpu_bench.sh "$out/bench"

@@ -11,7 +11,7 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
 nvidia-smi --query-gpu=name,memory.total --format=csv
 python3 -m backend.cli train-estimator --out "$out/estimator" --minutes 1.5 --batch-size 512 --device cuda > "$out/estimator.log" 2>&1 &
 est=$!
-python3 -m backend.cli train --out "$out/catpeople" --minutes "$minutes" --batch-size 256 --device cuda --weights-dtype float16 2>&1 | tr '\r' '\n' | grep -E "step|saved|resum|Error|error" | awk 'NR % 20 == 1 || /saved|rror/'
+python3 -m backend.cli train --out "$out/catpeople" --minutes "$minutes" --batch-size 256 --device cuda --weights-dtype float16 --compile 2>&1 | tr '\r' '\n' | grep -E "step|saved|resum|Error|error" | awk 'NR % 20 == 1 || /saved|rror/'
 rm -rf "$out/catpeople/checkpoint"
 wait $est; tail -2 "$out/estimator.log"; rm "$out/estimator.log"
 ls -lR "$out"

@@ -37,6 +37,7 @@ class TrainConfig:
     weights_dtype: str = "float32"  # dtype of the saved weights; float16 halves the file
     checkpoint_minutes: float = 2.0
     init: str | None = None  # a pipeline directory whose U-Net weights to start from (fine-tuning)
+    compile: bool = False  # torch.compile the training forward: fuses the GroupNorm/SiLU kernels that bound a GPU step
     block_out_channels: tuple[int, ...] = field(default=(32, 64, 96, 128))
     layers_per_block: int = 2
 
@@ -73,9 +74,13 @@ def train(config: TrainConfig) -> Path:
     unet = build_unet(config)
     if config.init is not None:
         unet.load_state_dict(UNet2DModel.from_pretrained(config.init, subfolder="unet", dtype=torch.float32).state_dict())
+    # Benchmark mode picks the fastest convolution once per shape (they never change in training).
+    # (channels_last was measured 25 % slower on an H200: the step is bound by GroupNorm/SiLU
+    # elementwise kernels, which are slower in that layout; BENCHMARKS.md.)
     unet = unet.to(device)
+    torch.backends.cudnn.benchmark = True
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", prediction_type="epsilon")
-    ema = EMAModel(unet.parameters(), decay=config.ema_decay, use_ema_warmup=True, model_cls=UNet2DModel, model_config=unet.config)
+    ema = EMAModel(unet.parameters(), decay=config.ema_decay, use_ema_warmup=True, foreach=True, model_cls=UNet2DModel, model_config=unet.config)
     optimiser = torch.optim.AdamW(unet.parameters(), lr=config.lr, weight_decay=1e-2)
     step, elapsed = 0, 0.0
     generator = torch.Generator(device).manual_seed(config.seed)
@@ -93,6 +98,7 @@ def train(config: TrainConfig) -> Path:
     budget = config.minutes * 60
     alphas = scheduler.alphas_cumprod.to(device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else torch.autocast("cpu", enabled=False)
+    forward = torch.compile(unet) if config.compile else unet  # shares unet's parameters
     bar = tqdm(total=int(budget), initial=int(elapsed), unit="s", desc="training")
     last_ckpt, start = time.monotonic(), time.monotonic() - elapsed
     while (elapsed := time.monotonic() - start) < budget:
@@ -106,7 +112,7 @@ def train(config: TrainConfig) -> Path:
         for group in optimiser.param_groups:
             group["lr"] = lr
         with autocast:
-            loss = torch.nn.functional.mse_loss(unet(xt, t).sample.float(), noise)
+            loss = torch.nn.functional.mse_loss(forward(xt, t).sample.float(), noise)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
@@ -114,7 +120,7 @@ def train(config: TrainConfig) -> Path:
         ema.step(unet.parameters())
         step += 1
         if step % 50 == 0:
-            bar.set_postfix(step=step, loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
+            bar.set_postfix(step=step, loss=f"{loss.item():.4f}", lr=f"{lr:.2e}", steps_per_s=f"{step / max(elapsed, 1e-9):.1f}")
             bar.update(int(elapsed) - bar.n)
         if time.monotonic() - last_ckpt > config.checkpoint_minutes * 60:
             _checkpoint(ckpt, unet, optimiser, ema, step, elapsed, generator)

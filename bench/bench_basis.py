@@ -68,7 +68,7 @@ from backend.basis import MAX_K, local_basis  # noqa: E402
 from backend.geometry import principal_angles  # noqa: E402
 from backend.hspace import bottleneck_fn, jacobian_context  # noqa: E402
 from backend.models import Conditioning, DiffusionModel, load_model  # noqa: E402
-from backend.sampling import DEFAULT_GUIDANCE, sample_trajectory, schedule  # noqa: E402
+from backend.sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS, sample_trajectory, schedule  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 
@@ -632,16 +632,25 @@ def parse_caps(text: str) -> Callable[[int], int]:
     return lambda k: next((cap for kk, cap in reversed(pairs) if kk <= k), pairs[0][1])
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_common_arguments(p: argparse.ArgumentParser, kind: str) -> None:
+    """The arguments every bench script shares (model, point, budget, output); ``kind`` names the results file."""
     p.add_argument("--model", default="builtin", help="builtin | sd15 | sd-tiny | a diffusers pipeline directory")
-    p.add_argument("--k", type=int, nargs="+", default=[8])
     p.add_argument("--device", default=None, help="default: cuda if available")
     p.add_argument("--t-frac", type=float, default=0.6, help="edit timestep as a fraction of T")
-    p.add_argument("--steps", type=int, default=20, help="DDIM steps of the schedule x_t lies on")
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="DDIM steps of the schedule x_t lies on")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--prompt", default="", help="prompt for text-conditioned checkpoints")
     p.add_argument("--sample-size", type=int, default=None, help="latent size of the random sd15 / sd-tiny models (default 64 / 16)")
+    p.add_argument("--budget-s", type=float, default=None, help="skip the remaining measurements once this much time has passed")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is far faster on an oversubscribed shared CPU)")
+    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--name", default=None, help=f"results file stem (default {kind}-<model>-<device type>)")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(p, "basis")
+    p.add_argument("--k", type=int, nargs="+", default=[8])
     p.add_argument("--ours", nargs="+", default=["fd", "exact"], help="local_basis variants: mode[:chunk=N][:eps=E][:block=B][:tol=T][:iters=I][:krylov=K]")
     p.add_argument("--no-baseline", action="store_true")
     p.add_argument("--baseline-chunk", type=int, default=5)
@@ -657,10 +666,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--fd-check-count", type=int, default=4)
     p.add_argument("--products", type=int, default=0, help="also time J V / J^T U implementations for a block of this many directions")
     p.add_argument("--tf32", action="store_true", help="leave TF32 on (CUDA); off by default since it ruins finite differences")
-    p.add_argument("--budget-s", type=float, default=None, help="skip the remaining methods once this much time has passed")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is far faster on an oversubscribed shared CPU)")
-    p.add_argument("--out", type=Path, default=RESULTS)
-    p.add_argument("--name", default=None, help="results file stem (default basis-<model>-<device type>)")
     return p
 
 

@@ -33,9 +33,9 @@ import json  # noqa: E402
 import torch  # noqa: E402
 
 from backend.edit import combine, direct_edit  # noqa: E402
-from backend.sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS, denoise, initial_noise, sub_schedule  # noqa: E402
+from backend.sampling import DEFAULT_GUIDANCE, denoise, initial_noise, sub_schedule  # noqa: E402
 from backend.service import to_pil  # noqa: E402
-from bench.bench_basis import RESULTS, BenchModel, Point, bench_model, bench_point, environment, environment_lines, measure  # noqa: E402
+from bench.bench_basis import BenchModel, Point, add_common_arguments, bench_model, bench_point, environment, environment_lines, measure  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -93,24 +93,14 @@ def markdown(result: dict) -> str:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="builtin", help="builtin | sd15 | sd-tiny | a diffusers pipeline directory")
-    p.add_argument("--device", default=None)
-    p.add_argument("--t-frac", type=float, default=0.6)
-    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="DDIM schedule of the sample (the full path runs its remaining steps)")
+    add_common_arguments(p, "edit")
     p.add_argument("--preview-steps", type=int, default=5)
     p.add_argument("--batch", type=int, nargs="+", default=[1])
     p.add_argument("--dtypes", nargs="+", default=None, choices=sorted(DTYPES), help="render dtypes (default fp32 on CPU, fp32 fp16 on CUDA)")
     p.add_argument("--k", type=int, default=8, help="number of sliders")
     p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--prompt", default="")
-    p.add_argument("--sample-size", type=int, default=None, help="latent size of the random sd15 / sd-tiny models (default 64 / 16)")
     p.add_argument("--full-sample", action="store_true", help="also time a whole generation from x_T (batch 1)")
-    p.add_argument("--budget-s", type=float, default=None)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is far faster on an oversubscribed shared CPU)")
-    p.add_argument("--out", type=Path, default=RESULTS)
-    p.add_argument("--name", default=None, help="results file stem (default edit-<model>-<device type>)")
     return p
 
 

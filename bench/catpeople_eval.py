@@ -396,7 +396,7 @@ def section_semantic(report: Report, service, estimator: FactorEstimator, sizes:
     never = [n for n in FACTORS if n not in issue8]
     if not rows:
         rows.append(["(none)", "-", "-", "-", "-", mark(False)])
-    report.table(["factor", "seeds labelled", "seeds verified (held-out)", f"mean held-out ratio", "direction per seed (x = not verified)", "check"], rows)
+    report.table(["factor", "seeds labelled", "seeds verified (held-out)", "mean held-out ratio", "direction per seed (x = not verified)", "check"], rows)
     report.add(f"Factors no top-{sizes.k} direction is labelled with on any seed: {', '.join(never) or 'none'}.", "")
     log(f"semantic: overall ratio {overall[s]:.2f} at s={s}, {overall[h]:.2f} at s={h}; {seconds:.0f}s")
     report.raw["semantic"].update({"ratio": overall, "pass": pass_all, "issue8": issue8})
@@ -444,7 +444,7 @@ def section_atlas(report: Report, service, sizes: Sizes, docs: Path, semantic: d
 
 
 def section_sweep(report: Report, service, estimator: FactorEstimator, sizes: Sizes, semantic: dict | None) -> None:
-    from backend.service import DEFAULT_TIMESTEP, BasisSpec, SampleSpec
+    from backend.service import BasisSpec, SampleSpec
 
     report.section("sweep")
     strengths = sorted(set(sizes.sweep_strengths))

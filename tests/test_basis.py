@@ -221,6 +221,14 @@ def test_fd_basis_matches_exact_svd(ddpm_point):
     _check_against_svd(ddpm_point, basis, 4, u_rtol=1e-3)  # u = J_fd v / sigma: FD accuracy
 
 
+def test_half_precision_vjp_keeps_the_basis_exact(ddpm_point):
+    # J^T in bf16 only steers the search; the Ritz pairs come from fp32 J Q, so accuracy holds.
+    with jacobian_context(True):
+        basis = local_basis(ddpm_point.h_fn, ddpm_point.x, 4, vjp_dtype=torch.bfloat16, generator=torch.Generator().manual_seed(0))
+    assert basis.converged
+    _check_against_svd(ddpm_point, basis, 4)
+
+
 def test_sd_basis_matches_exact_svd(sd_point):
     with jacobian_context(True):
         basis = local_basis(sd_point.h_fn, sd_point.x, 4, generator=torch.Generator().manual_seed(0))

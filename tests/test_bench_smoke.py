@@ -52,3 +52,16 @@ def test_bench_basis_sd_tiny(tmp_path, restore_threads):
         assert acc["sigma_rel_err_max"] < 1e-2, (mode, acc)
     baseline = result["rows"][0]
     assert baseline["status"] == "ok" and baseline["rounds"] == 3
+
+
+def test_bench_edit_sd_tiny(tmp_path, restore_threads):
+    from bench import bench_edit
+
+    result = bench_edit.main(["--model", "sd-tiny", "--threads", "1", "--steps", "6", "--preview-steps", "2", "--batch", "1", "2",
+                              "--repeats", "1", "--out", str(tmp_path), "--name", "edit"])
+    table = (tmp_path / "edit.md").read_text()
+    assert "## bench_edit: sd-tiny (random weights)" in table
+    assert json.loads((tmp_path / "edit.json").read_text())["rows"] == result["rows"]
+    paths = {(row["path"], row["batch"]) for row in result["rows"]}
+    assert paths == {("preview", 1), ("preview", 2), ("full", 1), ("full", 2)}
+    assert all(row["status"] == "ok" and row["median_s"] > 0 for row in result["rows"])

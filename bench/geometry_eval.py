@@ -148,7 +148,9 @@ def to_tensor(images: list[Image.Image]) -> torch.Tensor:
 
 @torch.no_grad()
 def validity(estimator: FactorEstimator, images: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per image: is_face, factors in range (raw regressor outputs), both; and the factors."""
+    """Per image: is_face, factors in range (raw regressor outputs), both; the factors; and the
+    re-render error behind is_face, a graded "how far off the face manifold" that still ranks
+    edits when the pass/fail check rejects even the unedited sample."""
     x = images.float()
     r = estimator.regressor.resolution
     if x.shape[-1] != r:
@@ -158,7 +160,7 @@ def validity(estimator: FactorEstimator, images: torch.Tensor) -> dict[str, torc
     hue_radius = torch.hypot(raw[:, -2], raw[:, -1])
     in_range = ((linear >= -RANGE_TOL) & (linear <= 1 + RANGE_TOL)).all(dim=1) & (hue_radius >= MIN_HUE_RADIUS)
     face = estimator.is_face(x)
-    return {"face": face, "range": in_range, "valid": face & in_range, "factors": estimator.estimate(x)}
+    return {"face": face, "range": in_range, "valid": face & in_range, "factors": estimator.estimate(x), "error": estimator.reconstruction_error(x)}
 
 
 # ------------------------------------------------------------------------------------ (a)
@@ -166,7 +168,7 @@ def section_validity(service, estimator, sizes: Sizes, report: Report, deadline:
     start = time.perf_counter()
     modes = sizes.validity_modes
     names = [m if s is None else f"{m}-{s}" for m, s in modes]
-    # records[name] = list of (|strength|, face, range, valid, seconds); failures[name] = messages
+    # records[name] = list of (|strength|, face, range, valid, seconds, error / unedited error); failures[name] = messages
     records: dict[str, list[tuple]] = {n: [] for n in names}
     failures: dict[str, list[str]] = {n: [] for n in names}
     base_valid, used, basis_s = [], [], []
@@ -179,6 +181,7 @@ def section_validity(service, estimator, sizes: Sizes, report: Report, deadline:
         basis_s.append(res.seconds)
         base = validity(estimator, to_tensor([service.generate(spec.sample)]))
         base_valid.append(bool(base["valid"][0]))
+        base_error = float(base["error"][0])
         for (mode, sub), name in zip(modes, names):
             images, meta = [], []
             for i in range(sizes.validity_dirs):
@@ -188,14 +191,14 @@ def section_validity(service, estimator, sizes: Sizes, report: Report, deadline:
                         img = service.edit(spec, {i: s}, mode, substeps=sub)
                     except InputError as exc:
                         failures[name].append(f"seed {seed} dir {i} s={s:+g}: {exc}")
-                        records[name].append((abs(s), False, False, False, time.perf_counter() - t0))
+                        records[name].append((abs(s), False, False, False, time.perf_counter() - t0, float("nan")))
                         continue
                     images.append(img)
                     meta.append((abs(s), time.perf_counter() - t0))
             if images:
                 v = validity(estimator, to_tensor(images))
                 for j, (a, sec) in enumerate(meta):
-                    records[name].append((a, bool(v["face"][j]), bool(v["range"][j]), bool(v["valid"][j]), sec))
+                    records[name].append((a, bool(v["face"][j]), bool(v["range"][j]), bool(v["valid"][j]), sec, float(v["error"][j]) / base_error))
             secs = [m[1] for m in meta]
             log(f"validity seed {seed} {name}: {len(images)} edits, {np.mean(secs) if secs else float('nan'):.2f} s/edit, "
                 f"valid {sum(r[3] for r in records[name][-len(meta):]) if meta else 0}/{len(meta)}, failures {len(failures[name])}")
@@ -217,7 +220,8 @@ def _validity_lines(sizes, names, records, failures, base_valid, used, basis_s, 
         "An edit is *valid* when `estimator.is_face` holds and every raw factor output is in range "
         f"(linear factors within [-{RANGE_TOL}, 1+{RANGE_TOL}] before `estimate()`'s clamp, hue resultant >= {MIN_HUE_RADIUS}). "
         "A failure (InputError) counts as invalid. Seconds per edit = wall time of one `service.edit` call "
-        "(edit + denoise + decode; the basis at x_t is cached beforehand)."
+        "(edit + denoise + decode; the basis at x_t is cached beforehand). *Error ratio*: the estimator's re-render "
+        "error of the edit over that of the unedited sample (median; 1 = as face-like as the sample, lower is better)."
     )
     lines.append("")
     lines.append(f"Unedited samples valid: {sum(base_valid)}/{len(base_valid)}.")
@@ -226,7 +230,8 @@ def _validity_lines(sizes, names, records, failures, base_valid, used, basis_s, 
         lines.append("**Warning:** the estimator rejects most *unedited* samples, so the absolute valid rates below are floored "
                      "by sample quality, not by the edit; compare modes only relative to each other.")
         lines.append("")
-    header = ["mode"] + [f"valid \\|s\\|={m:g}" for m in mags] + ["valid all", "face", "in range", "failures", "s / edit"]
+    header = (["mode"] + [f"valid \\|s\\|={m:g}" for m in mags] + [f"error ratio \\|s\\|={m:g}" for m in mags]
+              + ["valid all", "face", "in range", "failures", "s / edit"])
     rows, summary = [], {}
     for name in names:
         rec = records[name]
@@ -234,12 +239,16 @@ def _validity_lines(sizes, names, records, failures, base_valid, used, basis_s, 
         for m in mags:
             sel = [r for r in rec if abs(r[0] - m) < 1e-9]
             row.append(pct(np.mean([r[3] for r in sel])) if sel else "n/a")
+        for m in mags:
+            ratios = [r[5] for r in rec if abs(r[0] - m) < 1e-9 and np.isfinite(r[5])]
+            row.append(f"{np.median(ratios):.2f}" if ratios else "n/a")
         valid = np.mean([r[3] for r in rec]) if rec else float("nan")
         secs = np.mean([r[4] for r in rec]) if rec else float("nan")
         row += [f"{pct(valid)} ({sum(r[3] for r in rec)}/{len(rec)})", pct(np.mean([r[1] for r in rec]) if rec else float("nan")),
                 pct(np.mean([r[2] for r in rec]) if rec else float("nan")), len(failures[name]), f"{secs:.2f}"]
         rows.append(row)
-        summary[name] = {"valid": valid, "seconds": secs, "failures": len(failures[name])}
+        ratios = [r[5] for r in rec if np.isfinite(r[5])]
+        summary[name] = {"valid": valid, "seconds": secs, "failures": len(failures[name]), "error_ratio": float(np.median(ratios)) if ratios else float("nan")}
     lines += table(header, rows)
     for name in names:
         if failures[name]:

@@ -9,10 +9,14 @@ determines them. No maths lives here.
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -27,6 +31,7 @@ from .errors import InputError
 from .geometry import grassmann_distance, transport_direction
 from .hspace import bottleneck_fn, jacobian_context
 from .models import BUILTIN_MODEL, Conditioning, DiffusionModel, load_model
+from .store import DirectionLibrary, SavedDirection
 from .sampling import (
     DEFAULT_GUIDANCE,
     DEFAULT_STEPS,
@@ -46,6 +51,10 @@ DEFAULT_K = 8
 MAX_SEED = 2**63 - 1
 MAX_STEPS = 1000
 BUILTIN_NAME = "catpeople"
+#: Where named directions are saved unless ServiceConfig.library_dir (or $EIGENFACE_LIBRARY) says otherwise.
+DEFAULT_LIBRARY = "~/.cache/eigenface/directions"
+#: Most edits :meth:`EigenfaceService.render_edits` denoises in one batch (memory, not speed, bounds it).
+DEFAULT_RENDER_BATCH = 16
 
 
 @dataclass(frozen=True)
@@ -80,6 +89,11 @@ class BasisResult:
     warnings: tuple[str, ...] = ()
 
 
+#: Names the directions of a basis: called as ``labeller(service, spec)`` after
+#: ``service.discover(spec)``, returns one short name per direction.
+Labeller = Callable[["EigenfaceService", BasisSpec], Sequence[str]]
+
+
 @dataclass
 class ServiceConfig:
     models: Mapping[str, str] = field(default_factory=lambda: {BUILTIN_NAME: str(BUILTIN_MODEL)})
@@ -88,6 +102,10 @@ class ServiceConfig:
     device: str | None = None
     basis_chunk_size: int | None = None  # most directions per batched JVP / VJP
     jvp_mode: str = "fd"  # fd: central differences with the fast kernels; exact: forward AD (math attention)
+    library_dir: str = field(default_factory=lambda: os.environ.get("EIGENFACE_LIBRARY") or DEFAULT_LIBRARY)
+    #: Model name -> labeller. None: the cat-people labeller for every allow-listed name that
+    #: points at the built-in model (its factors are known; other models have no ground truth).
+    labellers: Mapping[str, Labeller] | None = None
 
 
 class EigenfaceService:
@@ -96,8 +114,14 @@ class EigenfaceService:
     def __init__(self, config: ServiceConfig | None = None):
         self.config = config or ServiceConfig()
         self.cache = ByteLRU(self.config.cache_bytes)
+        self.library = DirectionLibrary(self.config.library_dir)
         self._models: dict[str, DiffusionModel] = {}
         self._load_lock = threading.Lock()
+        self._library_lock = threading.Lock()
+        if self.config.labellers is None:
+            self._labellers = {name: name_by_factor for name, source in self.config.models.items() if _is_builtin(source)}
+        else:
+            self._labellers = dict(self.config.labellers)
 
     # ----------------------------------------------------------------------------- models
     @property
@@ -120,6 +144,37 @@ class EigenfaceService:
                 model.name = name
                 self._models[name] = model
             return self._models[name]
+
+    # ----------------------------------------------------------------------------- cache
+    @contextmanager
+    def record_computed(self) -> Iterator[list[tuple[Hashable, Any]]]:
+        """Collect the cache entries this thread computes (or adopts) inside the block.
+
+        For a process that computes on behalf of another: a ZeroGPU worker is a throw-away fork,
+        so it hands these back and the serving process keeps them (:meth:`adopt_computed`).
+        Per thread (a context variable), so other requests served meanwhile are not mixed in.
+        """
+        entries: list[tuple[Hashable, Any]] = []
+        token = _RECORDER.set(entries)
+        try:
+            yield entries
+        finally:
+            _RECORDER.reset(token)
+
+    def adopt_computed(self, entries: Iterable[tuple[Hashable, Any]]) -> None:
+        """Put entries that :meth:`record_computed` collected elsewhere into this service's cache."""
+        for key, value in entries:
+            self.cache.put(key, value)
+
+    def _cached(self, key: Hashable, compute: Callable[[], Any]) -> tuple[Any, bool]:
+        value, cached = self.cache.get_or_compute(key, compute)
+        if not cached:
+            _record(key, value)
+        return value, cached
+
+    def _store(self, key: Hashable, value: Any) -> None:
+        self.cache.put(key, value)
+        _record(key, value)
 
     # ----------------------------------------------------------------------------- checks
     def check_sample(self, spec: SampleSpec) -> tuple[DiffusionModel, list[str]]:
@@ -145,7 +200,7 @@ class EigenfaceService:
         if not model.conditional:
             return None
         key = ("cond", model.name, prompt or "")
-        return self.cache.get_or_compute(key, lambda: model.encode_prompt(prompt or ""))[0]
+        return self._cached(key, lambda: model.encode_prompt(prompt or ""))[0]
 
     def trajectory(self, spec: SampleSpec) -> Trajectory:
         model, _ = self.check_sample(spec)
@@ -154,7 +209,7 @@ class EigenfaceService:
         def compute() -> Trajectory:
             return sample_trajectory(model, spec.seed, spec.steps, cond, spec.guidance_scale)
 
-        return self.cache.get_or_compute(("trajectory", spec), compute)[0]
+        return self._cached(("trajectory", spec), compute)[0]
 
     def generate(self, spec: SampleSpec) -> Image.Image:
         model, _ = self.check_sample(spec)
@@ -173,7 +228,7 @@ class EigenfaceService:
         cond = self.conditioning(model, spec.edit_prompt or spec.sample.prompt)
         if cond is not None and cond.truncated:
             warnings.append(f"the prompt is longer than {model.max_prompt_tokens} tokens and was truncated")
-        key = ("basis", spec.sample, t, spec.k, spec.edit_prompt or None)
+        key = ("basis", *_basis_id(spec, t))
         x_t = traj.latents[index]
 
         def compute() -> tuple[Basis, float]:
@@ -181,7 +236,7 @@ class EigenfaceService:
             basis = self._basis(model, x_t, t, cond, spec.k, progress)
             return basis.to("cpu"), time.perf_counter() - start
 
-        (basis, seconds), cached = self.cache.get_or_compute(key, compute)
+        (basis, seconds), cached = self._cached(key, compute)
         return BasisResult(basis, x_t, t, index, 0.0 if cached else seconds, cached, tuple(warnings))
 
     def _jvp_mode(self, model: DiffusionModel) -> str:
@@ -210,14 +265,48 @@ class EigenfaceService:
 
     def adopt_basis(self, spec: BasisSpec, basis: Basis, x_t: Tensor) -> bool:
         """Use a saved basis for ``spec`` if it was computed at this very x_t (else recompute later)."""
-        model, _ = self.check_sample(spec.sample)
-        traj = self.trajectory(spec.sample)
-        index = self.resolve_timestep(model, traj.timesteps, spec.timestep)
+        traj, index = self._schedule_point(spec)
         if basis.k != spec.k or x_t.shape != traj.latents[index].shape or not torch.equal(x_t, traj.latents[index]):
             return False
-        key = ("basis", spec.sample, traj.timesteps[index], spec.k, spec.edit_prompt or None)
-        self.cache.put(key, (basis, 0.0))
+        self._store(("basis", *_basis_id(spec, traj.timesteps[index])), (basis, 0.0))
         return True
+
+    def _schedule_point(self, spec: BasisSpec) -> tuple[Trajectory, int]:
+        """The sample's trajectory and the schedule index of the spec's timestep."""
+        model, _ = self.check_sample(spec.sample)
+        traj = self.trajectory(spec.sample)
+        return traj, self.resolve_timestep(model, traj.timesteps, spec.timestep)
+
+    # ----------------------------------------------------------------------------- labels
+    def has_labeller(self, model: str) -> bool:
+        """Whether the directions of this model's bases can be named (:meth:`labels`)."""
+        return model in self._labellers
+
+    def labels(self, spec: BasisSpec, *, compute: bool = True) -> tuple[str, ...] | None:
+        """One name per direction of ``discover(spec)``, from the model's labeller; cached with the basis.
+
+        Naming renders edits along every direction (about twice a basis's time on a CPU for the
+        built-in model), so it is a separate call, not part of :meth:`discover`. With
+        ``compute=False`` only cached names are returned (None when there are none yet).
+        """
+        labeller = self._labellers.get(spec.sample.model)
+        if labeller is None:
+            if not compute:
+                return None
+            raise InputError(f"model {spec.sample.model!r} cannot name its directions: self-naming sliders need a model with known factors, like the built-in {BUILTIN_NAME!r}")
+        if not compute:
+            traj, index = self._schedule_point(spec)
+            return self.cache.get(("labels", *_basis_id(spec, traj.timesteps[index])))
+        result = self.discover(spec)
+        key = ("labels", *_basis_id(spec, result.timestep))
+
+        def name_all() -> tuple[str, ...]:
+            names = tuple(str(name) for name in labeller(self, spec))
+            if len(names) != result.basis.k:
+                raise RuntimeError(f"the labeller of {spec.sample.model!r} gave {len(names)} names for {result.basis.k} directions")
+            return names
+
+        return self._cached(key, name_all)[0]
 
     # ----------------------------------------------------------------------------- geometry
     def transport(self, source: Basis, direction: int | Tensor, target: Basis) -> Tensor:
@@ -255,12 +344,16 @@ class EigenfaceService:
         """
         model, _ = self.check_sample(spec.sample)
         if not model.conditional:
-            raise InputError("directions from text need a text-conditioned model")
+            raise InputError(f"model {spec.sample.model!r} has no text encoder: directions from text need a text-conditioned model (Stable Diffusion)")
         if not isinstance(concept, str) or not concept.strip():
             raise InputError("the concept must be non-empty text")
         if space not in ("x", "h"):
             raise InputError(f"space must be 'x' or 'h', got {space!r}")
         result = self.discover(spec)
+        key = ("concept", *_basis_id(spec, result.timestep), concept, space)
+        return self._cached(key, lambda: self._align(model, spec, result, concept, space))[0], result
+
+    def _align(self, model: DiffusionModel, spec: BasisSpec, result: BasisResult, concept: str, space: str) -> Alignment:
         base = self.conditioning(model, spec.sample.prompt)
         target_cond = self.conditioning(model, concept)
         x = result.x_t.to(model.device, torch.float32)[None]
@@ -272,7 +365,7 @@ class EigenfaceService:
             else:
                 target = bottleneck_fn(model, result.timestep, target_cond.cond)(x) - bottleneck_fn(model, result.timestep, base.cond)(x)
         try:
-            return align(result.basis, target[0].cpu(), space), result
+            return align(result.basis, target[0].cpu(), space)
         except ValueError as exc:
             raise InputError(str(exc)) from None
 
@@ -283,48 +376,99 @@ class EigenfaceService:
         strengths: Mapping[int, float] | Sequence[float],
         mode: str = "direct",
         *,
+        vectors: Sequence[tuple[Tensor, float]] = (),
         substeps: int | None = None,
         preview_steps: int | None = None,
     ) -> Image.Image:
-        """The image after moving x_t along basis directions by slider values, then denoising."""
-        result = self.discover(spec)
-        values = _slider_vector(strengths, result.basis.k)
-        direction, strength = combine(result.basis.v, values)
-        return self._render_edit(spec, result, direction, strength, mode, substeps, preview_steps)
+        """The image after moving x_t along basis directions by slider values, then denoising.
+
+        ``vectors``: further (direction, strength) pairs moved along at the same time (a saved
+        direction, a text concept; any tensor of the sample shape, normalised here). Every move
+        is summed into one displacement, so a saved direction at 0.4 on top of the sliders is
+        one edit, not two. The basis is computed only when a slider moves or the mode needs it.
+        """
+        model = self._check_edit(spec, mode, substeps, preview_steps)
+        values = _slider_vector(strengths, spec.k)
+        extra = [(_unit(check_vector(v, model.sample_shape)), check_strength(s)) for v, s in _pairs(vectors)]
+        uses_basis = bool(values.any()) or mode == "geodesic"
+        result = self.discover(spec) if uses_basis else self._point(spec)
+        rows, weights = [], []
+        if values.any():
+            rows.append(result.basis.v)
+            weights.append(values)
+        for vector, strength in extra:
+            rows.append(vector[None])
+            weights.append(torch.tensor([strength]))
+        if rows:
+            direction, strength = combine(torch.cat(rows), torch.cat(weights))
+        else:
+            direction, strength = torch.zeros(model.sample_shape), 0.0
+        return self._render_batch(spec, result, [(direction, strength)], mode, substeps, preview_steps)[0]
 
     def edit_vector(self, spec: BasisSpec, vector: Tensor, strength: float, mode: str = "direct", *, substeps: int | None = None, preview_steps: int | None = None) -> Image.Image:
         """The image after moving x_t by ``strength`` along any direction of the sample shape."""
-        model, _ = self.check_sample(spec.sample)
-        vector = check_vector(vector, model.sample_shape)
-        strength = check_strength(strength)
-        result = self.discover(spec) if mode == "geodesic" else self._point(spec)
-        return self._render_edit(spec, result, vector / vector.norm(), strength, mode, substeps, preview_steps)
+        return self.edit(spec, (), mode, vectors=[(vector, strength)], substeps=substeps, preview_steps=preview_steps)
 
-    def _point(self, spec: BasisSpec) -> BasisResult:
-        """x_t without a basis (modes that need none)."""
-        model, _ = self.check_sample(spec.sample)
-        traj = self.trajectory(spec.sample)
-        index = self.resolve_timestep(model, traj.timesteps, spec.timestep)
-        empty = Basis(torch.zeros(0), torch.zeros(0), torch.zeros(0), 0, True)
-        return BasisResult(empty, traj.latents[index], traj.timesteps[index], index, 0.0, True)
+    def render_edits(
+        self,
+        spec: BasisSpec,
+        edits: Sequence[tuple[int | Tensor, float]],
+        mode: str = "direct",
+        *,
+        substeps: int | None = None,
+        preview_steps: int | None = None,
+        batch_size: int = DEFAULT_RENDER_BATCH,
+    ) -> list[Image.Image]:
+        """Many separate edits of one sample, one image each, denoised ``batch_size`` at a time.
 
-    def _render_edit(self, spec: BasisSpec, result: BasisResult, direction: Tensor, strength: float, mode: str, substeps: int | None, preview_steps: int | None) -> Image.Image:
-        return self._render_batch(spec, result, [(direction, strength)], mode, substeps, preview_steps)[0]
+        Each edit is (basis direction index or vector of the sample shape, strength); vectors
+        are normalised as in :meth:`edit_vector`. Batching shares every U-Net call between the
+        edits, which on a CPU is several times faster than one :meth:`edit` after another (the
+        atlas, factor responses, direction labels).
+        """
+        model = self._check_edit(spec, mode, substeps, preview_steps)
+        _check_int("batch_size", batch_size, 1, 256)
+        edits = _pairs(edits, "edits")
+        uses_basis = mode == "geodesic" or any(not isinstance(d, Tensor) for d, _ in edits)
+        result = self.discover(spec) if uses_basis else self._point(spec)
+        moves = []
+        for d, strength in edits:
+            if isinstance(d, Tensor):
+                v = _unit(check_vector(d, model.sample_shape))
+            else:
+                v = result.basis.v[_check_int("direction index", d, 0, result.basis.k - 1)]
+            moves.append((v, check_strength(strength)))
+        images: list[Image.Image] = []
+        for first in range(0, len(moves), batch_size):
+            images += self._render_batch(spec, result, moves[first : first + batch_size], mode, substeps, preview_steps)
+        return images
 
-    def _render_batch(self, spec: BasisSpec, result: BasisResult, edits: Sequence[tuple[Tensor, float]], mode: str, substeps: int | None, preview_steps: int | None) -> list[Image.Image]:
+    def _check_edit(self, spec: BasisSpec, mode: str, substeps: int | None, preview_steps: int | None) -> DiffusionModel:
+        """Refuse bad edit options before any basis is computed for them."""
         model, _ = self.check_sample(spec.sample)
+        _check_int("k", spec.k, 1, MAX_K)
         if mode not in EDIT_MODES:
             raise InputError(f"mode must be one of {', '.join(EDIT_MODES)}, got {mode!r}")
         if substeps is not None:
             _check_int("substeps", substeps, 1, 256)
         if preview_steps is not None:
             _check_int("preview_steps", preview_steps, 1, MAX_STEPS)
+        return model
+
+    def _point(self, spec: BasisSpec) -> BasisResult:
+        """x_t without a basis (modes that need none)."""
+        traj, index = self._schedule_point(spec)
+        empty = Basis(torch.zeros(0), torch.zeros(0), torch.zeros(0), 0, True)
+        return BasisResult(empty, traj.latents[index], traj.timesteps[index], index, 0.0, True)
+
+    def _render_batch(self, spec: BasisSpec, result: BasisResult, edits: Sequence[tuple[Tensor, float]], mode: str, substeps: int | None, preview_steps: int | None) -> list[Image.Image]:
+        """Checked unit directions and strengths -> edited x_t's, denoised together."""
+        model, _ = self.check_sample(spec.sample)
         traj = self.trajectory(spec.sample)
         cond = self.conditioning(model, spec.sample.prompt)
         jac_cond = self.conditioning(model, spec.edit_prompt or spec.sample.prompt)
         xs = []
         for direction, strength in edits:
-            check_strength(strength)
             if strength == 0.0:
                 xs.append(result.x_t)
                 continue
@@ -342,11 +486,8 @@ class EigenfaceService:
         return to_pil(model.decode(x0))
 
     def strip(self, spec: BasisSpec, index: int, strengths: Sequence[float], mode: str = "direct", *, preview_steps: int | None = None) -> list[Image.Image]:
-        """Edits along one direction at several strengths, rendered as one batch (the atlas row)."""
-        result = self.discover(spec)
-        _check_int("direction index", index, 0, result.basis.k - 1)
-        direction = result.basis.v[index]
-        return self._render_batch(spec, result, [(direction, float(s)) for s in strengths], mode, None, preview_steps)
+        """Edits along one direction at several strengths, rendered in batches (an atlas row)."""
+        return self.render_edits(spec, [(index, float(s)) for s in strengths], mode, preview_steps=preview_steps)
 
     def grid(self, spec: BasisSpec, strength: float = 1.0, columns: int = 5, mode: str = "direct") -> Image.Image:
         """One row per direction, edits from -strength to +strength; the original in the middle column."""
@@ -359,8 +500,134 @@ class EigenfaceService:
         rows = [self.strip(spec, i, values.tolist(), mode) for i in range(result.basis.k)]
         return image_grid(rows)
 
+    # ----------------------------------------------------------------------------- saved directions
+    def save_direction(
+        self,
+        name: str,
+        spec: BasisSpec,
+        strengths: Mapping[int, float] | Sequence[float] | None = None,
+        *,
+        index: int | None = None,
+        overwrite: bool = False,
+    ) -> SavedDirection:
+        """Save the combined slider edit (``strengths``) or one basis direction (``index``) as ``name``.
+
+        The file holds the unit direction; its provenance records the image it was found at
+        (model, prompt, seed, steps, timestep, k), what it was made of, and the total slider
+        strength, so that it can be checked, traced and transported later. An existing name is
+        refused unless ``overwrite``: the web app's library is shared by its visitors.
+        """
+        if (strengths is None) == (index is None):
+            raise InputError("save either slider values or one direction index")
+        model, _ = self.check_sample(spec.sample)
+        result = self.discover(spec)
+        if index is not None:
+            index = _check_int("direction index", index, 0, result.basis.k - 1)
+            direction, strength, made_of = result.basis.v[index], 1.0, {"index": index}
+        else:
+            values = _slider_vector(strengths, result.basis.k)
+            direction, strength = combine(result.basis.v, values)
+            if strength == 0.0:
+                raise InputError("every slider is at zero: there is no edit to save; move a slider or save one direction")
+            made_of = {"sliders": {str(i): round(float(v), 6) for i, v in enumerate(values.tolist()) if v != 0.0}}
+        sample = spec.sample
+        provenance = {
+            "model": sample.model, "prompt": sample.prompt, "seed": sample.seed, "steps": sample.steps,
+            "guidance_scale": sample.guidance_scale, "timestep": result.timestep, "k": result.basis.k,
+            "edit_prompt": spec.edit_prompt or "", "shape": list(model.sample_shape), **made_of, "strength": round(strength, 6),
+        }
+        with self._library_lock:
+            return self.library.save(name, direction, provenance, overwrite=overwrite)
+
+    def saved_directions(self) -> list[SavedDirection]:
+        """The library's directions, by name (every model's: :meth:`saved_vector` checks the fit)."""
+        return self.library.list()
+
+    def saved_vector(self, name: str, spec: BasisSpec, *, transport: bool = False) -> Tensor:
+        """A saved direction, checked against the image it is to move.
+
+        A direction belongs to one model's sample space: another model's (by its provenance) or
+        another shape is refused. ``transport`` carries it from the image it was saved at into
+        this image's local basis (parallel transport), for a direction saved at another seed or
+        timestep; at the image it was saved at, that leaves it as it is (it lies in that span).
+        """
+        model, _ = self.check_sample(spec.sample)
+        vector, provenance = self.library.load(name)
+        saved_model = provenance.get("model")
+        if saved_model is not None and saved_model != spec.sample.model:
+            raise InputError(f"direction {name!r} was saved on model {saved_model!r}; this image is from {spec.sample.model!r}, whose sample space it does not belong to")
+        if tuple(vector.shape) != tuple(model.sample_shape):
+            raise InputError(f"direction {name!r} has shape {tuple(vector.shape)}, but {spec.sample.model!r} samples have shape {tuple(model.sample_shape)}")
+        vector = check_vector(vector, model.sample_shape)
+        if not transport:
+            return vector
+        source = self.discover(_saved_spec(name, provenance)).basis
+        return self.transport(source, vector, self.discover(spec).basis)
+
+    def edit_saved(self, spec: BasisSpec, name: str, strength: float, strengths: Mapping[int, float] | Sequence[float] = (), mode: str = "direct", *, transport: bool = False, substeps: int | None = None, preview_steps: int | None = None) -> Image.Image:
+        """The slider edit plus the saved direction ``name`` at ``strength`` (see :meth:`saved_vector`)."""
+        vector = self.saved_vector(name, spec, transport=transport)
+        return self.edit(spec, strengths, mode, vectors=[(vector, strength)], substeps=substeps, preview_steps=preview_steps)
+
+    def edit_concept(self, spec: BasisSpec, concept: str, strength: float, strengths: Mapping[int, float] | Sequence[float] = (), mode: str = "direct", *, space: str = "x", substeps: int | None = None, preview_steps: int | None = None) -> Image.Image:
+        """The slider edit plus a move toward (strength > 0) or away from a text concept (:meth:`find_concept`)."""
+        alignment, _ = self.find_concept(spec, concept, space)
+        return self.edit(spec, strengths, mode, vectors=[(alignment.direction, strength)], substeps=substeps, preview_steps=preview_steps)
+
 
 # --------------------------------------------------------------------------------- helpers
+#: The list :meth:`EigenfaceService.record_computed` is filling in this thread, if any.
+_RECORDER: ContextVar[list[tuple[Hashable, Any]] | None] = ContextVar("eigenface_recorder", default=None)
+
+
+def _record(key: Hashable, value: Any) -> None:
+    entries = _RECORDER.get()
+    if entries is not None:
+        entries.append((key, value))
+
+
+def _basis_id(spec: BasisSpec, t: int) -> tuple:
+    """What a basis (and everything derived from it: names, concept alignments) is keyed by."""
+    return (spec.sample, t, spec.k, spec.edit_prompt or None)
+
+
+def _is_builtin(source: str) -> bool:
+    try:
+        return Path(source).expanduser().resolve() == BUILTIN_MODEL.resolve()
+    except (OSError, RuntimeError, ValueError):
+        return False
+
+
+def name_by_factor(service: EigenfaceService, spec: BasisSpec) -> list[str]:
+    """The built-in model's labeller: each direction is named after the cat-people factor its
+    edits move most, or "mixed (top: ...)" when no factor dominates (backend.catpeople.semantics)."""
+    from .catpeople.semantics import MIXED, label_directions
+
+    return [label.label if label.label != MIXED else f"{MIXED} (top: {label.top})" for label in label_directions(service, spec)]
+
+
+def _saved_spec(name: str, provenance: Mapping[str, Any]) -> BasisSpec:
+    """The basis a saved direction was found in, from its provenance."""
+    try:
+        sample = SampleSpec(
+            model=provenance["model"], seed=provenance["seed"], prompt=provenance["prompt"], steps=provenance["steps"],
+            guidance_scale=float(provenance.get("guidance_scale", DEFAULT_GUIDANCE)),
+        )
+        return BasisSpec(sample, timestep=provenance["timestep"], k=provenance["k"], edit_prompt=provenance.get("edit_prompt") or None)
+    except (KeyError, TypeError, ValueError):
+        raise InputError(f"direction {name!r} does not record the image it was found at, so it cannot be transported; apply it as saved") from None
+
+
+def _pairs(items: Any, what: str = "vectors") -> list[tuple[Any, Any]]:
+    if not isinstance(items, (list, tuple)) or not all(isinstance(item, (list, tuple)) and len(item) == 2 for item in items):
+        raise InputError(f"{what} must be a list of (direction, strength) pairs")
+    return [tuple(item) for item in items]
+
+
+def _unit(vector: Tensor) -> Tensor:
+    return vector / vector.norm()
+
+
 def parse_timestep(value: int | float | str, num_train_timesteps: int) -> float:
     """A training timestep from an int (0..T-1) or a fraction of T (a float in (0, 1])."""
     if isinstance(value, str):

@@ -7,7 +7,9 @@ kept next to the tensors so a direction found once can be re-applied, and traced
 from __future__ import annotations
 
 import json
+import os
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,8 +21,13 @@ from torch import Tensor
 from .basis import Basis
 from .errors import InputError
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\- ]{0,63}$")
+#: Names of saved directions: they become file names, so no separators, no leading dot and no
+#: trailing space or dot (which some file systems drop, so two names would share one file).
+_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_.\- ]{0,62}[A-Za-z0-9_\-])?$")
 MAX_FILE_BYTES = 512 << 20
+#: Most directions a library holds: the web app lets anyone save, so the folder must not grow
+#: without bound (a 64 px direction is 48 kB, an SD latent one 64 kB).
+MAX_LIBRARY_ENTRIES = 1000
 
 
 def save_basis(directory: str | Path, basis: Basis, x_t: Tensor, meta: dict) -> Path:
@@ -46,23 +53,42 @@ def load_basis(path: str | Path) -> tuple[Basis, Tensor, dict]:
 
 
 def save_direction(path: str | Path, v: Tensor, provenance: dict) -> Path:
-    """A single direction ``v`` (sample shape) with its provenance in the file's metadata."""
+    """A single direction ``v`` (sample shape) with its provenance in the file's metadata.
+
+    Written to a temporary file and renamed into place, so a reader (the web app listing the
+    library while someone saves) never sees half a file.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({"v": v.detach().float().contiguous().cpu()}, path, metadata={"provenance": json.dumps(provenance)})
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        save_file({"v": v.detach().float().contiguous().cpu()}, temporary, metadata={"provenance": json.dumps(provenance)})
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
     return path
 
 
 def load_direction(path: str | Path) -> tuple[Tensor, dict]:
     """A file holding a tensor ``v`` -> (v, provenance)."""
     tensors = _load(path, required=("v",))
-    with safe_open(str(path), "pt") as handle:
-        raw = (handle.metadata() or {}).get("provenance", "{}")
+    return tensors["v"], read_provenance(path)
+
+
+def read_provenance(path: str | Path) -> dict:
+    """The provenance in a direction file's header, without reading its tensors ({} if unreadable JSON)."""
+    try:
+        with safe_open(str(path), "pt") as handle:
+            raw = (handle.metadata() or {}).get("provenance", "{}")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise InputError(f"{path}: not a readable safetensors file ({exc})") from None
     try:
         provenance = json.loads(raw)
     except json.JSONDecodeError:
         provenance = {}
-    return tensors["v"], provenance if isinstance(provenance, dict) else {}
+    return provenance if isinstance(provenance, dict) else {}
 
 
 def _load(path: str | Path, required: tuple[str, ...]) -> dict[str, Tensor]:
@@ -96,16 +122,28 @@ class SavedDirection:
 class DirectionLibrary:
     """A folder of named directions: ``<name>.safetensors`` each, provenance inside."""
 
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
+    def __init__(self, root: str | Path, max_entries: int = MAX_LIBRARY_ENTRIES):
+        self.root = Path(root).expanduser()
+        self.max_entries = max_entries
 
     def _path(self, name: str) -> Path:
         if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
-            raise InputError(f"direction names are 1-64 letters, digits, spaces, '-', '_' or '.', got {name!r}")
+            raise InputError(
+                f"direction names are 1-64 letters, digits, spaces, '-', '_' or '.', starting with a letter or digit "
+                f"and not ending in a space or '.', got {name!r}"
+            )
         return self.root / f"{name}.safetensors"
 
-    def save(self, name: str, v: Tensor, provenance: dict) -> SavedDirection:
-        path = save_direction(self._path(name), v, provenance)
+    def save(self, name: str, v: Tensor, provenance: dict, overwrite: bool = True) -> SavedDirection:
+        """Write ``name``; with ``overwrite=False`` an existing name is refused (the web app's
+        library is shared, and one visitor must not replace another's direction)."""
+        path = self._path(name)
+        if path.is_file():
+            if not overwrite:
+                raise InputError(f"a direction named {name!r} already exists; choose another name")
+        elif self.root.is_dir() and sum(1 for _ in self.root.glob("*.safetensors")) >= self.max_entries:
+            raise InputError(f"the direction library is full ({self.max_entries} directions); remove some from {self.root}")
+        save_direction(path, v, provenance)
         return SavedDirection(name, path, provenance)
 
     def load(self, name: str) -> tuple[Tensor, dict]:
@@ -115,10 +153,18 @@ class DirectionLibrary:
         return load_direction(path)
 
     def list(self) -> list[SavedDirection]:
+        """Every readable direction, by name. Reads headers only; a file that is not a readable
+        direction (or has a name :meth:`save` would refuse) is left out, so that one bad file
+        does not hide the rest."""
         if not self.root.is_dir():
             return []
         found = []
         for path in sorted(self.root.glob("*.safetensors")):
-            _, provenance = load_direction(path)
+            if not _NAME.fullmatch(path.stem):
+                continue
+            try:
+                provenance = read_provenance(path)
+            except InputError:
+                continue
             found.append(SavedDirection(path.stem, path, provenance))
         return found

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import math
+import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -363,3 +365,221 @@ def test_finite_difference_jvp_mode(make_service, svc):
     fd = make_service(jvp_mode="fd", basis_chunk_size=3).discover(spec).basis
     torch.testing.assert_close(fd.sigma, exact.sigma, rtol=1e-3, atol=0)
     assert float(principal_angles(fd.v[:1], exact.v[:1])[0]) < 1e-2
+
+
+# ------------------------------------------------------------------------------ batches of edits
+def test_render_edits_matches_one_edit_at_a_time(svc):
+    vector = torch.randn(3, 16, 16, generator=torch.Generator().manual_seed(5))
+    edits = [(0, 0.4), (2, -0.3), (vector, 0.5), (1, 0.0)]
+    images = svc.render_edits(DDPM_BASIS, edits, batch_size=3)  # two batches: 3 + 1
+    singles = [svc.edit(DDPM_BASIS, {0: 0.4}), svc.edit(DDPM_BASIS, {2: -0.3}), svc.edit_vector(DDPM_BASIS, vector, 0.5), svc.generate(DDPM)]
+    assert len(images) == 4
+    for batched, single in zip(images, singles):
+        assert np.abs(pixels(batched) - pixels(single)).max() <= 1  # batch composition: at most one grey level
+    assert svc.render_edits(DDPM_BASIS, []) == []
+
+
+@pytest.mark.parametrize(
+    "edits, kwargs, message",
+    [
+        ([(K, 0.3)], {}, "direction index"),
+        ([(0, float("nan"))], {}, "finite"),
+        ([(torch.ones(4, 8, 8), 0.3)], {}, "shape"),
+        ([0.3], {}, "pairs"),
+        ("0=0.3", {}, "pairs"),
+        ([(0, 0.3)], {"batch_size": 0}, "batch_size"),
+        ([(0, 0.3)], {"mode": "sideways"}, "mode"),
+    ],
+)
+def test_render_edits_refuses_bad_input(svc, edits, kwargs, message):
+    with pytest.raises(InputError, match=message):
+        svc.render_edits(DDPM_BASIS, edits, **kwargs)
+
+
+def test_vectors_add_to_the_slider_edit(svc, recorded_denoise):
+    v = svc.discover(DDPM_BASIS).basis.v
+    x_t = svc.discover(DDPM_BASIS).x_t
+    svc.edit(DDPM_BASIS, {0: 0.3}, vectors=[(7.0 * v[1], -0.4)])  # a vector's length does not matter
+    delta = recorded_denoise[0][0][0] - x_t
+    torch.testing.assert_close(delta, math.sqrt(768) * (0.3 * v[0] - 0.4 * v[1]), atol=1e-5, rtol=1e-5)
+
+
+def test_a_vector_edit_computes_no_basis(make_service):
+    fresh = make_service()
+    fresh.edit_vector(DDPM_BASIS, torch.ones(3, 16, 16), 0.3)
+    assert fresh.cache.misses == len(fresh.cache) == 1  # the trajectory only
+
+
+# ------------------------------------------------------------------------------ saved directions
+@pytest.fixture
+def library_service(make_service, tmp_path) -> EigenfaceService:
+    return make_service(library_dir=str(tmp_path / "library"))
+
+
+def test_save_the_slider_edit_and_apply_it(library_service, recorded_denoise):
+    s = library_service
+    result = s.discover(DDPM_BASIS)
+    saved = s.save_direction("wide smile", DDPM_BASIS, {0: 0.3, 2: -0.4})
+    assert saved.path.parent == s.library.root and saved.path.name == "wide smile.safetensors"
+    p = saved.provenance
+    assert (p["model"], p["seed"], p["steps"], p["timestep"], p["k"], p["shape"]) == ("ddpm", 0, STEPS, 500, K, [3, 16, 16])
+    assert p["sliders"] == {"0": 0.3, "2": -0.4} and p["strength"] == pytest.approx(0.5)
+    vector, provenance = s.library.load("wide smile")
+    assert provenance == p and float(vector.norm()) == pytest.approx(1.0, abs=1e-5)
+    assert [d.name for d in s.saved_directions()] == ["wide smile"]
+
+    # At its own image, the saved direction at the saved strength is the slider edit again.
+    s.edit_saved(DDPM_BASIS, "wide smile", 0.5)
+    s.edit(DDPM_BASIS, {0: 0.3, 2: -0.4})
+    torch.testing.assert_close(recorded_denoise[0][0], recorded_denoise[1][0], atol=1e-5, rtol=1e-5)
+    # On top of the sliders: one summed move.
+    s.edit_saved(DDPM_BASIS, "wide smile", 0.5, {1: 0.2})
+    expected = math.sqrt(768) * (0.3 * result.basis.v[0] + 0.2 * result.basis.v[1] - 0.4 * result.basis.v[2])
+    torch.testing.assert_close(recorded_denoise[2][0][0] - result.x_t, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_save_one_direction(library_service):
+    s = library_service
+    saved = s.save_direction("d1", DDPM_BASIS, index=1)
+    assert saved.provenance["index"] == 1 and "sliders" not in saved.provenance
+    torch.testing.assert_close(s.library.load("d1")[0], s.discover(DDPM_BASIS).basis.v[1])
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda s: s.save_direction("z", DDPM_BASIS, {0: 0.0}), "every slider is at zero"),
+        (lambda s: s.save_direction("z", DDPM_BASIS, []), "every slider is at zero"),
+        (lambda s: s.save_direction("z", DDPM_BASIS), "either"),
+        (lambda s: s.save_direction("z", DDPM_BASIS, {0: 0.3}, index=0), "either"),
+        (lambda s: s.save_direction("z", DDPM_BASIS, index=K), "direction index"),
+        (lambda s: s.save_direction("../z", DDPM_BASIS, index=0), "direction names"),
+        (lambda s: s.save_direction("z/y", DDPM_BASIS, index=0), "direction names"),
+        (lambda s: s.save_direction("z", DDPM_BASIS, {0: float("nan")}), "finite"),
+        (lambda s: s.edit_saved(DDPM_BASIS, "missing", 0.3), "no saved direction"),
+        (lambda s: s.edit_saved(DDPM_BASIS, "../../etc/passwd", 0.3), "direction names"),
+    ],
+)
+def test_saving_refuses_bad_input(library_service, call, message):
+    with pytest.raises(InputError, match=message):
+        call(library_service)
+    assert library_service.saved_directions() == []
+
+
+def test_an_existing_name_is_kept_unless_overwritten(library_service):
+    s = library_service
+    s.save_direction("mine", DDPM_BASIS, index=0)
+    with pytest.raises(InputError, match="already exists"):
+        s.save_direction("mine", DDPM_BASIS, index=1)
+    torch.testing.assert_close(s.library.load("mine")[0], s.discover(DDPM_BASIS).basis.v[0])
+    s.save_direction("mine", DDPM_BASIS, index=1, overwrite=True)
+    torch.testing.assert_close(s.library.load("mine")[0], s.discover(DDPM_BASIS).basis.v[1])
+
+
+def test_a_direction_of_another_model_is_refused(library_service):
+    s = library_service
+    s.save_direction("pixels", DDPM_BASIS, index=0)
+    with pytest.raises(InputError, match="saved on model 'ddpm'; this image is from 'sd'"):
+        s.edit_saved(SD_BASIS, "pixels", 0.3)
+    s.library.save("no record", torch.randn(4, 8, 8), {})  # e.g. copied in by hand: only the shape can be checked
+    with pytest.raises(InputError, match=r"has shape \(4, 8, 8\), but 'ddpm' samples have shape \(3, 16, 16\)"):
+        s.edit_saved(DDPM_BASIS, "no record", 0.3)
+    assert s.edit_saved(SD_BASIS, "no record", 0.3).size == (16, 16)
+    with pytest.raises(InputError, match="cannot be transported"):
+        s.edit_saved(SD_BASIS, "no record", 0.3, transport=True)
+
+
+def test_transport_carries_a_saved_direction_into_another_image(library_service, recorded_denoise):
+    s = library_service
+    other = BasisSpec(SampleSpec(model="ddpm", seed=1, steps=STEPS), timestep=0.5, k=K)
+    s.save_direction("d0", DDPM_BASIS, index=0)
+    target = s.discover(other)
+    s.edit_saved(other, "d0", 0.3)
+    s.edit_saved(other, "d0", 0.3, transport=True)
+    as_saved, moved = (x[0][0] - target.x_t for x in recorded_denoise)
+    torch.testing.assert_close(as_saved, 0.3 * math.sqrt(768) * s.discover(DDPM_BASIS).basis.v[0], atol=1e-5, rtol=1e-5)
+    unit = moved / moved.norm()
+    assert float(moved.norm()) == pytest.approx(0.3 * math.sqrt(768), rel=1e-4)
+    in_span = target.basis.v.reshape(K, -1) @ unit.reshape(-1)
+    assert float(in_span.norm()) == pytest.approx(1.0, abs=1e-4)  # it now lies in the target's directions
+    torch.testing.assert_close(unit, s.transport(s.discover(DDPM_BASIS).basis, 0, target.basis), atol=1e-5, rtol=1e-5)
+
+
+def test_library_location_comes_from_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("EIGENFACE_LIBRARY", str(tmp_path / "env-lib"))
+    assert EigenfaceService(ServiceConfig(models={})).library.root == tmp_path / "env-lib"
+    monkeypatch.delenv("EIGENFACE_LIBRARY")
+    assert EigenfaceService(ServiceConfig(models={})).library.root == Path("~/.cache/eigenface/directions").expanduser()
+
+
+# ------------------------------------------------------------------------------ text concepts through the service
+def test_edit_concept_moves_along_the_found_direction(svc, recorded_denoise):
+    alignment, result = svc.find_concept(SD_BASIS, "a horse")
+    assert svc.find_concept(SD_BASIS, "a horse")[0] is alignment  # cached with the basis
+    svc.edit_concept(SD_BASIS, "a horse", -0.3)
+    delta = recorded_denoise[0][0][0] - result.x_t
+    torch.testing.assert_close(delta, -0.3 * math.sqrt(256) * alignment.direction, atol=1e-4, rtol=1e-4)
+    with pytest.raises(InputError, match="'ddpm' has no text encoder"):
+        svc.edit_concept(DDPM_BASIS, "a horse", 0.3)
+
+
+# ------------------------------------------------------------------------------ self-naming directions
+class BrightestChannel:
+    """A labeller for the tiny model: the colour channel each direction brightens most."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, service: EigenfaceService, spec: BasisSpec) -> list[str]:
+        self.calls += 1
+        k = service.discover(spec).basis.k
+        base = pixels(service.generate(spec.sample)).mean(axis=(0, 1))
+        images = service.render_edits(spec, [(i, 0.5) for i in range(k)])
+        return ["RGB"[int(np.argmax(pixels(im).mean(axis=(0, 1)) - base))] for im in images]
+
+
+def test_labels_are_computed_once_and_cached_with_the_basis(make_service):
+    labeller = BrightestChannel()
+    s = make_service(labellers={"ddpm": labeller})
+    assert s.has_labeller("ddpm") and not s.has_labeller("sd")
+    s.discover(DDPM_BASIS)
+    assert s.labels(DDPM_BASIS, compute=False) is None
+    labels = s.labels(DDPM_BASIS)
+    assert len(labels) == K and set(labels) <= {"R", "G", "B"}
+    assert s.labels(DDPM_BASIS) == labels and s.labels(DDPM_BASIS, compute=False) == labels and labeller.calls == 1
+    assert s.labels(BasisSpec(DDPM, timestep=500, k=K)) == labels  # the same schedule point, the same basis
+    assert s.labels(SD_BASIS, compute=False) is None
+    with pytest.raises(InputError, match="cannot name its directions"):
+        s.labels(SD_BASIS)
+
+
+def test_the_builtin_model_gets_the_factor_labeller(tiny_ddpm_dir, tmp_path):
+    from backend.catpeople.render import FACTORS
+    from backend.models import BUILTIN_MODEL
+    from backend.service import name_by_factor
+
+    assert EigenfaceService(ServiceConfig(library_dir=str(tmp_path))).has_labeller("catpeople")
+    renamed = EigenfaceService(ServiceConfig(models={"cats": str(BUILTIN_MODEL), "catpeople": str(tiny_ddpm_dir)}))
+    assert renamed.has_labeller("cats") and not renamed.has_labeller("catpeople")  # by what it is, not by name
+    # The labeller itself (renders edits, reads the factors with the shipped estimator) runs on any model.
+    s = EigenfaceService(ServiceConfig(models={"ddpm": str(tiny_ddpm_dir)}, device="cpu", labellers={"ddpm": name_by_factor}))
+    for label in s.labels(BasisSpec(DDPM, timestep=0.5, k=2)):
+        assert label in FACTORS or (label.startswith("mixed (top: ") and label[12:-1] in FACTORS)
+
+
+# ------------------------------------------------------------------------------ computed entries (ZeroGPU)
+def test_record_computed_collects_only_this_threads_new_entries(make_service):
+    s = make_service()
+    spec = BasisSpec(SampleSpec(model="ddpm", seed=11, steps=STEPS), timestep=0.5, k=2)
+    other = BasisSpec(SampleSpec(model="ddpm", seed=12, steps=STEPS), timestep=0.5, k=2)
+    with s.record_computed() as entries:
+        s.discover(spec)
+        worker = threading.Thread(target=s.discover, args=(other,))
+        worker.start()
+        worker.join()
+        s.discover(spec)  # cached: nothing new
+    assert [key[0] for key, _ in entries] == ["trajectory", "basis"]
+    assert all(key[1] == spec.sample for key, _ in entries)
+    fresh = make_service()
+    fresh.adopt_computed(entries)
+    assert fresh.discover(spec).cached and fresh.cache.misses == 0

@@ -151,7 +151,7 @@ def test_library_save_load_list(tmp_path):
         lib.load("missing")
 
 
-@pytest.mark.parametrize("name", ["../evil", "a/b", "/abs", "..", "a..b", "", ".hidden", "x" * 65, "tab\there", "a\\b", "new\nline", "trailing\n"])
+@pytest.mark.parametrize("name", ["../evil", "a/b", "/abs", "..", "a..b", "", ".hidden", "x" * 65, "tab\there", "a\\b", "new\nline", "trailing\n", "trailing ", "dot.", " lead"])
 def test_library_refuses_unsafe_names(tmp_path, name):
     lib = DirectionLibrary(tmp_path / "lib")
     with pytest.raises(InputError, match="direction names"):
@@ -171,3 +171,42 @@ def test_meta_json_is_valid_json(tmp_path):
     basis, x_t = _basis()
     save_basis(tmp_path, basis, x_t, {"sigma": [1.0, 2.0], "prompt": "a \"quoted\" cat"})
     assert json.loads((tmp_path / "meta.json").read_text())["prompt"] == 'a "quoted" cat'
+
+
+def test_library_refuses_an_existing_name_unless_overwriting(tmp_path):
+    lib = DirectionLibrary(tmp_path)
+    first, second = torch.randn(3, 4, 4), torch.randn(3, 4, 4)
+    lib.save("a", first, {"n": 1}, overwrite=False)
+    with pytest.raises(InputError, match="already exists"):
+        lib.save("a", second, {"n": 2}, overwrite=False)
+    assert torch.equal(lib.load("a")[0], first)
+    lib.save("a", second, {"n": 2})
+    assert torch.equal(lib.load("a")[0], second) and lib.load("a")[1] == {"n": 2}
+
+
+def test_library_is_bounded(tmp_path):
+    lib = DirectionLibrary(tmp_path, max_entries=2)
+    lib.save("a", torch.randn(3), {})
+    lib.save("b", torch.randn(3), {})
+    with pytest.raises(InputError, match="library is full"):
+        lib.save("c", torch.randn(3), {})
+    lib.save("b", torch.randn(3), {})  # replacing one is not growing
+    assert [d.name for d in lib.list()] == ["a", "b"]
+
+
+def test_library_list_skips_unreadable_files_and_reads_headers_only(tmp_path):
+    lib = DirectionLibrary(tmp_path)
+    lib.save("good", torch.randn(3, 4, 4), {"seed": 3})
+    (tmp_path / "broken.safetensors").write_bytes(b"not a safetensors file")
+    save_file({"v": torch.randn(2)}, str(tmp_path / ".hidden.safetensors"))
+    assert [(d.name, d.provenance) for d in lib.list()] == [("good", {"seed": 3})]
+    with pytest.raises(InputError, match="not a readable"):
+        lib.load("broken")
+
+
+def test_direction_is_written_whole_or_not_at_all(tmp_path):
+    save_direction(tmp_path / "d.safetensors", torch.randn(3, 4, 4), {})
+    assert [p.name for p in tmp_path.iterdir()] == ["d.safetensors"]  # no temporary file left behind
+    with pytest.raises(Exception):
+        save_direction(tmp_path / "e.safetensors", "not a tensor", {})  # type: ignore[arg-type]
+    assert [p.name for p in tmp_path.iterdir()] == ["d.safetensors"]

@@ -1,10 +1,10 @@
 """Run service calls where the accelerator is, keeping the cache in the serving process.
 
 On a ZeroGPU Space every ``@spaces.GPU`` call runs in a forked worker: whatever it adds to
-the service's cache dies with the worker. So the worker records the entries it adds, returns
-them (CPU tensors only) with the result, and the serving process puts them into its own
-cache; the next call forks from a process that has them. Elsewhere the decorator is inert
-and this is a plain method call.
+the service's cache dies with the worker. So the worker records the entries it computes
+(:meth:`EigenfaceService.record_computed`), returns them (CPU tensors only) with the result,
+and the serving process adopts them into its own cache; the next call forks from a process
+that has them. Elsewhere the decorator is inert and this is a plain method call.
 """
 
 from __future__ import annotations
@@ -26,31 +26,20 @@ def call(service: EigenfaceService, method: str, *args: Any, **kwargs: Any) -> A
     _SERVICES[id(service)] = service
     if ZERO_GPU:
         kwargs.pop("progress", None)  # a callback cannot reach back across the fork
-    result, entries = _on_device(id(service), method, args, kwargs)
-    for key, value in entries:
-        service.cache.put(key, value)
+    result, entries = _on_device(id(service), method, args, kwargs, ZERO_GPU)
+    service.adopt_computed(entries)
     return result
 
 
 @gpu(duration=120)
-def _on_device(service_id: int, method: str, args: tuple, kwargs: dict) -> tuple[Any, list[tuple[Any, Any]]]:
+def _on_device(service_id: int, method: str, args: tuple, kwargs: dict, record: bool) -> tuple[Any, list[tuple[Any, Any]]]:
+    """The call's result and, if ``record`` (in a worker process), the cache entries it computed."""
     service = _SERVICES[service_id]
-    if not ZERO_GPU:
+    if not record:
         return getattr(service, method)(*args, **kwargs), []
-    recorded: list[tuple[Any, Any]] = []
-    cache = service.cache
-    put = cache.put
-
-    def recording_put(key, value):
-        recorded.append((key, value))
-        put(key, value)
-
-    cache.put = recording_put  # this process is a throw-away fork serving one call
-    try:
+    with service.record_computed() as entries:
         result = getattr(service, method)(*args, **kwargs)
-    finally:
-        del cache.put
-    return result, [(key, value) for key, value in recorded if _on_cpu(value)]
+    return result, [(key, value) for key, value in entries if _on_cpu(value)]
 
 
 def _on_cpu(value: Any) -> bool:

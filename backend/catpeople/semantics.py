@@ -133,36 +133,21 @@ def edit_responses(
 def _render(service, spec, directions: list, strengths: tuple[float, ...], mode: str, batch_size: int) -> list[Image.Image]:
     """Edits (direction-major, then strength) as PIL images.
 
-    Renders through the service's batch renderer when it has one, so that many edits of one
-    sample share each U-Net call (on a CPU this is much faster than one edit at a time);
-    otherwise one :meth:`strip` per basis direction and one :meth:`edit_vector` per vector.
+    Renders through :meth:`~backend.service.EigenfaceService.render_edits` when the service
+    has it, so that many edits of one sample share each U-Net call (on a CPU this is much
+    faster than one edit at a time); otherwise one :meth:`strip` per basis direction and one
+    :meth:`edit_vector` per vector.
     """
-    from ..edit import check_strength
-    from ..service import _check_int, check_vector
-
-    model = service.model(spec.sample.model)
-    needs_basis = mode == "geodesic" or any(not isinstance(d, Tensor) for d in directions)
-    batch = getattr(service, "_render_batch", None)
-    if batch is None:  # public API only
-        images = []
-        for d in directions:
-            if isinstance(d, Tensor):
-                images += [service.edit_vector(spec, d, st, mode) for st in strengths]
-            else:
-                images += service.strip(spec, d, list(strengths), mode)
-        return images
-    result = service.discover(spec) if needs_basis else service._point(spec)
-    edits = []
+    edits = [(d, st) for d in directions for st in strengths]
+    render_edits = getattr(service, "render_edits", None)
+    if render_edits is not None:
+        return render_edits(spec, edits, mode, batch_size=batch_size)
+    images = []
     for d in directions:
         if isinstance(d, Tensor):
-            v = check_vector(d, model.sample_shape)
-            v = v / v.norm()
+            images += [service.edit_vector(spec, d, st, mode) for st in strengths]
         else:
-            v = result.basis.v[_check_int("direction index", d, 0, result.basis.k - 1)]
-        edits += [(v, check_strength(st)) for st in strengths]
-    images = []
-    for first in range(0, len(edits), batch_size):
-        images += batch(spec, result, edits[first : first + batch_size], mode, None, None)
+            images += service.strip(spec, d, list(strengths), mode)
     return images
 
 

@@ -3,6 +3,7 @@
     python app.py                                  # the built-in cat-people model, http://127.0.0.1:7860
     python app.py --models "sd15=/models/sd15"     # also offer other local models (host's allow-list)
     EIGENFACE_MODELS="sd15=/models/sd15" python app.py
+    python app.py --library /data/directions      # where saved directions go (env EIGENFACE_LIBRARY)
 
 Remote users choose among the allow-listed names only; they never type a path or hub id.
 ``import app`` builds nothing and serves nothing: call :func:`build_demo`.
@@ -23,7 +24,7 @@ import gradio as gr  # noqa: E402
 
 from backend.errors import InputError  # noqa: E402
 from backend.models import BUILTIN_MODEL  # noqa: E402
-from backend.service import BUILTIN_NAME, EigenfaceService, ServiceConfig  # noqa: E402
+from backend.service import BUILTIN_NAME, DEFAULT_LIBRARY, EigenfaceService, ServiceConfig  # noqa: E402
 from backend.state import EditState, check_model_name  # noqa: E402
 from ui.api import ApiHandlers, build_api, wire_api  # noqa: E402
 from ui.atlas import AtlasHandlers, build_atlas, refresh_step, wire_atlas  # noqa: E402
@@ -31,13 +32,16 @@ from ui.common import CSS, ZERO_GPU  # noqa: E402
 from ui.editor import Editor  # noqa: E402
 from ui.explore import ExploreHandlers, build_explore, wire_explore  # noqa: E402
 from ui.export import ExportHandlers, build_export, wire_export  # noqa: E402
+from ui.steer import SteerHandlers, build_steer, wire_steer  # noqa: E402
+from ui.steer import refresh_step as steer_refresh_step  # noqa: E402  (the atlas has a refresh_step too)
 
 TITLE = "Eigenface"
 INTRO = (
     "# Eigenface\n"
     "Find the semantic directions a diffusion model already has — the top singular vectors of the "
     "Jacobian of its U-Net bottleneck (h-space) at one noisy image — and steer the image along them. "
-    "Pick a seed, press **Find directions**, then move the sliders."
+    "Pick a seed, press **Find directions**, then move the sliders. Save an edit you like as a named "
+    "direction and apply it to other images; on a text-conditioned model, steer toward or away from a text."
 )
 #: Concurrent renders per process; bases are always computed one at a time.
 DEFAULT_CONCURRENCY = 2
@@ -49,24 +53,30 @@ def build_demo(service: EigenfaceService, concurrency: int = DEFAULT_CONCURRENCY
     default = EditState(model=service.model_names[0])
     explore_h = ExploreHandlers(editor, default)
     atlas_h = AtlasHandlers(editor)
+    steer_h = SteerHandlers(editor)
     export_h = ExportHandlers(editor, explore_h)
     api_h = ApiHandlers(editor)
 
     with gr.Blocks(title=TITLE, delete_cache=(1800, 3600)) as demo:
         gr.Markdown(INTRO)
         explore = build_explore(service)
+        steer = build_steer(service)
         atlas = build_atlas(service)
         export = build_export(service)
         api = build_api(service)
 
-        then_after = wire_explore(explore_h, explore, after_basis=[refresh_step(atlas_h, atlas, explore)])
+        after_basis = [refresh_step(atlas_h, atlas, explore), steer_refresh_step(steer_h, steer, explore)]
+        then_after = wire_explore(explore_h, explore, after_basis=after_basis)
         wire_atlas(atlas_h, atlas, explore)
+        wire_steer(steer_h, steer, explore)
         wire_export(export_h, export, explore, then_after)
         wire_api(api_h, api, explore)
-        demo.load(
+        opened = demo.load(
             explore_h.on_load, None, [explore.page_url, *explore.restore_outputs()],
             api_name="on_load", api_visibility="private", concurrency_id="basis", concurrency_limit=1, show_progress_on=[explore.image],
         )
+        then_after(opened, "on_load")  # a link may have restored a basis
+        demo.load(steer_h.refresh, None, steer.saved, api_name="saved_on_load", api_visibility="private", queue=False)
     demo.queue(default_concurrency_limit=concurrency, max_size=64)
     return demo
 
@@ -97,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, help="renders served at the same time")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--cache-mb", type=int, default=1024, help="memory for cached trajectories and bases")
+    parser.add_argument("--library", default=os.environ.get("EIGENFACE_LIBRARY") or DEFAULT_LIBRARY, help="folder of saved directions, shared by every visitor (env EIGENFACE_LIBRARY; default %(default)s)")
     parser.add_argument("--no-warmup", action="store_true", help="do not load the first model and render its default image before serving")
     return parser
 
@@ -109,7 +120,8 @@ def main(argv: list[str] | None = None) -> None:
         models = parse_models(args.models)
     except InputError as exc:
         sys.exit(f"error: {exc}")
-    service = EigenfaceService(ServiceConfig(models=models, cache_bytes=args.cache_mb << 20, device=args.device or ("cuda" if ZERO_GPU else None)))
+    device = args.device or ("cuda" if ZERO_GPU else None)
+    service = EigenfaceService(ServiceConfig(models=models, cache_bytes=args.cache_mb << 20, device=device, library_dir=args.library))
     if ZERO_GPU:  # models must live in the serving process: every GPU call forks from it
         for name in service.model_names:
             service.model(name)

@@ -1,4 +1,4 @@
-"""The app's public API through gradio_client: find_directions and render, no session state."""
+"""The app's public API through gradio_client: every endpoint takes explicit inputs, no session state."""
 
 import json
 import socket
@@ -9,9 +9,11 @@ from PIL import Image
 
 gradio_client = pytest.importorskip("gradio_client")
 
-from backend.service import EigenfaceService, SampleSpec, ServiceConfig  # noqa: E402
+from backend.service import EigenfaceService, SampleSpec, ServiceConfig, name_by_factor  # noqa: E402
 
 SETTINGS = ("tiny", "", 3, 0.6, 4, 10)  # model, prompt, seed, timestep, k, steps
+SD_SETTINGS = ("sd", "a photo of a cat", 0, 0.6, 4, 4)
+PUBLIC = ["apply_concept", "apply_direction", "find_concept", "find_directions", "name_directions", "render", "save_direction", "saved_directions"]
 
 
 def _free_port() -> int:
@@ -21,10 +23,15 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def demo_and_service(tiny_ddpm_dir):
+def demo_and_service(tiny_ddpm_dir, tiny_sd_dir, tmp_path_factory):
     import app
 
-    service = EigenfaceService(ServiceConfig(models={"tiny": str(tiny_ddpm_dir)}))
+    # The cat-people labeller on the tiny model: it renders edits and reads factors from any image.
+    config = ServiceConfig(
+        models={"tiny": str(tiny_ddpm_dir), "sd": str(tiny_sd_dir)}, library_dir=str(tmp_path_factory.mktemp("library")),
+        labellers={"tiny": name_by_factor},
+    )
+    service = EigenfaceService(config)
     return app.build_demo(service), service
 
 
@@ -46,7 +53,7 @@ def test_every_event_has_an_api_name(demo_and_service):
     assert len(events) > 20
     assert all(f.api_name and not f.api_name.startswith("unnamed") for f in events), [f.api_name for f in events]
     public = sorted(f.api_name for f in events if f.api_visibility == "public")
-    assert public == ["find_directions", "render"]
+    assert public == PUBLIC
     sliders = [f for f in events if f.api_name in ("preview", "settle")]
     assert [f.trigger_mode for f in sliders] == ["always_last", "always_last"]
 
@@ -59,9 +66,21 @@ def test_public_endpoints_take_explicit_inputs(served):
     _, client = served
     info = client.view_api(return_format="dict", print_info=False)
     named = info["named_endpoints"]
-    assert set(named) == {"/find_directions", "/render"}
-    assert [p["parameter_name"] for p in named["/find_directions"]["parameters"]] == ["model", "prompt", "seed", "timestep", "k", "steps"]
-    assert [p["parameter_name"] for p in named["/render"]["parameters"]] == ["model", "prompt", "seed", "timestep", "k", "steps", "mode", "sliders", "preview"]
+    assert set(named) == {f"/{name}" for name in PUBLIC}
+    settings = ["model", "prompt", "seed", "timestep", "k", "steps"]
+    edit = [*settings, "mode", "sliders"]
+    expected = {
+        "find_directions": settings,
+        "render": [*edit, "preview"],
+        "name_directions": settings,
+        "save_direction": [*settings, "sliders", "source", "name"],
+        "saved_directions": [],
+        "apply_direction": [*edit, "name", "strength", "transport"],
+        "find_concept": [*settings, "concept"],
+        "apply_concept": [*edit, "concept", "strength"],
+    }
+    for name, parameters in expected.items():
+        assert [p["parameter_name"] for p in named[f"/{name}"]["parameters"]] == parameters, name
 
 
 def test_find_directions_then_render(served):
@@ -92,6 +111,45 @@ def test_second_request_is_served_from_the_cache(served):
     assert service.cache.misses == misses
 
 
+def test_name_directions(served):
+    _, client = served
+    names = json.loads(client.predict(*SETTINGS, api_name="/name_directions"))
+    assert len(names) == 4 and all(isinstance(n, str) and n for n in names)
+    assert json.loads(client.predict(*SETTINGS, api_name="/name_directions")) == names  # cached with the basis
+
+
+def test_save_list_and_apply_a_direction(served):
+    service, client = served
+    saved = json.loads(client.predict(*SETTINGS[:6], '{"0": 0.5}', "sliders", "api smile", api_name="/save_direction"))
+    assert saved["name"] == "api smile" and saved["model"] == "tiny" and saved["sliders"] == {"0": 0.5}
+    one = json.loads(client.predict(*SETTINGS[:6], "[]", "2", "api d2", api_name="/save_direction"))
+    assert one["index"] == 2
+    listed = {d["name"]: d for d in json.loads(client.predict(api_name="/saved_directions"))}
+    assert {"api smile", "api d2"} <= set(listed) and listed["api smile"]["seed"] == 3
+
+    # direction 0 saved at 0.5, applied at 0.5 = slider 0 at 0.5
+    applied = client.predict(*SETTINGS, "direct", "[]", "api smile", 0.5, False, api_name="/apply_direction")
+    slider = client.predict(*SETTINGS, "direct", "[0.5]", False, api_name="/render")
+    assert np.abs(_pixels(applied).astype(int) - _pixels(slider)).max() <= 1
+    # at zero strength, on top of no sliders: the unedited image
+    zero = client.predict(*SETTINGS, "direct", "[]", "api smile", 0, False, api_name="/apply_direction")
+    assert np.array_equal(_pixels(zero), np.asarray(service.generate(SampleSpec(model="tiny", seed=3, steps=10))))
+    # another seed, carried into its directions
+    moved = client.predict("tiny", "", 5, 0.6, 4, 10, "direct", "[]", "api d2", 0.4, True, api_name="/apply_direction")
+    assert _pixels(moved).shape == (16, 16, 3)
+
+
+def test_directions_from_text(served):
+    service, client = served
+    found = json.loads(client.predict(*SD_SETTINGS, "a horse", api_name="/find_concept"))
+    assert len(found["scores"]) == 4 and sorted(found["order"]) == [0, 1, 2, 3] and 0 <= found["captured"] <= 1
+    toward = client.predict(*SD_SETTINGS, "direct", "[]", "a horse", 0.3, api_name="/apply_concept")
+    away = client.predict(*SD_SETTINGS, "direct", "[]", "a horse", -0.3, api_name="/apply_concept")
+    assert not np.array_equal(_pixels(toward), _pixels(away))
+    still = client.predict(*SD_SETTINGS, "direct", "[]", "a horse", 0, api_name="/apply_concept")
+    assert np.array_equal(_pixels(still), np.asarray(service.generate(SampleSpec(model="sd", prompt="a photo of a cat", seed=0, steps=4))))
+
+
 @pytest.mark.parametrize(
     "endpoint, args, message",
     [
@@ -104,6 +162,17 @@ def test_second_request_is_served_from_the_cache(served):
         ("/render", (*SETTINGS, "direct", "[0, 0, 0, 0, 0.2]", False), "5 slider values given for k = 4"),
         ("/render", (*SETTINGS, "sideways", "[0.2]", False), "mode must be one of"),
         ("/render", (*SETTINGS, "direct", "[0.2", False), "slider values must be a JSON list"),
+        ("/name_directions", SD_SETTINGS, "cannot name its directions"),
+        ("/save_direction", (*SETTINGS, "[0, 0]", "sliders", "zero"), "every slider is at zero"),
+        ("/save_direction", (*SETTINGS, "[0.3]", "sliders", "../evil"), "direction names are"),
+        ("/save_direction", (*SETTINGS, "[0.3]", "nose", "x"), "what to save must be 'sliders' or a direction index"),
+        ("/save_direction", (*SETTINGS, "[]", "9", "x"), "direction index must be within [0, 3]"),
+        ("/apply_direction", (*SETTINGS, "direct", "[]", "no such", 0.3, False), "no saved direction named 'no such'"),
+        ("/apply_direction", (*SETTINGS, "direct", "[]", "", 0.3, False), "choose a saved direction"),
+        ("/apply_direction", (*SETTINGS, "direct", "[]", "x", None, False), "strength is empty"),
+        ("/find_concept", (*SETTINGS, "smiling"), "'tiny' has no text encoder"),
+        ("/find_concept", (*SD_SETTINGS, "  "), "the concept must be non-empty text"),
+        ("/apply_concept", (*SETTINGS, "direct", "[]", "smiling", 0.3), "'tiny' has no text encoder"),
     ],
 )
 def test_bad_input_is_a_client_error_with_our_message(served, endpoint, args, message):
@@ -111,6 +180,15 @@ def test_bad_input_is_a_client_error_with_our_message(served, endpoint, args, me
     with pytest.raises(gradio_client.exceptions.AppError) as info:
         client.predict(*args, api_name=endpoint)
     assert message in str(info.value)
+
+
+def test_saving_an_existing_name_is_refused_and_other_models_cannot_use_it(served):
+    _, client = served
+    client.predict(*SETTINGS, "[0.4]", "sliders", "taken", api_name="/save_direction")
+    with pytest.raises(gradio_client.exceptions.AppError, match="a direction named 'taken' already exists"):
+        client.predict(*SETTINGS, "[0.2]", "sliders", "taken", api_name="/save_direction")
+    with pytest.raises(gradio_client.exceptions.AppError, match="was saved on model 'tiny'; this image is from 'sd'"):
+        client.predict(*SD_SETTINGS, "direct", "[]", "taken", 0.3, False, api_name="/apply_direction")
 
 
 def test_import_does_not_serve():

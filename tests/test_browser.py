@@ -2,7 +2,8 @@
 
 Find directions, move a slider (pointer on the range, and typing into a number box), see the
 image change, reset, get the original pixels back; restore an edit from a URL; a bad edit file
-gives a toast with our message. Screenshots and timings go to artifacts/ (git-ignored).
+gives a toast with our message; name the sliders, save the slider edit as a named direction and
+apply it; steer toward a text on the tiny Stable Diffusion model. Screenshots and timings go to artifacts/ (git-ignored).
 """
 
 import io
@@ -23,7 +24,7 @@ if CHROMIUM is None:
     pytest.skip("Debian's chromium is not installed (apt-get install -y chromium)", allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright python package is not installed")
 
-from backend.service import EigenfaceService, ServiceConfig  # noqa: E402
+from backend.service import EigenfaceService, ServiceConfig, name_by_factor  # noqa: E402
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 TIMEOUT_MS = 180_000  # generous: CI machines are shared
@@ -37,10 +38,12 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def url(tiny_ddpm_dir):
+def url(tiny_ddpm_dir, tiny_sd_dir, tmp_path_factory):
     import app
 
-    service = EigenfaceService(ServiceConfig(models={"tiny": str(tiny_ddpm_dir)}))
+    # The cat-people labeller runs on any model's images, so the tiny one gets "Name the sliders" too.
+    config = ServiceConfig(models={"tiny": str(tiny_ddpm_dir), "sd": str(tiny_sd_dir)}, library_dir=str(tmp_path_factory.mktemp("library")), labellers={"tiny": name_by_factor})
+    service = EigenfaceService(config)
     demo = app.build_demo(service)
     port = _free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **app.launch_options())
@@ -177,3 +180,47 @@ def test_broken_link_still_opens_the_page(page, url):
     page.goto(url + "?seed=3&k=999")
     page.get_by_text("k must be within [1, 64], got 999").first.wait_for(state="visible")
     page.wait_for_selector(IMAGE)
+
+
+def test_name_save_and_apply_a_direction(page, url):
+    page.goto(url + "?model=tiny&seed=2&t=0.6&k=4&steps=20&mode=direct&s=0:0.5")
+    page.wait_for_function("() => { const n = document.querySelector('#direction-0 input[type=number]'); return n && n.value === '0.5'; }")
+    page.wait_for_function("() => document.querySelector('#eigen-share textarea, #eigen-share input').value.includes('s=0:0.5')")
+    # The tiny model has no text encoder: the text controls say so and stay disabled.
+    page.locator("#concept-note").get_by_text("has no text encoder").wait_for(state="visible")
+    assert page.locator("#concept textarea, #concept input").first.is_disabled()
+
+    page.click("#name-directions")
+    page.wait_for_function("() => !document.querySelector('#direction-0 label').innerText.startsWith('direction')")
+    assert page.locator("#direction-0 label").first.inner_text().startswith("0 · ")
+
+    page.locator("#save-name textarea, #save-name input").first.fill("browser smile")
+    page.click("#save-direction")
+    page.get_by_text("Saved the slider edit as browser smile").first.wait_for(state="visible")
+    assert page.locator("#saved-directions input").first.input_value().startswith("browser smile")
+
+    strength = page.locator("#saved-strength input[type=number]")
+    strength.fill("0.5")
+    strength.blur()
+    page.wait_for_selector("#eigen-steer-image img")
+    page.get_by_text("Slider edit + saved direction browser smile at +0.5").first.wait_for(state="visible")
+    steered = _pixels(page, page.locator("#eigen-steer-image img").get_attribute("src"))
+    main = _pixels(page, _src(page))
+    assert steered.shape == main.shape and np.abs(steered.astype(int) - main).max() > 0  # twice the edit, not the edit
+    _shot(page, "8-saved-direction")
+
+
+def test_toward_a_text(page, url):
+    page.goto(url + "?model=sd&prompt=a+photo+of+a+cat&seed=0&t=0.6&k=4&steps=4&mode=direct")
+    page.locator("#concept-note").get_by_text("press Find").wait_for(state="visible")
+    assert not page.locator("#name-directions").is_visible()  # no known factors to name directions by
+    concept = page.locator("#concept textarea, #concept input").first
+    concept.fill("a horse")
+    page.click("#find-concept")
+    page.locator("#concept-note").get_by_text("of the change it asks for lies in these 4 directions").wait_for(state="visible")
+    strength = page.locator("#concept-strength input[type=number]")
+    strength.fill("-0.4")
+    strength.blur()
+    page.get_by_text("Slider edit + 0.4 away from a horse").first.wait_for(state="visible")
+    assert _pixels(page, page.locator("#eigen-steer-image img").get_attribute("src")).shape == _pixels(page, _src(page)).shape
+    _shot(page, "9-toward-text")

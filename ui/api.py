@@ -1,21 +1,24 @@
 """Endpoints for programs (``gradio_client``) that the page itself does not click.
 
-``render`` takes every setting as an explicit input (no session state), so a script can
-reproduce any edit: the page's visible settings plus two hidden inputs (slider values as JSON,
-a preview flag) and a hidden output image.
+Each takes every setting as an explicit input (no session state), so a script can reproduce
+any edit: the page's visible settings plus hidden inputs (slider values as JSON, a preview
+flag, a name, a strength...) and hidden outputs (an image, or JSON text). They call the same
+:class:`~ui.editor.Editor` methods as the page's own events.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import gradio as gr
 
 from backend.errors import InputError
 from backend.service import EigenfaceService
+from backend.state import EditState
 
 from .common import guard
-from .editor import Editor
+from .editor import SAVE_SLIDERS, Editor
 from .explore import Explore
 
 
@@ -23,6 +26,11 @@ from .explore import Explore
 class ApiHandlers:
     def __init__(self, editor: Editor):
         self.editor = editor
+
+    def _state(self, model, prompt, seed, timestep, k, steps, mode="direct", sliders=None) -> EditState:
+        if sliders is not None and not isinstance(sliders, str):
+            raise InputError("sliders must be JSON text, like [0.4, 0, -0.3] or {\"0\": 0.4}")
+        return self.editor.state(model, prompt, seed, timestep, k, steps, mode, sliders or "")
 
     @guard
     def render(self, model, prompt, seed, timestep, k, steps, mode, sliders, preview):
@@ -35,33 +43,97 @@ class ApiHandlers:
         """
         if not isinstance(preview, bool):
             raise InputError(f"preview must be true or false, got {preview!r}")
-        if sliders is not None and not isinstance(sliders, str):
-            raise InputError("sliders must be JSON text, like [0.4, 0, -0.3] or {\"0\": 0.4}")
-        state = self.editor.state(model, prompt, seed, timestep, k, steps, mode, sliders or "")
-        return self.editor.render(state, preview=preview)
+        return self.editor.render(self._state(model, prompt, seed, timestep, k, steps, mode, sliders), preview=preview)
+
+    @guard
+    def name_directions(self, model, prompt, seed, timestep, k, steps):
+        """A name for each of the k directions (JSON list): the factor it moves most, or
+        "mixed (top: ...)". Only models with known factors (the built-in one) can do this."""
+        return json.dumps(list(self.editor.labels(self._state(model, prompt, seed, timestep, k, steps))))
+
+    @guard
+    def save_direction(self, model, prompt, seed, timestep, k, steps, sliders, source, name):
+        """Save the slider edit (source "sliders") or one direction (source: its index, "3") under
+        a name (letters, digits, space, - _ .); returns the saved provenance as JSON."""
+        saved = self.editor.save_direction(self._state(model, prompt, seed, timestep, k, steps, "direct", sliders), source, name)
+        return json.dumps({"name": saved.name, **saved.provenance})
+
+    @guard
+    def saved_directions(self):
+        """Every saved direction with its provenance (JSON list)."""
+        return json.dumps([{"name": saved.name, **saved.provenance} for saved in self.editor.saved_directions()])
+
+    @guard
+    def apply_direction(self, model, prompt, seed, timestep, k, steps, mode, sliders, name, strength, transport):
+        """The slider edit plus the saved direction ``name`` at ``strength``; ``transport`` carries
+        it into this image's directions first (for a direction saved at another seed or timestep)."""
+        return self.editor.apply_saved(self._state(model, prompt, seed, timestep, k, steps, mode, sliders), name, strength, transport)
+
+    @guard
+    def find_concept(self, model, prompt, seed, timestep, k, steps, concept):
+        """How a text concept decomposes on the k directions (JSON): each direction's signed score,
+        the directions by decreasing |score|, and the fraction of the concept's change they capture."""
+        alignment = self.editor.find_concept(self._state(model, prompt, seed, timestep, k, steps), concept)
+        return json.dumps({
+            "scores": [round(float(s), 6) for s in alignment.scores],
+            "order": [int(i) for i in alignment.order],
+            "captured": round(alignment.captured, 6),
+        })
+
+    @guard
+    def apply_concept(self, model, prompt, seed, timestep, k, steps, mode, sliders, concept, strength):
+        """The slider edit plus ``strength`` toward (> 0) or away from (< 0) a text concept."""
+        return self.editor.apply_concept(self._state(model, prompt, seed, timestep, k, steps, mode, sliders), concept, strength)
 
 
 # ================================================================================= layout
 @dataclass
 class Api:
-    trigger: gr.Button
+    triggers: dict[str, gr.Button]
     sliders: gr.Textbox
     preview: gr.Checkbox
+    name: gr.Textbox
+    source: gr.Textbox
+    strength: gr.Number
+    transport: gr.Checkbox
+    concept: gr.Textbox
     image: gr.Image
+    text: gr.Textbox
+
+
+ENDPOINTS = ("render", "name_directions", "save_direction", "saved_directions", "apply_direction", "find_concept", "apply_concept")
 
 
 def build_api(service: EigenfaceService) -> Api:
     with gr.Group(visible=False):
-        trigger = gr.Button("render", visible=False)
+        triggers = {name: gr.Button(name, visible=False) for name in ENDPOINTS}
         sliders = gr.Textbox("[]", label="Slider values (JSON)", visible=False)
         preview = gr.Checkbox(False, label="Preview", visible=False)
+        name = gr.Textbox("", label="Direction name", visible=False)
+        source = gr.Textbox(SAVE_SLIDERS, label="What to save", visible=False)
+        strength = gr.Number(0.0, label="Strength", visible=False)
+        transport = gr.Checkbox(False, label="Transport", visible=False)
+        concept = gr.Textbox("", label="Concept", visible=False)
         image = gr.Image(label="Rendered image", type="pil", format="png", visible=False)
-    return Api(trigger, sliders, preview, image)
+        text = gr.Textbox(label="Result (JSON)", visible=False)
+    return Api(triggers, sliders, preview, name, source, strength, transport, concept, image, text)
 
 
 # ================================================================================= events
 def wire_api(h: ApiHandlers, api: Api, ex: Explore) -> None:
-    api.trigger.click(
-        h.render, [*ex.controls, ex.mode, api.sliders, api.preview], api.image,
-        api_name="render", preprocess=False, concurrency_id="render",
-    )
+    settings = [*ex.controls]
+    edit = [*ex.controls, ex.mode, api.sliders]
+    wiring = {
+        "render": ([*edit, api.preview], api.image, "render"),
+        "name_directions": (settings, api.text, "batch"),
+        "save_direction": ([*settings, api.sliders, api.source, api.name], api.text, "render"),
+        "saved_directions": ([], api.text, None),
+        "apply_direction": ([*edit, api.name, api.strength, api.transport], api.image, "render"),
+        "find_concept": ([*settings, api.concept], api.text, "render"),
+        "apply_concept": ([*edit, api.concept, api.strength], api.image, "render"),
+    }
+    for name, (inputs, output, concurrency) in wiring.items():
+        options = {"concurrency_id": concurrency} if concurrency else {"queue": False}
+        if concurrency == "batch":
+            options["concurrency_limit"] = 1
+        api.triggers[name].click(getattr(h, name), inputs, output, api_name=name, preprocess=False, **options)

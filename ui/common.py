@@ -34,8 +34,9 @@ RANDOM_SEED_MAX = 2**31 - 1
 GENERIC_ERROR = "Something went wrong on the server (the details were logged). Please try again or change the settings."
 
 CSS = """
-#eigen-image .image-container > button, #eigen-image .image-frame { width: 100%; height: 100%; }
-#eigen-image .image-frame img, #eigen-compare img { width: 100%; height: 100%; object-fit: contain; }
+#eigen-image .image-container > button, #eigen-image .image-frame,
+#eigen-steer-image .image-container > button, #eigen-steer-image .image-frame { width: 100%; height: 100%; }
+#eigen-image .image-frame img, #eigen-compare img, #eigen-steer-image .image-frame img { width: 100%; height: 100%; object-fit: contain; }
 #eigen-download .empty { min-height: 56px; height: 56px; }
 #eigen-sliders { max-height: 72vh; overflow-y: auto; }
 #eigen-sliders > .form { flex-shrink: 0; }

@@ -20,9 +20,11 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from backend.basis import BasisProgress
+from backend.concepts import Alignment
 from backend.errors import InputError
 from backend.service import EigenfaceService
 from backend.state import EditState
+from backend.store import SavedDirection
 
 from . import device
 from .common import ATLAS_COLUMNS, MAX_UI_SEED, PREVIEW_STEPS, SLIDER_MAX, SLIDER_MIN
@@ -33,6 +35,8 @@ ATLAS_CACHE_ENTRIES = 32
 EXPORT_MAX_AGE_S = 3600
 #: Displayed/exported GIF frames are at least this many pixels wide.
 GIF_MIN_SIZE = 256
+#: What to save: the slider edit, or else a direction index.
+SAVE_SLIDERS = "sliders"
 
 Progress = Callable[..., Any]
 
@@ -86,6 +90,9 @@ class Editor:
     def conditional(self, model: str) -> bool:
         return self.service.model(model).conditional
 
+    def can_name(self, model: str) -> bool:
+        return self.service.has_labeller(model)
+
     # ----------------------------------------------------------------------------- compute
     def discover(self, state: EditState, progress: Progress | None = None) -> Found:
         if progress is not None:
@@ -113,6 +120,48 @@ class Editor:
         if preview and mode == "guidance":
             kwargs["substeps"] = 4
         return device.call(self.service, "edit", state.basis_spec(), strengths, mode, **kwargs)
+
+    def labels(self, state: EditState, compute: bool = True) -> tuple[str, ...] | None:
+        """Names of the state's directions (None: not computed yet, with ``compute=False``).
+
+        Looking up names already computed needs no accelerator, so it skips the device call
+        (on ZeroGPU every device call is a GPU allocation).
+        """
+        if not compute:
+            return self.service.labels(state.basis_spec(), compute=False)
+        return device.call(self.service, "labels", state.basis_spec())
+
+    # ----------------------------------------------------------------------------- steering
+    def save_direction(self, state: EditState, source: Any, name: Any) -> SavedDirection:
+        """Save the state's slider edit (source "sliders") or one direction (source: its index)."""
+        name = _text("name", name).strip()
+        source = _text("what to save", source).strip()
+        if source == SAVE_SLIDERS:
+            return device.call(self.service, "save_direction", name, state.basis_spec(), state.strengths())
+        if not source.isdigit():
+            raise InputError(f"what to save must be 'sliders' or a direction index, got {source!r}")
+        return device.call(self.service, "save_direction", name, state.basis_spec(), index=int(source))
+
+    def saved_directions(self) -> list[SavedDirection]:
+        return self.service.saved_directions()
+
+    def apply_saved(self, state: EditState, name: Any, strength: Any, transport: Any = False) -> Image.Image:
+        """The state's slider edit plus a saved direction at ``strength``."""
+        name = _text("saved direction", "" if name is None else name)
+        if not name:
+            raise InputError("choose a saved direction first")
+        if not isinstance(transport, bool):
+            raise InputError(f"transport must be true or false, got {transport!r}")
+        strength = _number("strength", strength)
+        return device.call(self.service, "edit_saved", state.basis_spec(), name, strength, state.strengths(), state.mode, transport=transport)
+
+    def find_concept(self, state: EditState, concept: Any) -> Alignment:
+        return device.call(self.service, "find_concept", state.basis_spec(), _text("concept", "" if concept is None else concept))[0]
+
+    def apply_concept(self, state: EditState, concept: Any, strength: Any) -> Image.Image:
+        """The state's slider edit plus a move toward (strength > 0) or away from a text concept."""
+        concept = _text("concept", "" if concept is None else concept)
+        return device.call(self.service, "edit_concept", state.basis_spec(), concept, _number("strength", strength), state.strengths(), state.mode)
 
     def strip(self, state: EditState, index: int, strengths: Sequence[float]) -> list[Image.Image]:
         return device.call(self.service, "strip", state.basis_spec(), index, [float(s) for s in strengths], state.mode)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import random
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, replace
 from typing import Sequence
@@ -67,12 +68,32 @@ class ExploreHandlers:
     # ---------------------------------------------------------------- page-only steps
     @guard
     def show_directions(self, found: Found | None, mode: str, page_url: str):
-        """After find_directions: label and show the first k sliders (all at zero), status, link."""
+        """After find_directions: label and show the first k sliders (all at zero), status, link,
+        and the "Name the sliders" button where the model can name its directions."""
         if found is None:
-            return (gr.skip(),) * (3 + N_SLIDERS)
+            return (gr.skip(),) * (4 + N_SLIDERS)
         original = self.editor.original(found.state)
         state = replace(found.state, mode=mode)
-        return (found_status(found), (original, original), share_link(page_url, state), *slider_updates(found, ()))
+        labels = self.editor.labels(found.state, compute=False)
+        return (
+            found_status(found), (original, original), share_link(page_url, state), self.name_button(found),
+            *slider_updates(found, (), labels),
+        )
+
+    def name_button(self, found: Found) -> dict:
+        return gr.update(visible=self.editor.can_name(found.state.model))
+
+    @guard
+    def name_directions(self, found: Found | None, progress=gr.Progress()):
+        """Name each slider after what its direction does (computed once per basis, then cached)."""
+        if found is None:
+            raise InputError("Press Find directions first: there are no sliders to name yet.")
+        progress(0.0, desc="Naming the directions: editing along each one and reading the result")
+        start = time.perf_counter()
+        labels = self.editor.labels(found.state)
+        seconds = time.perf_counter() - start
+        status = found_status(found) + f"\n\nSliders named by the factor each direction moves most ({seconds:.1f} s)."
+        return (status, *(gr.update(label=slider_label(i, found.sigma[i], labels)) if i < found.state.k else gr.skip() for i in range(N_SLIDERS)))
 
     @guard
     def preview(self, request: gr.Request, found: Found | None, mode: str, *values: float):
@@ -152,6 +173,7 @@ class ExploreHandlers:
         original = self.editor.original(state)
         conditional = self.editor.conditional(state.model)
         values = {
+            "name": self.name_button(found),
             "model": state.model,
             "prompt": gr.update(value=state.prompt, visible=conditional),
             "seed": state.seed,
@@ -165,13 +187,13 @@ class ExploreHandlers:
             "status": found_status(found),
             "share": share_link(page_url, state),
         }
-        return (*(values[name] for name in RESTORE_FIELDS), *slider_updates(found, state.sliders))
+        return (*(values[name] for name in RESTORE_FIELDS), *slider_updates(found, state.sliders, self.editor.labels(state, compute=False)))
 
 
 #: Browser sessions whose last full-quality edit is remembered (to drop late previews).
 MAX_SESSIONS = 4096
 #: The order of the outputs of :meth:`ExploreHandlers.restore` (then the 64 sliders).
-RESTORE_FIELDS = ("model", "prompt", "seed", "timestep", "k", "steps", "mode", "found", "image", "compare", "status", "share")
+RESTORE_FIELDS = ("model", "prompt", "seed", "timestep", "k", "steps", "mode", "found", "image", "compare", "status", "share", "name")
 NO_DIRECTIONS = "Press **Find directions** to compute this image's directions."
 
 
@@ -180,14 +202,21 @@ def current(found: Found, mode: str, values: Sequence[float]) -> EditState:
     return replace(found.state, mode=mode, sliders=tuple(float(v or 0.0) for v in values[: found.state.k]))
 
 
-def slider_updates(found: Found, values: Sequence[float]) -> list[dict]:
+def slider_updates(found: Found, values: Sequence[float], labels: Sequence[str] | None = None) -> list[dict]:
     values = list(values) + [0.0] * (N_SLIDERS - len(values))
     return [
-        gr.update(visible=True, value=values[i], label=f"direction {i} · σ={found.sigma[i]:.3g}")
+        gr.update(visible=True, value=values[i], label=slider_label(i, found.sigma[i], labels))
         if i < found.state.k
         else gr.update(visible=False, value=0)
         for i in range(N_SLIDERS)
     ]
+
+
+def slider_label(index: int, sigma: float, labels: Sequence[str] | None = None) -> str:
+    """"3 · ears · σ=1.2" once the directions are named, "direction 3 · σ=1.2" before."""
+    if labels:
+        return f"{index} · {labels[index]} · σ={sigma:.3g}"
+    return f"direction {index} · σ={sigma:.3g}"
 
 
 def found_status(found: Found) -> str:
@@ -242,6 +271,7 @@ class Explore:
     compare: gr.ImageSlider
     sliders: list[gr.Slider]
     reset_all: gr.Button
+    name: gr.Button
     share: gr.Textbox
     sigma_json: gr.Textbox
     found: gr.State
@@ -286,9 +316,11 @@ def build_explore(service: EigenfaceService) -> Explore:
                     gr.Slider(SLIDER_MIN, SLIDER_MAX, value=0, step=SLIDER_STEP, label=f"direction {i}", visible=False, elem_id=f"direction-{i}")
                     for i in range(N_SLIDERS)
                 ]
-            reset_all = gr.Button("Reset all sliders", elem_id="reset-all")
+            with gr.Row():
+                reset_all = gr.Button("Reset all sliders", elem_id="reset-all", min_width=120)
+                name = gr.Button("Name the sliders", visible=False, elem_id="name-directions", min_width=120)
     sigma_json = gr.Textbox(visible=False, label="σ (JSON)")
-    return Explore(model, prompt, seed, random_seed, timestep, k, steps, mode, find, status, image, compare, sliders, reset_all, share, sigma_json, gr.State(None), gr.State(""))
+    return Explore(model, prompt, seed, random_seed, timestep, k, steps, mode, find, status, image, compare, sliders, reset_all, name, share, sigma_json, gr.State(None), gr.State(""))
 
 
 # ================================================================================= events
@@ -300,7 +332,7 @@ def wire_explore(h: ExploreHandlers, ex: Explore, after_basis: Sequence[dict] = 
     another section's event (loading an edit file).
     """
     share = ex.share
-    shown = [ex.status, ex.compare, share, *ex.sliders]
+    shown = [ex.status, ex.compare, share, ex.name, *ex.sliders]
 
     def chain(dep, prefix: str):
         dep = dep.then(h.show_directions, [ex.found, ex.mode, ex.page_url], shown, api_name=f"{prefix}_show", api_visibility="private", show_progress="hidden")
@@ -339,6 +371,10 @@ def wire_explore(h: ExploreHandlers, ex: Explore, after_basis: Sequence[dict] = 
     ex.reset_all.click(
         h.reset_all, [ex.found, ex.mode, ex.page_url], [ex.image, ex.compare, share, *ex.sliders],
         api_name="reset_all", api_visibility="private", cancels=[preview], concurrency_id="render",
+    )
+    ex.name.click(
+        h.name_directions, ex.found, [ex.status, *ex.sliders],
+        api_name="name_sliders", api_visibility="private", concurrency_id="batch", concurrency_limit=1, show_progress_on=[ex.status],
     )
     ex.model.input(h.model_changed, [ex.model, ex.found, ex.seed, ex.timestep, ex.k, ex.steps], [ex.prompt, ex.status], api_name="model_changed", api_visibility="private")
     gr.on(

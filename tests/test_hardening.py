@@ -71,7 +71,33 @@ def test_wrong_vectors_are_refused(service):
             service.edit_vector(spec, bad, 0.3)
 
 
-def test_out_of_memory_is_a_clear_error_and_the_service_recovers(service, monkeypatch):
+def test_out_of_memory_backs_off_to_smaller_chunks(service, monkeypatch):
+    """A device that holds at most 3 directions at once: the basis is still computed, in chunks of
+    at most 3, the same as on a roomy device, and later bases start at the size that fit."""
+    import backend.service as service_module
+
+    real = service_module.local_basis
+    chunks = []
+
+    def small_device(*args, chunk_size=None, **kwargs):
+        chunks.append(chunk_size)
+        if chunk_size is None or chunk_size > 3:
+            raise torch.OutOfMemoryError("simulated: CUDA out of memory")
+        return real(*args, chunk_size=chunk_size, **kwargs)
+
+    spec = BasisSpec(SampleSpec(model="ddpm", seed=12, steps=STEPS), 0.6, 4)  # block of 8 columns
+    small = EigenfaceService(service.config)
+    monkeypatch.setattr(service_module, "local_basis", small_device)
+    basis = small.discover(spec).basis
+    assert chunks == [None, 4, 2]
+    small.discover(BasisSpec(SampleSpec(model="ddpm", seed=13, steps=STEPS), 0.6, 4))
+    assert chunks[3:] == [2]  # remembered for the model
+    monkeypatch.setattr(service_module, "local_basis", real)
+    roomy = EigenfaceService(service.config).discover(spec).basis
+    torch.testing.assert_close(basis.sigma, roomy.sigma, rtol=1e-4, atol=0)
+
+
+def test_out_of_memory_at_one_direction_is_a_clear_error_and_the_service_recovers(service, monkeypatch):
     import backend.service as service_module
 
     real = service_module.local_basis

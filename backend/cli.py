@@ -22,7 +22,8 @@ def _service(args: argparse.Namespace):
     from .service import BUILTIN_NAME, EigenfaceService, ServiceConfig
     from .models import BUILTIN_MODEL
 
-    return EigenfaceService(ServiceConfig(models={BUILTIN_NAME: str(BUILTIN_MODEL)}, allow_any_model=True, device=args.device))
+    library = {"library_dir": args.library} if getattr(args, "library", None) else {}  # else $EIGENFACE_LIBRARY or the default
+    return EigenfaceService(ServiceConfig(models={BUILTIN_NAME: str(BUILTIN_MODEL)}, allow_any_model=True, device=getattr(args, "device", None), **library))
 
 
 def _sample(args: argparse.Namespace, seed: int | None = None, prompt: str | None = None):
@@ -113,8 +114,10 @@ def _edit(args: argparse.Namespace) -> None:
     from .store import load_basis, load_direction
 
     out = _check_out(args.out, (".png",))
-    if (args.basis is None) == (args.vector is None):
-        raise InputError("give either --basis with --direction I=S, or --vector with --strength")
+    if [args.basis, args.vector, args.saved].count(None) != 2:
+        raise InputError("give either --basis with --direction I=S, --vector with --strength, or --saved NAME")
+    if args.saved is None and (args.saved_strength is not None or args.transport):
+        raise InputError("--saved-strength and --transport go with --saved NAME")
     service = _service(args)
     if args.basis is not None:
         if not args.direction:
@@ -139,14 +142,54 @@ def _edit(args: argparse.Namespace) -> None:
             image = service.edit_vector(spec, basis.v[0], 0.0, args.mode, substeps=args.substeps)
         else:
             image = service.edit_vector(spec, direction, strength, args.mode, substeps=args.substeps)
-    else:
+    elif args.vector is not None:
         if args.strength is None:
             raise InputError("--vector needs --strength")
         vector, _ = load_direction(args.vector)
         image = service.edit_vector(_basis_spec(args), vector, check_strength(args.strength), args.mode, substeps=args.substeps)
+    else:
+        strength = _saved_strength(service, args.saved) if args.saved_strength is None else args.saved_strength
+        image = service.edit_saved(_basis_spec(args), args.saved, strength, mode=args.mode, transport=args.transport, substeps=args.substeps)
     out.parent.mkdir(parents=True, exist_ok=True)
     image.save(out)
     print(f"wrote {out}")
+
+
+def _saved_strength(service, name: str) -> float:
+    """edit --saved's default strength: the one the direction was saved with (1 for one basis direction)."""
+    provenance = next((saved.provenance for saved in service.saved_directions() if saved.name == name), {})
+    return provenance.get("strength", 1.0)  # an unknown name: edit_saved says so
+
+
+def _list_directions(args: argparse.Namespace) -> None:
+    service = _service(args)
+    saved = service.saved_directions()
+    if not saved:
+        print(f"no saved directions in {service.library.root}")
+    for direction in saved:
+        p = direction.provenance
+        if "index" in p:
+            made = f"direction {p['index']} of {p.get('k', '?')}"
+        elif "sliders" in p:
+            made = f"sliders {' '.join(f'{i}={s}' for i, s in p['sliders'].items())} (strength {p.get('strength', '?')})"
+        else:
+            made = "origin not recorded"
+        print(f"{direction.name}: {made}; model {p.get('model', '?')}, seed {p.get('seed', '?')}, timestep {p.get('timestep', '?')}, prompt {p.get('prompt', '')!r}")
+
+
+def _save_direction(args: argparse.Namespace) -> None:
+    items = args.direction
+    if len(items) == 1 and "=" not in items[0]:
+        try:
+            made_of = {"index": int(items[0])}
+        except ValueError:
+            raise InputError(f"--direction takes INDEX or INDEX=STRENGTH, got {items[0]!r}") from None
+    elif items:
+        made_of = {"strengths": _parse_directions(items)}
+    else:
+        raise InputError("give --direction I (one basis direction) or --direction I=S pairs (a slider edit)")
+    saved = _service(args).save_direction(args.name, _basis_spec(args), overwrite=args.overwrite, **made_of)
+    print(f"saved {saved.name!r} to {saved.path}")
 
 
 def _transport(args: argparse.Namespace) -> None:
@@ -236,9 +279,22 @@ def _sample_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when present)")
 
 
+def _basis_args(p: argparse.ArgumentParser, edit_prompt: bool = True) -> None:
+    from .service import DEFAULT_K, DEFAULT_TIMESTEP
+
+    p.add_argument("--timestep", type=_timestep, default=str(DEFAULT_TIMESTEP), help=f"training timestep (integer) or fraction of T (e.g. 0.6; default {DEFAULT_TIMESTEP})")
+    p.add_argument("--k", type=int, default=DEFAULT_K, help="directions in the local basis")
+    if edit_prompt:
+        p.add_argument("--edit-prompt", default=None, help="compute the Jacobian under this prompt's conditioning (SD)")
+
+
+def _library_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--library", default=None, metavar="DIR", help="folder of named directions (default: $EIGENFACE_LIBRARY or ~/.cache/eigenface/directions)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .edit import EDIT_MODES
-    from .service import DEFAULT_K, DEFAULT_TIMESTEP
+    from .service import DEFAULT_K
 
     parser = argparse.ArgumentParser(prog="eigenface", description="Find and steer the semantic directions of a diffusion model's h-space.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -248,12 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="PNG file")
     p.set_defaults(func=_generate)
 
-    timestep_help = f"training timestep (integer) or fraction of T (e.g. 0.6; default {DEFAULT_TIMESTEP})"
     p = sub.add_parser("discover", help="compute the top-k eigen-directions at one timestep")
     _sample_args(p)
-    p.add_argument("--timestep", type=_timestep, default=str(DEFAULT_TIMESTEP), help=timestep_help)
-    p.add_argument("--k", type=int, default=DEFAULT_K)
-    p.add_argument("--edit-prompt", default=None, help="compute the Jacobian under this prompt's conditioning (SD)")
+    _basis_args(p)
     p.add_argument("--grid-strength", type=float, default=0.5, help="largest edit strength in grid.png")
     p.add_argument("--grid-columns", type=int, default=5)
     p.add_argument("--out", required=True, help="output directory")
@@ -261,11 +314,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("edit", help="edit along saved directions (or any vector) and regenerate")
     _sample_args(p)
-    p.add_argument("--timestep", type=_timestep, default=str(DEFAULT_TIMESTEP), help=timestep_help)
+    _basis_args(p, edit_prompt=False)  # --k: for --saved --transport and geodesic edits (--basis brings its own)
     p.add_argument("--basis", help="a basis.safetensors written by discover")
     p.add_argument("--direction", action="append", default=[], metavar="I=S", help="direction index and strength (repeatable)")
     p.add_argument("--vector", help="a .safetensors file holding a direction tensor 'v' of the sample shape")
     p.add_argument("--strength", type=float, help="strength for --vector")
+    p.add_argument("--saved", metavar="NAME", help="a direction from the library (directions save)")
+    p.add_argument("--saved-strength", type=float, help="strength for --saved (default: the strength it was saved with)")
+    p.add_argument("--transport", action="store_true", help="carry --saved from the image it was saved at into this image's local basis")
+    _library_arg(p)
     p.add_argument("--mode", choices=EDIT_MODES, default="direct")
     p.add_argument("--substeps", type=int, default=None, help="substeps for guidance / geodesic edits")
     p.add_argument("--out", required=True, help="PNG file")
@@ -292,12 +349,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("find", help="the local direction toward a text concept (SD models)")
     _sample_args(p)
     p.add_argument("--concept", required=True, help="text naming what to move toward, e.g. 'a horse'")
-    p.add_argument("--timestep", type=_timestep, default=str(DEFAULT_TIMESTEP), help=timestep_help)
-    p.add_argument("--k", type=int, default=DEFAULT_K)
-    p.add_argument("--edit-prompt", default=None, help="compute the basis under this prompt's conditioning")
+    _basis_args(p)
     p.add_argument("--space", choices=["x", "h"], default="x", help="measure the concept in x-space (predicted x_0) or h-space")
     p.add_argument("--out", required=True, help=".safetensors file for the combined direction (edit --vector reads it)")
     p.set_defaults(func=_find)
+
+    p = sub.add_parser("directions", help="the library of named directions")
+    actions = p.add_subparsers(dest="action", required=True)
+    q = actions.add_parser("list", help="one line per saved direction: what it was made of and the image it was found at")
+    _library_arg(q)
+    q.set_defaults(func=_list_directions)
+    q = actions.add_parser("save", help="save one basis direction or a slider edit under a name (edit --saved applies it)")
+    q.add_argument("name")
+    _sample_args(q)
+    _basis_args(q)
+    q.add_argument("--direction", action="append", default=[], metavar="I or I=S", help="one basis direction I, or direction index and strength (repeatable)")
+    q.add_argument("--overwrite", action="store_true", help="replace a direction of the same name")
+    _library_arg(q)
+    q.set_defaults(func=_save_direction)
 
     p = sub.add_parser("train", help="train a cat-people diffusion model (diffusers layout, resumable)")
     p.add_argument("--out", required=True)

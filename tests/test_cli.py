@@ -2,7 +2,8 @@
 
 Bad input: exit status 2, exactly one line on stderr starting with 'eigenface: error:', and
 nothing written.  Happy paths: generate, discover (basis.safetensors, meta.json, grid.png),
-edit (--basis / --vector), transport and compare, on the tiny checkpoints with 4 steps.
+edit (--basis / --vector / --saved), transport, compare and the direction library (directions
+save / list), on the tiny checkpoints with 4 steps.
 """
 
 from __future__ import annotations
@@ -318,3 +319,110 @@ def test_sd_generate_and_long_prompt_warning(capsys, sd, tmp_path):
     meta = json.loads((out / "meta.json").read_text())
     assert meta["prompt"] == long_prompt and meta["k"] == 2
     assert load_file(str(out / "basis.safetensors"))["v"].shape == (2, 4, 8, 8)
+
+
+# ------------------------------------------------------------------------------ the direction library
+BASIS_AT = [*STEPS, "--seed", "0", "--timestep", "500", "--k", "2"]
+
+
+@pytest.fixture(scope="module")
+def library(ddpm, work) -> Path:
+    """A library with a slider edit ('smile') and one basis direction ('d1') saved by the CLI, and two
+    files copied in by hand without provenance: one of the tiny DDPM's shape, one of SD's latents."""
+    from backend.store import DirectionLibrary
+
+    root = work / "lib" / "directions"
+    _ok(["directions", "save", "smile", "--model", ddpm, *BASIS_AT, "--direction", "0=0.3", "--direction", "1=-0.2", "--library", str(root)])
+    _ok(["directions", "save", "d1", "--model", ddpm, *BASIS_AT, "--direction", "1", "--library", str(root)])
+    DirectionLibrary(root).save("no record", torch.randn(3, 16, 16, generator=torch.Generator().manual_seed(0)), {})
+    DirectionLibrary(root).save("latent", torch.randn(4, 8, 8, generator=torch.Generator().manual_seed(1)), {})
+    return root
+
+
+def _library_service(library: Path):
+    from backend.service import EigenfaceService, ServiceConfig
+
+    return EigenfaceService(ServiceConfig(models={}, allow_any_model=True, device="cpu", library_dir=str(library)))
+
+
+def test_directions_save_list_and_edit_saved(capsys, ddpm, basis0, original, library, tmp_path):
+    from backend.service import BasisSpec, SampleSpec
+
+    service = _library_service(library)
+    smile = {d.name: d for d in service.saved_directions()}["smile"].provenance
+    assert (smile["model"], smile["seed"], smile["timestep"], smile["k"], smile["sliders"]) == (ddpm, 0, 500, 2, {"0": 0.3, "1": -0.2})
+
+    capsys.readouterr()
+    assert main(["directions", "list", "--library", str(library)]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    assert captured.out.splitlines() == [
+        f"d1: direction 1 of 2; model {ddpm}, seed 0, timestep 500, prompt ''",
+        "latent: origin not recorded; model ?, seed ?, timestep ?, prompt ''",
+        "no record: origin not recorded; model ?, seed ?, timestep ?, prompt ''",
+        f"smile: sliders 0=0.3 1=-0.2 (strength {smile['strength']}); model {ddpm}, seed 0, timestep 500, prompt ''",
+    ]
+
+    # At the image it was saved at, with its own strength (the default): the service's edit_saved, and the slider edit again.
+    edited = tmp_path / "smile.png"
+    assert main(["edit", "--model", ddpm, *STEPS, "--timestep", "500", "--saved", "smile", "--library", str(library), "--out", str(edited)]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {edited}"
+    spec0 = BasisSpec(SampleSpec(model=ddpm, seed=0, steps=4), timestep="500", k=2)
+    assert np.array_equal(_pixels(edited), np.asarray(service.edit_saved(spec0, "smile", smile["strength"])).astype(int))
+    sliders = tmp_path / "sliders.png"
+    _ok(["edit", "--model", ddpm, *STEPS, "--timestep", "500", "--basis", str(basis0 / "basis.safetensors"), "--direction", "0=0.3", "--direction", "1=-0.2", "--out", str(sliders)])
+    assert np.abs(_pixels(edited) - _pixels(sliders)).max() <= 1
+    assert not np.array_equal(_pixels(edited), _pixels(original))
+
+    # At another seed, carried into its basis, at a given strength.
+    moved = tmp_path / "moved.png"
+    _ok(["edit", "--model", ddpm, *STEPS, "--seed", "1", "--timestep", "500", "--k", "2", "--saved", "d1", "--saved-strength", "-0.4", "--transport",
+         "--library", str(library), "--out", str(moved)])
+    spec1 = BasisSpec(SampleSpec(model=ddpm, seed=1, steps=4), timestep="500", k=2)
+    assert np.array_equal(_pixels(moved), np.asarray(service.edit_saved(spec1, "d1", -0.4, transport=True)).astype(int))
+    as_saved = tmp_path / "as_saved.png"
+    _ok(["edit", "--model", ddpm, *STEPS, "--seed", "1", "--timestep", "500", "--saved", "d1", "--saved-strength", "-0.4", "--library", str(library), "--out", str(as_saved)])
+    assert not np.array_equal(_pixels(as_saved), _pixels(moved))
+
+
+def test_directions_list_reads_the_environment(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("EIGENFACE_LIBRARY", str(tmp_path / "env-lib"))
+    capsys.readouterr()
+    assert main(["directions", "list"]) == 0
+    assert capsys.readouterr().out.strip() == f"no saved directions in {tmp_path / 'env-lib'}"
+    assert not (tmp_path / "env-lib").exists()
+
+
+LIBRARY_BAD = {
+    # name: (argv template, expected fragment); {lib} is the library fixture, {out} must stay unwritten
+    "edit unknown name": (["edit", "--model", "{ddpm}", *STEPS, "--saved", "frown", "--library", "{lib}", "--out", "{out}/x.png"], "no saved direction named 'frown'"),
+    "edit path-like name": (["edit", "--model", "{ddpm}", *STEPS, "--saved", "../directions/smile", "--library", "{lib}", "--out", "{out}/x.png"], "direction names"),
+    "edit other model": (["edit", "--model", "{sd}", *STEPS, "--prompt", "a cat", "--saved", "smile", "--library", "{lib}", "--out", "{out}/x.png"], "was saved on model"),
+    "edit other model transported": (["edit", "--model", "{sd}", *STEPS, "--prompt", "a cat", "--saved", "smile", "--transport", "--library", "{lib}", "--out", "{out}/x.png"], "was saved on model"),
+    "edit wrong shape": (["edit", "--model", "{ddpm}", *STEPS, "--saved", "latent", "--saved-strength", "0.3", "--library", "{lib}", "--out", "{out}/x.png"], "has shape (4, 8, 8)"),
+    "edit transport without record": (["edit", "--model", "{ddpm}", *STEPS, "--saved", "no record", "--transport", "--library", "{lib}", "--out", "{out}/x.png"], "cannot be transported"),
+    "edit saved strength nan": (["edit", "--model", "{ddpm}", *STEPS, "--saved", "smile", "--saved-strength", "nan", "--library", "{lib}", "--out", "{out}/x.png"], "finite"),
+    "edit saved and vector": (["edit", "--model", "{ddpm}", *STEPS, "--saved", "smile", "--vector", "{lib}/smile.safetensors", "--strength", "1", "--library", "{lib}", "--out", "{out}/x.png"], "either"),
+    "edit saved strength alone": (["edit", "--model", "{ddpm}", *STEPS, "--vector", "{lib}/smile.safetensors", "--strength", "1", "--saved-strength", "1", "--out", "{out}/x.png"], "go with --saved"),
+    "edit transport alone": (["edit", "--model", "{ddpm}", *STEPS, "--vector", "{lib}/smile.safetensors", "--strength", "1", "--transport", "--out", "{out}/x.png"], "go with --saved"),
+    "save existing name": (["directions", "save", "smile", "--model", "{ddpm}", *BASIS_AT, "--direction", "0", "--library", "{lib}"], "already exists"),
+    "save path-like name": (["directions", "save", "../escape", "--model", "{ddpm}", *BASIS_AT, "--direction", "0", "--library", "{out}"], "direction names"),
+    "save name with a slash": (["directions", "save", "a/b", "--model", "{ddpm}", *BASIS_AT, "--direction", "0", "--library", "{out}"], "direction names"),
+    "save no direction": (["directions", "save", "z", "--model", "{ddpm}", *BASIS_AT, "--library", "{out}"], "--direction I"),
+    "save index and sliders": (["directions", "save", "z", "--model", "{ddpm}", *BASIS_AT, "--direction", "0", "--direction", "1=0.3", "--library", "{out}"], "INDEX=STRENGTH"),
+    "save bad index": (["directions", "save", "z", "--model", "{ddpm}", *BASIS_AT, "--direction", "x", "--library", "{out}"], "INDEX or INDEX=STRENGTH"),
+    "save index out of range": (["directions", "save", "z", "--model", "{ddpm}", *BASIS_AT, "--direction", "2", "--library", "{out}"], "direction index"),
+    "save sliders at zero": (["directions", "save", "z", "--model", "{ddpm}", *BASIS_AT, "--direction", "0=0", "--library", "{out}"], "every slider is at zero"),
+}
+
+
+@pytest.mark.parametrize("case", list(LIBRARY_BAD))
+def test_library_bad_input(case, capsys, tmp_path, ddpm, sd, library):
+    argv_template, fragment = LIBRARY_BAD[case]
+    before = {p.name: p.read_bytes() for p in library.parent.rglob("*") if p.is_file()}
+    out = tmp_path / "out"
+    argv = [a.format(ddpm=ddpm, sd=sd, lib=library, out=out) for a in argv_template]
+    line = _run_bad(capsys, argv, out)
+    assert fragment.lower() in line.lower(), line
+    assert list(tmp_path.iterdir()) == []
+    assert {p.name: p.read_bytes() for p in library.parent.rglob("*") if p.is_file()} == before

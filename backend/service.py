@@ -535,6 +535,7 @@ class EigenfaceService:
         """
         if (strengths is None) == (index is None):
             raise InputError("save either slider values or one direction index")
+        self.library.check_writable(name, overwrite)  # before the basis, which may take seconds
         model, _ = self.check_sample(spec.sample)
         result = self.discover(spec)
         if index is not None:

@@ -134,15 +134,21 @@ class DirectionLibrary:
             )
         return self.root / f"{name}.safetensors"
 
-    def save(self, name: str, v: Tensor, provenance: dict, overwrite: bool = True) -> SavedDirection:
-        """Write ``name``; with ``overwrite=False`` an existing name is refused (the web app's
-        library is shared, and one visitor must not replace another's direction)."""
+    def check_writable(self, name: str, overwrite: bool = True) -> Path:
+        """The path ``name`` would be saved at, or the reason it cannot be: callers check before
+        they spend a basis computation on a direction that could not be saved."""
         path = self._path(name)
         if path.is_file():
             if not overwrite:
                 raise InputError(f"a direction named {name!r} already exists; choose another name")
         elif self.root.is_dir() and sum(1 for _ in self.root.glob("*.safetensors")) >= self.max_entries:
             raise InputError(f"the direction library is full ({self.max_entries} directions); remove some from {self.root}")
+        return path
+
+    def save(self, name: str, v: Tensor, provenance: dict, overwrite: bool = True) -> SavedDirection:
+        """Write ``name``; with ``overwrite=False`` an existing name is refused (the web app's
+        library is shared, and one visitor must not replace another's direction)."""
+        path = self.check_writable(name, overwrite)
         save_direction(path, v, provenance)
         return SavedDirection(name, path, provenance)
 

@@ -466,6 +466,14 @@ def test_saving_refuses_bad_input(library_service, call, message):
     assert library_service.saved_directions() == []
 
 
+def test_an_unsavable_name_is_refused_before_the_basis_is_computed(library_service):
+    spec = BasisSpec(SampleSpec(model="ddpm", seed=97, steps=DDPM_BASIS.sample.steps), DDPM_BASIS.timestep, K)
+    misses = library_service.cache.misses
+    with pytest.raises(InputError, match="direction names"):
+        library_service.save_direction("../z", spec, index=0)
+    assert library_service.cache.misses == misses  # no trajectory, no basis
+
+
 def test_an_existing_name_is_kept_unless_overwritten(library_service):
     s = library_service
     s.save_direction("mine", DDPM_BASIS, index=0)

@@ -172,7 +172,8 @@ class Editor:
         strength = _number("atlas strength", strength)
         if not 0 < strength <= SLIDER_MAX:
             raise InputError(f"atlas strength must be within (0, {SLIDER_MAX:g}], got {strength:g}")
-        key = (state, round(strength, 6), ATLAS_COLUMNS)
+        names = self.labels(state, compute=False)  # rows carry the directions' names once they exist
+        key = (state, round(strength, 6), ATLAS_COLUMNS, names)
         with self._atlas_lock:
             if key in self._atlases:
                 self._atlases.move_to_end(key)
@@ -184,7 +185,8 @@ class Editor:
                 progress((i, state.k), desc=f"Atlas: direction {i}", unit="directions")
             rows.append(self.strip(state, i, values))
         sigma = "σ" if _font(12)[1] else "sigma"
-        grid = labelled_grid(rows, [f"{i}  {sigma}={s:.3g}" for i, s in enumerate(found.sigma)], [_signed(v) for v in values])
+        titles = [f"{i}  {sigma}={s:.3g}" if names is None else f"{i}: {names[i]}  {sigma}={s:.3g}" for i, s in enumerate(found.sigma)]
+        grid = labelled_grid(rows, titles, [_signed(v) for v in values])
         with self._atlas_lock:
             self._atlases[key] = grid
             while len(self._atlases) > ATLAS_CACHE_ENTRIES:
@@ -246,7 +248,8 @@ def labelled_grid(rows: Sequence[Sequence[Image.Image]], row_labels: Sequence[st
     tw, th = w * scale, h * scale
     size = max(12, th // 7)
     font, _ = _font(size)
-    margin_left, margin_top, gap = int(size * 7.5), int(size * 1.8), max(2, tw // 32)
+    longest = max((font.getlength(text) for text in row_labels), default=0)
+    margin_left, margin_top, gap = max(int(size * 7.5), int(longest) + 12), int(size * 1.8), max(2, tw // 32)
     columns = max(len(r) for r in rows)
     grid = Image.new("RGB", (margin_left + columns * (tw + gap), margin_top + len(rows) * (th + gap)), "white")
     draw = ImageDraw.Draw(grid)

@@ -12,22 +12,29 @@ import threading
 from collections import OrderedDict
 from concurrent.futures import Future
 from dataclasses import fields, is_dataclass
-from typing import Any, Callable, Hashable
+from typing import Any, Callable, Hashable, Iterator
 
 import torch
 
 
-def nbytes(value: Any) -> int:
-    """Approximate memory held by a value: tensors exactly, containers and dataclasses recursively."""
-    if isinstance(value, torch.Tensor):
-        return value.numel() * value.element_size()
+def leaves(value: Any) -> Iterator[Any]:
+    """The leaves of a value: tensors and scalars, found through dataclasses, lists, tuples and dicts."""
     if is_dataclass(value) and not isinstance(value, type):
-        return sum(nbytes(getattr(value, f.name)) for f in fields(value))
-    if isinstance(value, (list, tuple)):
-        return sum(nbytes(v) for v in value)
-    if isinstance(value, dict):
-        return sum(nbytes(v) for v in value.values())
-    return 64
+        for f in fields(value):
+            yield from leaves(getattr(value, f.name))
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from leaves(v)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from leaves(v)
+    else:
+        yield value
+
+
+def nbytes(value: Any) -> int:
+    """Approximate memory held by a value: tensors exactly, 64 bytes for any other leaf."""
+    return sum(leaf.numel() * leaf.element_size() if isinstance(leaf, torch.Tensor) else 64 for leaf in leaves(value))
 
 
 class ByteLRU:

@@ -124,7 +124,7 @@ class EditState:
             raise InputError(f"unsupported edit version {version!r}; this Eigenface reads version {SCHEMA_VERSION}")
         values = {key: data[key] for key in _KEYS if key in data and key != "version"}
         if "timestep" in values:
-            values["timestep"] = _number("timestep", values["timestep"])
+            values["timestep"] = as_number("timestep", values["timestep"])
         return cls(**values)
 
     def to_json(self) -> str:
@@ -255,14 +255,17 @@ def _index(key: Any, k: int) -> int:
 
 
 def _strength(index: int, value: Any) -> float:
-    value = _number(f"strength of direction {index}", value)
+    value = as_number(f"strength of direction {index}", value)
     if abs(value) > MAX_STRENGTH:
         raise InputError(f"strength of direction {index} must be within [-{MAX_STRENGTH:g}, {MAX_STRENGTH:g}], got {value:g}")
     value = round(value, DECIMALS)
     return 0.0 if value == 0 else value  # no -0.0
 
 
-def _number(name: str, value: Any) -> float:
+def as_number(name: str, value: Any) -> float:
+    """A finite float from a request value, or an InputError that names the field (shared by the page)."""
+    if value is None or value == "":
+        raise InputError(f"{name} is empty")
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise InputError(f"{name} must be a number, got {_describe(value)}")
     value = float(value)
@@ -280,7 +283,7 @@ def _check_int(name: str, value: Any, low: int, high: int) -> int:
 
 
 def _check_timestep(value: Any) -> float:
-    value = _number("timestep", value)
+    value = as_number("timestep", value)
     if not 0 < value <= 1:
         raise InputError(f"timestep must be a fraction of T within (0, 1], got {value:g}")
     return value
@@ -311,7 +314,7 @@ def _float_from_text(name: str, text: str) -> float:
         value = float(text)
     except ValueError:
         raise InputError(f"{name} must be a number, got {text[:40]!r}") from None
-    return _number(name, value)
+    return as_number(name, value)
 
 
 def _sliders_from_query(text: str) -> dict[int, float]:

@@ -669,12 +669,16 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parser().parse_args(argv)
+def start_run(args: argparse.Namespace) -> tuple[torch.device, float]:
+    """Apply the common arguments' thread count; the device to run on and the start time."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    started = time.perf_counter()
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu")), time.perf_counter()
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parser().parse_args(argv)
+    device, started = start_run(args)
     if device.type == "cuda" and not args.tf32:
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False

@@ -35,7 +35,7 @@ import torch  # noqa: E402
 from backend.edit import combine, direct_edit  # noqa: E402
 from backend.sampling import DEFAULT_GUIDANCE, denoise, initial_noise, sub_schedule  # noqa: E402
 from backend.service import to_pil  # noqa: E402
-from bench.bench_basis import BenchModel, Point, add_common_arguments, bench_model, bench_point, environment, environment_lines, measure  # noqa: E402
+from bench.bench_basis import BenchModel, Point, add_common_arguments, start_run, bench_model, bench_point, environment, environment_lines, measure  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -106,10 +106,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parser().parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    started = time.perf_counter()
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device, started = start_run(args)
     dtypes = args.dtypes or (["fp32", "fp16"] if device.type == "cuda" else ["fp32"])
     label = Path(args.model).name if Path(args.model).is_dir() else args.model
     name = args.name or f"edit-{label}-{device.type}"

@@ -19,8 +19,11 @@ Shapes (defaults):
 from __future__ import annotations
 
 import json
+import socket
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -211,3 +214,29 @@ def save_tiny_sd(path: Path, seed: int = 0, sample_size: int = 8) -> Path:
     # slow-tokenizer files, so add them for loaders that want vocab.json/merges.txt.
     _write_clip_tokenizer_files(path / "tokenizer")
     return path
+
+
+def app_service(tiny_ddpm_dir: Path, tiny_sd_dir: Path, library_dir: Path):
+    """The service the app tests serve: the tiny pixel and SD models, a private direction library,
+    and the cat-people labeller on the tiny model (it renders edits and reads factors from any image,
+    so "Name the sliders" works there too)."""
+    from backend.service import EigenfaceService, ServiceConfig, name_by_factor
+
+    return EigenfaceService(ServiceConfig(
+        models={"tiny": str(tiny_ddpm_dir), "sd": str(tiny_sd_dir)}, library_dir=str(library_dir), labellers={"tiny": name_by_factor},
+    ))
+
+
+@contextmanager
+def launched(demo) -> Iterator[str]:
+    """Serve a Gradio demo on a free loopback port for the duration; yields its URL."""
+    import app
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **app.launch_options())
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()

@@ -1,7 +1,6 @@
 """The app's public API through gradio_client: every endpoint takes explicit inputs, no session state."""
 
 import json
-import socket
 
 import numpy as np
 import pytest
@@ -9,42 +8,27 @@ from PIL import Image
 
 gradio_client = pytest.importorskip("gradio_client")
 
-from backend.service import EigenfaceService, SampleSpec, ServiceConfig, name_by_factor  # noqa: E402
+from backend.service import SampleSpec  # noqa: E402
+from tests.fixtures import app_service, launched  # noqa: E402
 
 SETTINGS = ("tiny", "", 3, 0.6, 4, 10)  # model, prompt, seed, timestep, k, steps
 SD_SETTINGS = ("sd", "a photo of a cat", 0, 0.6, 4, 4)
 PUBLIC = ["apply_concept", "apply_direction", "find_concept", "find_directions", "name_directions", "render", "save_direction", "saved_directions"]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def demo_and_service(tiny_ddpm_dir, tiny_sd_dir, tmp_path_factory):
     import app
 
-    # The cat-people labeller on the tiny model: it renders edits and reads factors from any image.
-    config = ServiceConfig(
-        models={"tiny": str(tiny_ddpm_dir), "sd": str(tiny_sd_dir)}, library_dir=str(tmp_path_factory.mktemp("library")),
-        labellers={"tiny": name_by_factor},
-    )
-    service = EigenfaceService(config)
+    service = app_service(tiny_ddpm_dir, tiny_sd_dir, tmp_path_factory.mktemp("library"))
     return app.build_demo(service), service
 
 
 @pytest.fixture(scope="module")
 def served(demo_and_service):
     demo, service = demo_and_service
-    port = _free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    try:
-        client = gradio_client.Client(f"http://127.0.0.1:{port}/", verbose=False)
-        yield service, client
-    finally:
-        demo.close()
+    with launched(demo) as url:
+        yield service, gradio_client.Client(url, verbose=False)
 
 
 def test_every_event_has_an_api_name(demo_and_service):

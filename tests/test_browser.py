@@ -9,7 +9,6 @@ apply it; steer toward a text on the tiny Stable Diffusion model. Screenshots an
 import io
 import json
 import shutil
-import socket
 import time
 from pathlib import Path
 
@@ -24,33 +23,19 @@ if CHROMIUM is None:
     pytest.skip("Debian's chromium is not installed (apt-get install -y chromium)", allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright python package is not installed")
 
-from backend.service import EigenfaceService, ServiceConfig, name_by_factor  # noqa: E402
+from tests.fixtures import app_service, launched  # noqa: E402
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 TIMEOUT_MS = 180_000  # generous: CI machines are shared
 IMAGE = "#eigen-image img"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def url(tiny_ddpm_dir, tiny_sd_dir, tmp_path_factory):
     import app
 
-    # The cat-people labeller runs on any model's images, so the tiny one gets "Name the sliders" too.
-    config = ServiceConfig(models={"tiny": str(tiny_ddpm_dir), "sd": str(tiny_sd_dir)}, library_dir=str(tmp_path_factory.mktemp("library")), labellers={"tiny": name_by_factor})
-    service = EigenfaceService(config)
-    demo = app.build_demo(service)
-    port = _free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **app.launch_options())
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        demo.close()
+    with launched(app.build_demo(app_service(tiny_ddpm_dir, tiny_sd_dir, tmp_path_factory.mktemp("library")))) as address:
+        yield address
 
 
 @pytest.fixture(scope="module")

@@ -168,17 +168,16 @@ class _FakeService:
 
         return to_pil(render(self.base))[0]
 
-    def strip(self, spec, index, strengths, mode="direct"):
+    def render_edits(self, spec, edits, mode="direct", *, batch_size=16):
         from backend.service import to_pil
 
-        factors = self.base.repeat(len(strengths), 1)
-        moved = [0, 3] if index == 7 else [index]
-        for j in moved:
-            factors[:, j] += 0.4 * torch.tensor(strengths)
+        factors = self.base.repeat(len(edits), 1)
+        for row, (direction, strength) in enumerate(edits):
+            if isinstance(direction, torch.Tensor):
+                continue  # a vector edit leaves the face as it is
+            for j in [0, 3] if direction == 7 else [direction]:
+                factors[row, j] += 0.4 * strength
         return to_pil(render(factors))
-
-    def edit_vector(self, spec, vector, strength, mode="direct"):
-        return self.generate(spec.sample)
 
 
 def test_labels_and_ratio_on_a_stand_in_service(estimator):

@@ -9,11 +9,11 @@ that has them. Elsewhere the decorator is inert and this is a plain method call.
 
 from __future__ import annotations
 
-from dataclasses import fields, is_dataclass
 from typing import Any
 
 import torch
 
+from backend.cache import leaves
 from backend.service import EigenfaceService
 
 from .common import ZERO_GPU, gpu
@@ -43,12 +43,4 @@ def _on_device(service_id: int, method: str, args: tuple, kwargs: dict, record: 
 
 
 def _on_cpu(value: Any) -> bool:
-    if isinstance(value, torch.Tensor):
-        return value.device.type == "cpu"
-    if is_dataclass(value) and not isinstance(value, type):
-        return all(_on_cpu(getattr(value, f.name)) for f in fields(value))
-    if isinstance(value, (list, tuple)):
-        return all(_on_cpu(v) for v in value)
-    if isinstance(value, dict):
-        return all(_on_cpu(v) for v in value.values())
-    return True
+    return all(leaf.device.type == "cpu" for leaf in leaves(value) if isinstance(leaf, torch.Tensor))

@@ -23,7 +23,7 @@ from backend.basis import BasisProgress
 from backend.concepts import Alignment
 from backend.errors import InputError
 from backend.service import EigenfaceService
-from backend.state import EditState
+from backend.state import EditState, as_number
 from backend.store import SavedDirection
 
 from . import device
@@ -68,7 +68,7 @@ class Editor:
             model=_text("model", model),
             prompt=_text("prompt", "" if prompt is None else prompt),
             seed=_whole("seed", seed),
-            timestep=_number("timestep", timestep),
+            timestep=as_number("timestep", timestep),
             k=_whole("k", k),
             mode=_text("mode", mode),
             steps=_whole("steps", steps),
@@ -152,7 +152,7 @@ class Editor:
             raise InputError("choose a saved direction first")
         if not isinstance(transport, bool):
             raise InputError(f"transport must be true or false, got {transport!r}")
-        strength = _number("strength", strength)
+        strength = as_number("strength", strength)
         return device.call(self.service, "edit_saved", state.basis_spec(), name, strength, state.strengths(), state.mode, transport=transport)
 
     def find_concept(self, state: EditState, concept: Any) -> Alignment:
@@ -161,7 +161,7 @@ class Editor:
     def apply_concept(self, state: EditState, concept: Any, strength: Any) -> Image.Image:
         """The state's slider edit plus a move toward (strength > 0) or away from a text concept."""
         concept = _text("concept", "" if concept is None else concept)
-        return device.call(self.service, "edit_concept", state.basis_spec(), concept, _number("strength", strength), state.strengths(), state.mode)
+        return device.call(self.service, "edit_concept", state.basis_spec(), concept, as_number("strength", strength), state.strengths(), state.mode)
 
     def strip(self, state: EditState, index: int, strengths: Sequence[float]) -> list[Image.Image]:
         return device.call(self.service, "strip", state.basis_spec(), index, [float(s) for s in strengths], state.mode)
@@ -169,7 +169,7 @@ class Editor:
     def atlas(self, found: Found, mode: str, strength: float, progress: Progress | None = None) -> Image.Image:
         """One labelled row per direction, edits from -strength to +strength (cached)."""
         state = replace(found.state, mode=mode)
-        strength = _number("atlas strength", strength)
+        strength = as_number("atlas strength", strength)
         if not 0 < strength <= SLIDER_MAX:
             raise InputError(f"atlas strength must be within (0, {SLIDER_MAX:g}], got {strength:g}")
         names = self.labels(state, compute=False)  # rows carry the directions' names once they exist
@@ -209,7 +209,7 @@ class Editor:
         index = _whole("GIF direction", index)
         if not 0 <= index < state.k:
             raise InputError(f"GIF direction must be within 0..{state.k - 1}, got {index}")
-        strength = _number("GIF strength", strength)
+        strength = as_number("GIF strength", strength)
         if not 0 < strength <= SLIDER_MAX:
             raise InputError(f"GIF strength must be within (0, {SLIDER_MAX:g}], got {strength:g}")
         values = np.linspace(-strength, strength, frames).tolist()
@@ -285,22 +285,11 @@ def _text(name: str, value: Any) -> str:
     return value
 
 
-def _number(name: str, value: Any) -> float:
-    if value is None or value == "":
-        raise InputError(f"{name} is empty")
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise InputError(f"{name} must be a number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise InputError(f"{name} must be a finite number, got {value}")
-    return value
-
-
 def _whole(name: str, value: Any) -> int:
     """An integer from an int or an integral float (browsers send 8 as 8.0)."""
     if isinstance(value, (float, np.floating)) and math.isfinite(value) and float(value).is_integer():
         return int(value)
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         return int(value)
-    _number(name, value)  # empty / not a number / not finite: its own message
+    as_number(name, value)  # empty / not a number / not finite: its own message
     raise InputError(f"{name} must be a whole number, got {value!r}")

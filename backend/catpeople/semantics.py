@@ -118,7 +118,8 @@ def edit_responses(
     strengths = _check_strengths(strengths)
     if not directions:
         return []
-    images = _render(service, spec, list(directions), strengths, mode, batch_size)
+    # One batched render: many edits of one sample share each U-Net call (much faster on a CPU).
+    images = service.render_edits(spec, [(d, st) for d in directions for st in strengths], mode, batch_size=batch_size)
     base = pil_to_tensor(service.generate(spec.sample))
     edited = pil_to_tensor(images)
     factors = estimator.estimate(torch.cat([base, edited]))
@@ -128,27 +129,6 @@ def edit_responses(
         EditResponse(factors[0], factors[1 + i * s : 1 + (i + 1) * s], strengths, bool(faces[0]), faces[1 + i * s : 1 + (i + 1) * s])
         for i in range(len(directions))
     ]
-
-
-def _render(service, spec, directions: list, strengths: tuple[float, ...], mode: str, batch_size: int) -> list[Image.Image]:
-    """Edits (direction-major, then strength) as PIL images.
-
-    Renders through :meth:`~backend.service.EigenfaceService.render_edits` when the service
-    has it, so that many edits of one sample share each U-Net call (on a CPU this is much
-    faster than one edit at a time); otherwise one :meth:`strip` per basis direction and one
-    :meth:`edit_vector` per vector.
-    """
-    edits = [(d, st) for d in directions for st in strengths]
-    render_edits = getattr(service, "render_edits", None)
-    if render_edits is not None:
-        return render_edits(spec, edits, mode, batch_size=batch_size)
-    images = []
-    for d in directions:
-        if isinstance(d, Tensor):
-            images += [service.edit_vector(spec, d, st, mode) for st in strengths]
-        else:
-            images += service.strip(spec, d, list(strengths), mode)
-    return images
 
 
 def edit_response(

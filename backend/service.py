@@ -483,18 +483,19 @@ class EigenfaceService:
         traj = self.trajectory(spec.sample)
         cond = self.conditioning(model, spec.sample.prompt)
         jac_cond = self.conditioning(model, spec.edit_prompt or spec.sample.prompt)
+        context = None if jac_cond is None else jac_cond.cond
+        h_fn = bottleneck_fn(model, result.timestep, context)
+        jvp_mode = self._jvp_mode(model)
         xs = []
         for direction, strength in edits:
             if strength == 0.0:
                 xs.append(result.x_t)
                 continue
-            h_fn = bottleneck_fn(model, result.timestep, None if jac_cond is None else jac_cond.cond)
-            with jacobian_context(self._jvp_mode(model) == "exact"):
+            with jacobian_context(jvp_mode == "exact"):
                 xs.append(
                     apply_edit(
                         model, result.x_t, result.timestep, h_fn, direction, strength, mode,
-                        context=None if jac_cond is None else jac_cond.cond, basis=result.basis, substeps=substeps,
-                        jvp_mode=self._jvp_mode(model),
+                        context=context, basis=result.basis, substeps=substeps, jvp_mode=jvp_mode,
                     ).cpu()
                 )
         timesteps = sub_schedule(traj.timesteps, result.index, preview_steps)

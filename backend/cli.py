@@ -18,19 +18,26 @@ EXIT_BAD_INPUT = 2
 
 
 # ------------------------------------------------------------------------------ shared pieces
-def _service(args: argparse.Namespace):
-    from .service import BUILTIN_NAME, EigenfaceService, ServiceConfig
+def _models() -> dict[str, str]:
+    """The CLI's named models: the built-in one (any other path or hub id is allowed too)."""
     from .models import BUILTIN_MODEL
+    from .service import BUILTIN_NAME
+
+    return {BUILTIN_NAME: str(BUILTIN_MODEL)}
+
+
+def _service(args: argparse.Namespace):
+    from .service import EigenfaceService, ServiceConfig
 
     library = {"library_dir": args.library} if getattr(args, "library", None) else {}  # else $EIGENFACE_LIBRARY or the default
-    return EigenfaceService(ServiceConfig(models={BUILTIN_NAME: str(BUILTIN_MODEL)}, allow_any_model=True, device=getattr(args, "device", None), **library))
+    return EigenfaceService(ServiceConfig(models=_models(), allow_any_model=True, device=getattr(args, "device", None), **library))
 
 
 def _sample(args: argparse.Namespace, seed: int | None = None, prompt: str | None = None):
-    from .service import BUILTIN_NAME, SampleSpec
+    from .service import BUILTIN_NAME, SampleSpec, canonical_model_name
 
     return SampleSpec(
-        model=args.model or BUILTIN_NAME,
+        model=canonical_model_name(args.model or BUILTIN_NAME, _models()),
         seed=args.seed if seed is None else seed,
         prompt=args.prompt if prompt is None else prompt,
         steps=args.steps,
@@ -264,7 +271,7 @@ def _train_estimator(args: argparse.Namespace) -> None:
     from .catpeople.estimator import train_estimator
     from .catpeople.train import resolve_device
 
-    estimator = train_estimator(args.resolution, args.minutes, args.batch_size, resolve_device(args.device or "auto"), args.seed)
+    estimator = train_estimator(args.resolution, args.minutes, args.batch_size, resolve_device(args.device or "auto"), args.seed, init=args.init, lr=args.lr)
     estimator.save(args.out)
     print(f"saved {args.out} (face threshold {estimator.face_threshold:.5f})")
 
@@ -387,6 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init", default=None, help="an estimator directory to fine-tune (default: start afresh)")
+    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (cosine over the time budget); lower it to fine-tune")
     p.set_defaults(func=_train_estimator)
     return parser
 

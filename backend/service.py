@@ -610,10 +610,34 @@ def _basis_id(spec: BasisSpec, t: int) -> tuple:
 
 
 def _is_builtin(source: str) -> bool:
+    return _local_path(source) == BUILTIN_MODEL.resolve()
+
+
+def _local_path(source: str) -> Path | None:
+    """The resolved directory a model source names, or None for a hub id (or no such directory)."""
     try:
-        return Path(source).expanduser().resolve() == BUILTIN_MODEL.resolve()
+        path = Path(source).expanduser()
+        return path.resolve() if path.is_dir() else None
     except (OSError, RuntimeError, ValueError):
-        return False
+        return None
+
+
+def canonical_model_name(name: str, models: Mapping[str, str]) -> str:
+    """One name per model, however it was typed.
+
+    Caches, saved directions and labellers are keyed by the model name, so ``./my-model``,
+    ``my-model/`` and its absolute path must not count as three models, and a path to an
+    allow-listed model's directory is that model. Allow-listed names and hub ids pass unchanged.
+    """
+    if name in models:
+        return name
+    path = _local_path(name)
+    if path is None:
+        return name
+    for listed, source in models.items():
+        if _local_path(source) == path:
+            return listed
+    return str(path)
 
 
 def name_by_factor(service: EigenfaceService, spec: BasisSpec) -> list[str]:

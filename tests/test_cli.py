@@ -385,6 +385,30 @@ def test_directions_save_list_and_edit_saved(capsys, ddpm, basis0, original, lib
     assert not np.array_equal(_pixels(as_saved), _pixels(moved))
 
 
+def test_a_model_typed_as_any_path_is_one_model(capsys, monkeypatch, ddpm, library, tmp_path):
+    """A direction saved with the model's absolute path applies when the model is typed relatively."""
+    absolute = tmp_path / "absolute.png"
+    _ok(["edit", "--model", ddpm, *STEPS, "--timestep", "500", "--saved", "smile", "--library", str(library), "--out", str(absolute)])
+    monkeypatch.chdir(Path(ddpm).parent)
+    relative = tmp_path / "relative.png"
+    _ok(["edit", "--model", f"./{Path(ddpm).name}/", *STEPS, "--timestep", "500", "--saved", "smile", "--library", str(library), "--out", str(relative)])
+    assert np.array_equal(_pixels(relative), _pixels(absolute))
+
+
+def test_canonical_model_name(tmp_path, monkeypatch):
+    from backend.models import BUILTIN_MODEL
+    from backend.service import canonical_model_name
+
+    models = {"catpeople": str(BUILTIN_MODEL)}
+    monkeypatch.chdir(BUILTIN_MODEL.parent.parent)
+    assert canonical_model_name("catpeople", models) == "catpeople"
+    assert canonical_model_name("assets/catpeople/", models) == "catpeople"  # the allow-listed model, by its path
+    assert canonical_model_name("org/no-such-model", models) == "org/no-such-model"  # a hub id
+    (tmp_path / "mine").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert canonical_model_name("mine", models) == canonical_model_name(str(tmp_path / "mine"), models) == str((tmp_path / "mine").resolve())
+
+
 def test_directions_list_reads_the_environment(capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("EIGENFACE_LIBRARY", str(tmp_path / "env-lib"))
     capsys.readouterr()

@@ -199,6 +199,10 @@ def _save_direction(args: argparse.Namespace) -> None:
     print(f"saved {saved.name!r} to {saved.path}")
 
 
+def _delete_direction(args: argparse.Namespace) -> None:
+    print(f"deleted {args.name!r} ({_service(args).delete_direction(args.name)})")
+
+
 def _transport(args: argparse.Namespace) -> None:
     from .store import load_basis, save_direction
 
@@ -374,6 +378,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--overwrite", action="store_true", help="replace a direction of the same name")
     _library_arg(q)
     q.set_defaults(func=_save_direction)
+    q = actions.add_parser("delete", help="remove a saved direction from the library")
+    q.add_argument("name")
+    _library_arg(q)
+    q.set_defaults(func=_delete_direction)
 
     p = sub.add_parser("train", help="train a cat-people diffusion model (diffusers layout, resumable)")
     p.add_argument("--out", required=True)

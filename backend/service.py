@@ -557,6 +557,12 @@ class EigenfaceService:
         with self._library_lock:
             return self.library.save(name, direction, provenance, overwrite=overwrite)
 
+    def delete_direction(self, name: str) -> Path:
+        """Remove a saved direction (CLI and library use: the web app's library is shared by its
+        visitors, so the app offers no delete)."""
+        with self._library_lock:
+            return self.library.delete(name)
+
     def saved_directions(self) -> list[SavedDirection]:
         """The library's directions, by name (every model's: :meth:`saved_vector` checks the fit)."""
         return self.library.list()

@@ -152,6 +152,15 @@ class DirectionLibrary:
         save_direction(path, v, provenance)
         return SavedDirection(name, path, provenance)
 
+    def delete(self, name: str) -> Path:
+        """Remove ``name`` from the folder; the path it had."""
+        path = self._path(name)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            raise InputError(f"no saved direction named {name!r}") from None
+        return path
+
     def load(self, name: str) -> tuple[Tensor, dict]:
         path = self._path(name)
         if not path.is_file():

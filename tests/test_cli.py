@@ -385,6 +385,17 @@ def test_directions_save_list_and_edit_saved(capsys, ddpm, basis0, original, lib
     assert not np.array_equal(_pixels(as_saved), _pixels(moved))
 
 
+def test_directions_delete(capsys, tmp_path):
+    library = tmp_path / "lib"
+    _library_service(library).library.save("gone", torch.randn(3, 8, 8), {"index": 0})
+    _ok(["directions", "delete", "gone", "--library", str(library)])
+    assert capsys.readouterr().out.strip() == f"deleted 'gone' ({library / 'gone.safetensors'})"
+    assert main(["directions", "delete", "gone", "--library", str(library)]) != 0
+    assert "no saved direction named 'gone'" in capsys.readouterr().err
+    assert main(["directions", "delete", "../lib/x", "--library", str(library)]) != 0
+    assert "direction names" in capsys.readouterr().err
+
+
 def test_a_model_typed_as_any_path_is_one_model(capsys, monkeypatch, ddpm, library, tmp_path):
     """A direction saved with the model's absolute path applies when the model is typed relatively."""
     absolute = tmp_path / "absolute.png"

@@ -149,6 +149,10 @@ def test_library_save_load_list(tmp_path):
     assert [s.provenance for s in listed] == [{"index": 1}, {"index": 0}]
     with pytest.raises(InputError, match="no saved direction"):
         lib.load("missing")
+    assert lib.delete("smile") == saved.path and not saved.path.exists()
+    assert [s.name for s in lib.list()] == ["old age-2.v1"]
+    with pytest.raises(InputError, match="no saved direction named 'smile'"):
+        lib.delete("smile")
 
 
 @pytest.mark.parametrize("name", ["../evil", "a/b", "/abs", "..", "a..b", "", ".hidden", "x" * 65, "tab\there", "a\\b", "new\nline", "trailing\n", "trailing ", "dot.", " lead"])
@@ -158,6 +162,8 @@ def test_library_refuses_unsafe_names(tmp_path, name):
         lib.save(name, torch.randn(3), {})
     with pytest.raises(InputError, match="direction names"):
         lib.load(name)
+    with pytest.raises(InputError, match="direction names"):
+        lib.delete(name)
     assert not (tmp_path / "evil.safetensors").exists()
     assert not any(tmp_path.rglob("*.safetensors"))
 

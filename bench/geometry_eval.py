@@ -42,20 +42,14 @@ if str(ROOT) not in sys.path:
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from PIL import Image  # noqa: E402
 
+from backend.catpeople import semantics  # noqa: E402
 from backend.catpeople.estimator import FactorEstimator, factor_distance  # noqa: E402
 from backend.catpeople.render import FACTORS  # noqa: E402
 from backend.errors import InputError  # noqa: E402
 from backend.plots import heatmap  # noqa: E402
 from backend.service import BUILTIN_NAME, BasisSpec, EigenfaceService, SampleSpec, ServiceConfig  # noqa: E402
 
-try:  # written alongside this benchmark; fall back to the estimator alone if it is missing
-    from backend.catpeople import semantics as _semantics
-except ImportError:  # pragma: no cover
-    _semantics = None
-
-DEFAULT_ESTIMATOR = ROOT / "assets" / "estimator"
 #: Raw regressor outputs of the linear factors may overshoot [0, 1] by this much and still count
 #: as "in range" (estimate() clamps them, so the range check must look at the raw outputs).
 RANGE_TOL = 0.05
@@ -138,14 +132,6 @@ def pct(x: float) -> str:
 
 
 # ----------------------------------------------------------------------------------- images
-def to_tensor(images: list[Image.Image]) -> torch.Tensor:
-    """PIL images -> (B, 3, H, W) float in [0, 1] (no torchvision)."""
-    if _semantics is not None:
-        return _semantics.pil_to_tensor(images)
-    arrays = [np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0 for image in images]
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-
-
 @torch.no_grad()
 def validity(estimator: FactorEstimator, images: torch.Tensor) -> dict[str, torch.Tensor]:
     """Per image: is_face, factors in range (raw regressor outputs), both; the factors; and the
@@ -179,7 +165,7 @@ def section_validity(service, estimator, sizes: Sizes, report: Report, deadline:
         spec = BasisSpec(SampleSpec(seed=seed), k=sizes.k)
         res = service.discover(spec)
         basis_s.append(res.seconds)
-        base = validity(estimator, to_tensor([service.generate(spec.sample)]))
+        base = validity(estimator, semantics.pil_to_tensor([service.generate(spec.sample)]))
         base_valid.append(bool(base["valid"][0]))
         base_error = float(base["error"][0])
         for (mode, sub), name in zip(modes, names):
@@ -196,7 +182,7 @@ def section_validity(service, estimator, sizes: Sizes, report: Report, deadline:
                     images.append(img)
                     meta.append((abs(s), time.perf_counter() - t0))
             if images:
-                v = validity(estimator, to_tensor(images))
+                v = validity(estimator, semantics.pil_to_tensor(images))
                 for j, (a, sec) in enumerate(meta):
                     records[name].append((a, bool(v["face"][j]), bool(v["range"][j]), bool(v["valid"][j]), sec, float(v["error"][j]) / base_error))
             secs = [m[1] for m in meta]
@@ -288,7 +274,7 @@ def section_substeps(service, estimator, sizes: Sizes, report: Report, deadline:
                 images["direct"] = service.edit(spec, {i: s}, "direct")
                 secs["direct"] = time.perf_counter() - t0
                 keys = list(images)
-                x = to_tensor([images[key] for key in keys])
+                x = semantics.pil_to_tensor([images[key] for key in keys])
                 v = validity(estimator, x)
                 ref = keys.index(ref_n) if ref_n in images else None
                 for j, key in enumerate(keys):
@@ -354,16 +340,7 @@ def section_substeps(service, estimator, sizes: Sizes, report: Report, deadline:
 # ------------------------------------------------------------------------------------ (b)
 def response(service, spec, estimator, strength: float, index: int | None = None, vector: torch.Tensor | None = None) -> torch.Tensor:
     """(F,) mean absolute factor change over edits at +-strength (direct mode)."""
-    strengths = (-strength, strength)
-    if _semantics is not None:
-        return _semantics.factor_response(service, spec, index, vector, strengths, estimator=estimator)
-    if vector is None:
-        images = service.strip(spec, index, list(strengths))
-    else:
-        images = [service.edit_vector(spec, vector, s) for s in strengths]
-    base = estimator.estimate(to_tensor([service.generate(spec.sample)]))
-    edited = estimator.estimate(to_tensor(images))
-    return factor_distance(edited, base.expand_as(edited).clone()).mean(dim=0)
+    return semantics.factor_response(service, spec, index, vector, (-strength, strength), estimator=estimator)
 
 
 def section_transport(service, estimator, sizes: Sizes, report: Report, deadline: float) -> dict:
@@ -556,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     model = service.model(BUILTIN_NAME)
     load_s = time.perf_counter() - t0
-    estimator = _semantics.default_estimator() if _semantics is not None else FactorEstimator.load(DEFAULT_ESTIMATOR)
+    estimator = semantics.default_estimator()
     device = str(model.device)
     if model.device.type == "cuda":
         device += f" ({torch.cuda.get_device_name(model.device)})"

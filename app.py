@@ -50,7 +50,8 @@ DEFAULT_CONCURRENCY = 2
 def build_demo(service: EigenfaceService, concurrency: int = DEFAULT_CONCURRENCY) -> gr.Blocks:
     """The page and its API for a service (whose allow-list is the model dropdown)."""
     editor = Editor(service)
-    default = EditState(model=service.model_names[0])
+    first = service.model_names[0]
+    default = EditState(model=first, timestep=service.settings(first).timestep)  # what a plain page load shows
     explore_h = ExploreHandlers(editor, default)
     atlas_h = AtlasHandlers(editor)
     steer_h = SteerHandlers(editor)

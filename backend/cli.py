@@ -293,7 +293,8 @@ def _sample_args(p: argparse.ArgumentParser) -> None:
 def _basis_args(p: argparse.ArgumentParser, edit_prompt: bool = True) -> None:
     from .service import DEFAULT_K, DEFAULT_TIMESTEP
 
-    p.add_argument("--timestep", type=_timestep, default=str(DEFAULT_TIMESTEP), help=f"training timestep (integer) or fraction of T (e.g. 0.6; default {DEFAULT_TIMESTEP})")
+    p.add_argument("--timestep", type=_timestep, default=None,
+                   help=f"training timestep (integer) or fraction of T (e.g. 0.6; default: the model's eigenface.json, else {DEFAULT_TIMESTEP})")
     p.add_argument("--k", type=int, default=DEFAULT_K, help="directions in the local basis")
     if edit_prompt:
         p.add_argument("--edit-prompt", default=None, help="compute the Jacobian under this prompt's conditioning (SD)")

@@ -11,6 +11,8 @@ the Jacobian code always has exact fp32 weights to differentiate and no second c
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import threading
 from dataclasses import dataclass, field
@@ -23,6 +25,9 @@ from .errors import InputError
 
 #: Where the built-in model lives, relative to the repository root.
 BUILTIN_MODEL = Path(__file__).resolve().parent.parent / "assets" / "catpeople"
+
+#: A checkpoint's own edit settings live in this file beside model_index.json (optional).
+SETTINGS_FILE = "eigenface.json"
 
 _HUB_ID_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
@@ -37,6 +42,39 @@ class Conditioning:
     truncated: bool = False  # the prompt was longer than the tokenizer allows
 
 
+@dataclass(frozen=True)
+class EditSettings:
+    """Where along the schedule a checkpoint's directions are worth editing, and how far.
+
+    The method's generic choice (0.6 T: coarse semantics, strengths up to about 0.5) suits
+    Stable Diffusion; a small 64 px model keeps its nameable features (ears, eyes) at lower
+    noise and leaves its data manifold at smaller strengths. So a checkpoint may say so in
+    ``eigenface.json`` (``{"timestep": 0.3, "strength": 0.2}``), and the CLI, the service and
+    the app start from it; an explicit timestep or strength always wins.
+    """
+
+    timestep: float = 0.6  # fraction of T in (0, 1]
+    strength: float = 0.5  # a typical |strength| for atlases, GIFs and naming directions
+
+    @classmethod
+    def read(cls, directory: Path) -> "EditSettings":
+        path = directory / SETTINGS_FILE
+        if not path.is_file():
+            return cls()
+        try:
+            values = json.loads(path.read_text())
+            if not isinstance(values, dict):
+                raise ValueError(f"expected an object, got {type(values).__name__}")
+            settings = cls(**{key: float(values[key]) for key in ("timestep", "strength") if key in values})
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
+            raise InputError(f"{path}: not an Eigenface settings file ({{\"timestep\": 0.6, \"strength\": 0.5}}): {exc}") from None
+        if not 0 < settings.timestep <= 1:
+            raise InputError(f"{path}: timestep must be a fraction of T in (0, 1], got {settings.timestep}")
+        if not (math.isfinite(settings.strength) and settings.strength > 0):
+            raise InputError(f"{path}: strength must be positive, got {settings.strength}")
+        return settings
+
+
 @dataclass
 class DiffusionModel:
     """A loaded checkpoint: its U-Net, scheduler config and, for latent models, VAE and text encoder."""
@@ -49,6 +87,7 @@ class DiffusionModel:
     vae: torch.nn.Module | None = None
     text_encoder: torch.nn.Module | None = None
     tokenizer: object | None = None
+    settings: EditSettings = field(default_factory=EditSettings)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -171,6 +210,7 @@ def load_model(name: str | os.PathLike | None = None, device: str | torch.device
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
+        settings=EditSettings.read(local) if local_only else EditSettings(),
     )
 
 

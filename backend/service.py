@@ -31,7 +31,7 @@ from .edit import EDIT_MODES, apply_edit, check_strength, combine
 from .errors import InputError
 from .geometry import grassmann_distance, transport_direction
 from .hspace import bottleneck_fn, jacobian_context
-from .models import BUILTIN_MODEL, Conditioning, DiffusionModel, load_model
+from .models import BUILTIN_MODEL, Conditioning, DiffusionModel, EditSettings, load_model
 from .store import DirectionLibrary, SavedDirection
 from .sampling import (
     DEFAULT_GUIDANCE,
@@ -49,7 +49,8 @@ logger = logging.getLogger(__name__)
 
 #: Edit timestep as a fraction of the training schedule: early enough for coarse semantics
 #: (method.md: t ~ 0.6-0.8 T), late enough that the seed's image is already decided.
-DEFAULT_TIMESTEP = 0.6
+#: A checkpoint's eigenface.json may recommend another (models.EditSettings).
+DEFAULT_TIMESTEP = EditSettings().timestep
 DEFAULT_K = 8
 MAX_SEED = 2**63 - 1
 MAX_STEPS = 1000
@@ -76,7 +77,7 @@ class BasisSpec:
     """Everything that determines one local basis: the sample, where along it, how many directions."""
 
     sample: SampleSpec
-    timestep: int | float | str = DEFAULT_TIMESTEP  # training timestep (int) or fraction of T (float)
+    timestep: int | float | str | None = None  # training timestep (int) or fraction of T (float); None: the model's setting
     k: int = DEFAULT_K
     edit_prompt: str | None = None  # conditioning for the Jacobian, if not the sampling prompt
 
@@ -131,6 +132,10 @@ class EigenfaceService:
     @property
     def model_names(self) -> list[str]:
         return list(self.config.models)
+
+    def settings(self, name: str) -> EditSettings:
+        """The model's recommended edit timestep and strength (loads the model)."""
+        return self.model(name).settings
 
     def model(self, name: str) -> DiffusionModel:
         """The loaded model for an allow-listed name (or, when allowed, any path or hub id)."""
@@ -194,9 +199,10 @@ class EigenfaceService:
             raise InputError(f"guidance_scale must be within [0, 50], got {spec.guidance_scale}")
         return model, warnings
 
-    def resolve_timestep(self, model: DiffusionModel, timesteps: Sequence[int], value: int | float | str) -> int:
-        """Index into the schedule of the point nearest a training timestep (int) or a fraction of T (float)."""
-        t = parse_timestep(value, model.num_train_timesteps)
+    def resolve_timestep(self, model: DiffusionModel, timesteps: Sequence[int], value: int | float | str | None) -> int:
+        """Index into the schedule of the point nearest a training timestep (int) or a fraction of T
+        (float); None is the model's own setting (``eigenface.json``, else 0.6 T)."""
+        t = parse_timestep(model.settings.timestep if value is None else value, model.num_train_timesteps)
         return int(np.argmin([abs(s - t) for s in timesteps]))
 
     # ----------------------------------------------------------------------------- sampling
@@ -648,10 +654,12 @@ def canonical_model_name(name: str, models: Mapping[str, str]) -> str:
 
 def name_by_factor(service: EigenfaceService, spec: BasisSpec) -> list[str]:
     """The built-in model's labeller: each direction is named after the cat-people factor its
-    edits move most, or "mixed (top: ...)" when no factor dominates (backend.catpeople.semantics)."""
+    edits move most at the model's recommended strength (eigenface.json), or "mixed (top: ...)"
+    when no factor dominates (backend.catpeople.semantics)."""
     from .catpeople.semantics import MIXED, label_directions
 
-    return [label.label if label.label != MIXED else f"{MIXED} (top: {label.top})" for label in label_directions(service, spec)]
+    strength = service.settings(spec.sample.model).strength
+    return [label.label if label.label != MIXED else f"{MIXED} (top: {label.top})" for label in label_directions(service, spec, strength=strength)]
 
 
 def _saved_spec(name: str, provenance: Mapping[str, Any]) -> BasisSpec:

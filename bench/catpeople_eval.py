@@ -63,12 +63,12 @@ class Sizes:
     semantic_seeds: tuple[int, ...] = tuple(range(8))
     k: int = 8
     n_random: int = 8
-    strength: float = 0.5
+    strength: float | None = None  # edit strength of the semantic check (None: the model's eigenface.json)
     heldout_strength: float = 0.3
-    timestep: float | None = None  # edit timestep of the semantic check (None: the service default)
+    timestep: float | None = None  # edit timestep of the semantic check (None: the model's eigenface.json)
     sweep_seeds: tuple[int, ...] = (0, 1)
-    sweep_timesteps: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8)
-    sweep_strengths: tuple[float, ...] = (0.3, 0.5)
+    sweep_timesteps: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.8)
+    sweep_strengths: tuple[float, ...] = (0.1, 0.2, 0.3, 0.5)
 
 
 QUICK = Sizes(renders=256, samples=32, grid=16, batch=16, semantic_seeds=(0, 1), k=4, n_random=4,
@@ -286,11 +286,11 @@ def _short(label: str) -> str:
 
 
 def section_semantic(report: Report, service, estimator: FactorEstimator, sizes: Sizes, docs: Path) -> dict:
-    from backend.service import DEFAULT_TIMESTEP, BasisSpec, SampleSpec
+    from backend.service import BasisSpec, SampleSpec
 
     report.section("semantic")
     s, h = sizes.strength, sizes.heldout_strength
-    edit_t = DEFAULT_TIMESTEP if sizes.timestep is None else sizes.timestep
+    edit_t = sizes.timestep
     seeds = list(sizes.semantic_seeds)
     results = []
     start = time.perf_counter()
@@ -404,7 +404,7 @@ def section_semantic(report: Report, service, estimator: FactorEstimator, sizes:
 
 
 def section_atlas(report: Report, service, sizes: Sizes, docs: Path, semantic: dict | None, seed: int | None, strength: float) -> None:
-    from backend.service import DEFAULT_TIMESTEP, BasisSpec, SampleSpec
+    from backend.service import BasisSpec, SampleSpec
 
     report.section("atlas")
     labels = None
@@ -417,7 +417,7 @@ def section_atlas(report: Report, service, sizes: Sizes, docs: Path, semantic: d
         for res, row in zip(semantic["results"], semantic["labels"]):
             if res["seed"] == seed:
                 labels = row
-    edit_t = DEFAULT_TIMESTEP if sizes.timestep is None else sizes.timestep
+    edit_t = sizes.timestep
     spec = BasisSpec(SampleSpec(seed=seed), timestep=edit_t, k=sizes.k)
     start = time.perf_counter()
     grid = service.grid(spec, strength=strength, columns=5)
@@ -509,15 +509,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", help="comma-separated seeds for the semantic check (default 0..7, quick 0,1)")
     parser.add_argument("--k", type=int, help="directions per basis (default 8, quick 4)")
     parser.add_argument("--n-random", type=int, help="random directions per seed (default 8, quick 4)")
-    parser.add_argument("--timestep", type=float, help="edit timestep of the semantic check and the atlas (default: the service's)")
-    parser.add_argument("--strength", type=float, help="edit strength of the semantic check (default 0.5)")
+    parser.add_argument("--timestep", type=float, help="edit timestep of the semantic check and the atlas (default: the model's eigenface.json)")
+    parser.add_argument("--strength", type=float, help="edit strength of the semantic check (default: the model's eigenface.json)")
     parser.add_argument("--heldout", type=float, help="held-out strength that verifies labels (default 0.3)")
-    parser.add_argument("--sweep-timesteps", help="comma-separated edit timesteps of the sweep (default 0.5,0.6,0.7,0.8)")
-    parser.add_argument("--sweep-strengths", help="comma-separated strengths of the sweep (default 0.3,0.5)")
+    parser.add_argument("--sweep-timesteps", help="comma-separated edit timesteps of the sweep (default 0.3,0.4,0.5,0.6,0.8)")
+    parser.add_argument("--sweep-strengths", help="comma-separated strengths of the sweep (default 0.1,0.2,0.3,0.5)")
     parser.add_argument("--sweep-seeds", help="comma-separated seeds of the sweep (default 0,1)")
     parser.add_argument("--json", help="write the raw numbers (estimated factors of every edit) to this JSON file")
     parser.add_argument("--atlas-seed", type=int, help="seed of the atlas (default: the first semantic seed whose sample is a face)")
-    parser.add_argument("--atlas-strength", type=float, default=0.3, help="largest |strength| in the atlas (default 0.3)")
+    parser.add_argument("--atlas-strength", type=float, help="largest |strength| in the atlas (default: the semantic check's)")
     parser.add_argument("--threads", type=int, default=int(os.environ.get("EIGENFACE_THREADS", "2")), help="torch CPU threads (default 2)")
     args = parser.parse_args(argv)
 
@@ -535,8 +535,6 @@ def main(argv: list[str] | None = None) -> int:
             setattr(sizes, name, tuple(float(v) for v in getattr(args, name).split(",")))
     if args.sweep_seeds:
         sizes.sweep_seeds = tuple(int(v) for v in args.sweep_seeds.split(","))
-    if sizes.heldout_strength == sizes.strength:
-        parser.error("--heldout must differ from --strength")
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = set(sections) - {"accuracy", "samples", "semantic", "atlas", "sweep"}
     if unknown:
@@ -561,13 +559,17 @@ def main(argv: list[str] | None = None) -> int:
 
         start = time.perf_counter()
         service = EigenfaceService()
-        service.model("catpeople")
+        settings = service.settings("catpeople")  # loads the model
         report.timings.append(("load model", time.perf_counter() - start))
+        sizes.timestep = settings.timestep if sizes.timestep is None else sizes.timestep
+        sizes.strength = settings.strength if sizes.strength is None else sizes.strength
+        if sizes.heldout_strength == sizes.strength:
+            parser.error("--heldout must differ from --strength")
     semantic = None
     if "semantic" in sections:
         semantic = section_semantic(report, service, estimator, sizes, docs)
     if "atlas" in sections:
-        section_atlas(report, service, sizes, docs, semantic, args.atlas_seed, args.atlas_strength)
+        section_atlas(report, service, sizes, docs, semantic, args.atlas_seed, args.atlas_strength or sizes.strength)
     if "samples" in sections:
         section_samples(report, service, estimator, sizes, docs)
     if "sweep" in sections:

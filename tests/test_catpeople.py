@@ -232,21 +232,17 @@ def service():
     return EigenfaceService()
 
 
-#: Edit timestep and strength of the semantic check. NOT the service defaults (timestep 0.6,
-#: slider strength ~0.5): there the top directions of the built-in model move the factors only
-#: ~1.7-2.9x more than random directions (bench/results/catpeople_eval.md, 8 seeds), because
-#: at strength 0.5 a random edit already leaves visible noise that the estimator reads as factor
-#: changes, while the top directions' change saturates by strength ~0.1. At 0.5 / 0.3 the same
-#: seeds give ~4.8-5.4x; see the sweep in the bench results for the whole picture.
-SEMANTIC_TIMESTEP = 0.5
-SEMANTIC_STRENGTH = 0.3
-
-
 @pytest.fixture(scope="module")
 def semantic(service, estimator):
+    """At the built-in model's own settings (assets/catpeople/eigenface.json: timestep 0.3 T,
+    strength 0.2), where its directions move ears, eyes and nose; the generic 0.6 T / 0.5 moves
+    head position and hue together and leaves random edits noisy enough to read as factor change
+    (the sweep in bench/results/catpeople_eval.md)."""
     from backend.catpeople.semantics import semantic_ratio
+    from backend.service import BUILTIN_NAME
 
-    return semantic_ratio(service, seeds=[0, 1], k=4, n_random=3, strength=SEMANTIC_STRENGTH, estimator=estimator, timestep=SEMANTIC_TIMESTEP)
+    strength = service.settings(BUILTIN_NAME).strength
+    return semantic_ratio(service, seeds=[0, 1], k=4, n_random=3, strength=strength, estimator=estimator)
 
 
 def test_top_directions_are_semantic(semantic):
@@ -261,10 +257,10 @@ def test_top_directions_are_semantic(semantic):
 def test_factor_response_matches_the_ratio_run(service, estimator, semantic):
     """factor_response re-renders what semantic_ratio measured (same sample, basis, strengths)."""
     from backend.catpeople.semantics import factor_response
-    from backend.service import BasisSpec, SampleSpec
+    from backend.service import BUILTIN_NAME, BasisSpec, SampleSpec
 
-    spec = BasisSpec(SampleSpec(seed=0), timestep=SEMANTIC_TIMESTEP, k=4)  # basis cached by the fixture
-    s = SEMANTIC_STRENGTH
+    spec = BasisSpec(SampleSpec(seed=0), k=4)  # the model's own timestep; basis cached by the fixture
+    s = service.settings(BUILTIN_NAME).strength
     response = factor_response(service, spec, 0, strengths=(-s, s), estimator=estimator)
     assert response.shape == (NUM_FACTORS,) and bool((response >= 0).all())
     # Batch composition can move a pixel by one grey level; the estimate barely notices.

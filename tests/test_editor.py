@@ -18,3 +18,28 @@ def test_atlas_rows_show_names_once_computed(tiny_ddpm_dir, tmp_path):
     # the rows are the same edits; only the label margin grows to fit "0: <name>  σ=..."
     assert named.height == plain.height and named.width >= plain.width
     assert len(names) == 2
+
+
+def test_the_page_starts_from_each_models_settings(tiny_ddpm_dir, tmp_path):
+    """Choosing a model moves the timestep, atlas and GIF strengths to its eigenface.json."""
+    import gradio as gr
+
+    from app import build_demo
+    from tests.fixtures import save_tiny_ddpm
+    from ui.atlas import AtlasHandlers
+    from ui.explore import ExploreHandlers
+
+    tuned = save_tiny_ddpm(tmp_path / "tuned")
+    (tuned / "eigenface.json").write_text('{"timestep": 0.35, "strength": 0.25}')
+    service = EigenfaceService(ServiceConfig(models={"tuned": str(tuned), "tiny": str(tiny_ddpm_dir)}, device="cpu"))
+    editor = Editor(service, tmp_path)
+    explore = ExploreHandlers(editor, None)
+    prompt, timestep, status = explore.model_changed("tiny", None, 0, 4, 10)
+    assert timestep == 0.6
+    assert explore.model_changed("tuned", None, 0, 4, 10)[1] == 0.35
+    assert AtlasHandlers(editor).strength_for("tuned") == 0.25 and AtlasHandlers(editor).strength_for("tiny") == 0.5
+
+    demo = build_demo(service)  # the first model's settings are the page's initial values
+    values = {c.elem_id or c.label: c.value for c in demo.blocks.values() if isinstance(c, gr.Slider)}
+    assert values["Edit timestep (fraction of T)"] == 0.35
+    assert values["Atlas strength s"] == values["GIF: strength (−s … +s)"] == 0.25

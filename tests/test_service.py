@@ -591,3 +591,46 @@ def test_record_computed_collects_only_this_threads_new_entries(make_service):
     fresh = make_service()
     fresh.adopt_computed(entries)
     assert fresh.discover(spec).cached and fresh.cache.misses == 0
+
+
+# ------------------------------------------------------------------------- per-model settings
+@pytest.fixture(scope="module")
+def tuned_ddpm(tmp_path_factory) -> Path:
+    """A tiny DDPM that recommends its own edit timestep and strength (eigenface.json)."""
+    from tests.fixtures import save_tiny_ddpm
+
+    path = save_tiny_ddpm(tmp_path_factory.mktemp("tuned") / "ddpm")
+    (path / "eigenface.json").write_text('{"timestep": 0.3, "strength": 0.2}')
+    return path
+
+
+def test_a_model_brings_its_edit_settings(tuned_ddpm, tiny_ddpm_dir):
+    from backend.models import EditSettings
+
+    service = EigenfaceService(ServiceConfig(models={"tuned": str(tuned_ddpm), "plain": str(tiny_ddpm_dir)}, device="cpu"))
+    assert service.settings("tuned") == EditSettings(timestep=0.3, strength=0.2)
+    assert service.settings("plain") == EditSettings() == EditSettings(timestep=0.6, strength=0.5)
+    # No timestep in the spec: the model's own; the same point as asking for it explicitly.
+    own = service.discover(BasisSpec(SampleSpec(model="tuned", steps=10), k=2))
+    explicit = service.discover(BasisSpec(SampleSpec(model="tuned", steps=10), timestep=0.3, k=2))
+    assert own.timestep == explicit.timestep and explicit.cached
+    assert own.timestep != service.discover(BasisSpec(SampleSpec(model="tuned", steps=10), timestep=0.6, k=2)).timestep
+    assert service.discover(BasisSpec(SampleSpec(model="plain", steps=10), k=2)).timestep == service.discover(
+        BasisSpec(SampleSpec(model="plain", steps=10), timestep=0.6, k=2)).timestep
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [("not json", "not an Eigenface settings file"), ('{"timestep": 1.5}', "within|in \\(0, 1\\]"), ('{"timestep": 0}', "in \\(0, 1\\]"),
+     ('{"strength": -1}', "strength must be positive"), ('{"strength": "nan"}', "strength must be positive"), ('[0.3]', "not an Eigenface settings file"),
+     ('{"timestep": 0.3, "colour": 1}', None)],
+)
+def test_bad_settings_files_are_refused_clearly(tmp_path, text, message):
+    from backend.models import EditSettings
+
+    (tmp_path / "eigenface.json").write_text(text)
+    if message is None:  # unknown keys are left for newer versions
+        assert EditSettings.read(tmp_path).timestep == 0.3
+        return
+    with pytest.raises(InputError, match=message):
+        EditSettings.read(tmp_path)

@@ -11,7 +11,7 @@ import gradio as gr
 
 from backend.service import EigenfaceService
 
-from .common import ATLAS_COLUMNS, ATLAS_STRENGTH, SLIDER_MAX, SLIDER_STEP, guard
+from .common import ATLAS_COLUMNS, SLIDER_MAX, SLIDER_STEP, guard
 from .editor import Editor, Found
 from .explore import Explore
 
@@ -27,6 +27,11 @@ class AtlasHandlers:
     def opened(self, found: Found | None, mode: str, strength: float, progress=gr.Progress()):
         image, note = self._atlas(found, mode, strength, progress)
         return image, note, True
+
+    @guard
+    def strength_for(self, model: str) -> float:
+        """A new model brings its own useful edit strength (its eigenface.json)."""
+        return self.editor.settings(model).strength
 
     @guard
     def refresh(self, found: Found | None, mode: str, strength: float, is_open: bool, progress=gr.Progress()):
@@ -69,7 +74,7 @@ class Atlas:
 def build_atlas(service: EigenfaceService) -> Atlas:
     with gr.Accordion("Atlas: what each direction does", open=False, elem_id="eigen-atlas") as accordion:
         with gr.Row():
-            strength = gr.Slider(SLIDER_STEP, SLIDER_MAX, value=ATLAS_STRENGTH, step=SLIDER_STEP, label="Atlas strength s", info=f"{ATLAS_COLUMNS} edits per row from −s to +s", scale=1)
+            strength = gr.Slider(SLIDER_STEP, SLIDER_MAX, value=service.settings(service.model_names[0]).strength, step=SLIDER_STEP, label="Atlas strength s", info=f"{ATLAS_COLUMNS} edits per row from −s to +s", scale=1)
             note = gr.Markdown(NO_BASIS)
         image = gr.Image(label="Atlas", type="pil", format="png", interactive=False, buttons=["download", "fullscreen"], elem_id="eigen-atlas-image")
     return Atlas(accordion, strength, image, note, gr.State(False))
@@ -91,3 +96,4 @@ def wire_atlas(h: AtlasHandlers, atlas: Atlas, ex: Explore) -> None:
     )
     atlas.accordion.collapse(h.closed, None, atlas.is_open, api_name="atlas_close", api_visibility="private", queue=False)
     atlas.strength.release(**refresh_step(h, atlas, ex), api_name="atlas_strength", api_visibility="private", trigger_mode="always_last")
+    ex.model.input(h.strength_for, ex.model, atlas.strength, api_name="atlas_model_strength", api_visibility="private", queue=False)

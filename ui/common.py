@@ -25,8 +25,7 @@ N_SLIDERS = MAX_K
 SLIDER_MIN, SLIDER_MAX, SLIDER_STEP = -1.0, 1.0, 0.05
 #: Denoising steps of the quick image shown while a slider is being dragged.
 PREVIEW_STEPS = 5
-#: Atlas rows: edits from -s to +s along each direction.
-ATLAS_STRENGTH = 0.5
+#: Atlas rows: this many edits from -s to +s along each direction.
 ATLAS_COLUMNS = 5
 #: Largest seed the page takes: browsers hold numbers as doubles, exact up to 2**53.
 MAX_UI_SEED = 2**53 - 1

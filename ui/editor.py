@@ -22,6 +22,7 @@ from PIL import Image, ImageDraw, ImageFont
 from backend.basis import BasisProgress
 from backend.concepts import Alignment
 from backend.errors import InputError
+from backend.models import EditSettings
 from backend.service import EigenfaceService
 from backend.state import EditState, as_number
 from backend.store import SavedDirection
@@ -89,6 +90,10 @@ class Editor:
 
     def conditional(self, model: str) -> bool:
         return self.service.model(model).conditional
+
+    def settings(self, model: str) -> EditSettings:
+        """The model's recommended edit timestep and strength (its eigenface.json)."""
+        return self.service.settings(model)
 
     def can_name(self, model: str) -> bool:
         return self.service.has_labeller(model)

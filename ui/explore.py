@@ -21,7 +21,7 @@ from backend.basis import MAX_K
 from backend.edit import EDIT_MODES
 from backend.errors import InputError
 from backend.sampling import DEFAULT_STEPS
-from backend.service import DEFAULT_K, DEFAULT_TIMESTEP, EigenfaceService
+from backend.service import DEFAULT_K, EigenfaceService
 from backend.state import EditState
 
 from .common import MAX_UI_SEED, N_SLIDERS, RANDOM_SEED_MAX, SLIDER_MAX, SLIDER_MIN, SLIDER_STEP, guard
@@ -126,9 +126,11 @@ class ExploreHandlers:
         return (original, (original, original), share_link(page_url, state), *(gr.update(value=0) for _ in range(N_SLIDERS)))
 
     @guard
-    def model_changed(self, model: str, found: Found | None, seed, timestep, k, steps):
+    def model_changed(self, model: str, found: Found | None, seed, k, steps):
+        """Show the prompt box for text-conditioned models and move the timestep to the model's own."""
         conditional = self.editor.conditional(model)
-        return gr.update(visible=conditional, value=""), stale_status(found, model, "", seed, timestep, k, steps)
+        timestep = self.editor.settings(model).timestep
+        return gr.update(visible=conditional, value=""), timestep, stale_status(found, model, "", seed, timestep, k, steps)
 
     @guard
     def notice(self, found: Found | None, model, prompt, seed, timestep, k, steps):
@@ -296,7 +298,7 @@ def build_explore(service: EigenfaceService) -> Explore:
             with gr.Row(equal_height=True):
                 seed = gr.Number(0, precision=0, minimum=0, maximum=MAX_UI_SEED, label="Seed", scale=3, min_width=100)
                 random_seed = gr.Button("Random seed", scale=2, min_width=90, size="md")
-            timestep = gr.Slider(0.05, 1.0, value=DEFAULT_TIMESTEP, step=0.01, label="Edit timestep (fraction of T)", info="Early (high) = coarse semantics")
+            timestep = gr.Slider(0.05, 1.0, value=service.settings(models[0]).timestep, step=0.01, label="Edit timestep (fraction of T)", info="Early (high) = coarse semantics")
             k = gr.Slider(1, MAX_K, value=DEFAULT_K, step=1, precision=0, label="Directions k")
             steps = gr.Slider(2, 100, value=DEFAULT_STEPS, step=1, precision=0, label="DDIM steps")
             mode = gr.Radio(list(EDIT_MODES), value="direct", label="Edit mode", info="direct: one step · guidance: along the model's response · geodesic: follows the curved space (slow)")
@@ -376,7 +378,7 @@ def wire_explore(h: ExploreHandlers, ex: Explore, after_basis: Sequence[dict] = 
         h.name_directions, ex.found, [ex.status, *ex.sliders],
         api_name="name_sliders", api_visibility="private", concurrency_id="batch", concurrency_limit=1, show_progress_on=[ex.status],
     )
-    ex.model.input(h.model_changed, [ex.model, ex.found, ex.seed, ex.timestep, ex.k, ex.steps], [ex.prompt, ex.status], api_name="model_changed", api_visibility="private")
+    ex.model.input(h.model_changed, [ex.model, ex.found, ex.seed, ex.k, ex.steps], [ex.prompt, ex.timestep, ex.status], api_name="model_changed", api_visibility="private")
     gr.on(
         [ex.prompt.input, ex.seed.input, ex.timestep.input, ex.k.input, ex.steps.input], h.notice, [ex.found, *ex.controls], ex.status,
         api_name="notice", api_visibility="private", trigger_mode="always_last", show_progress="hidden", queue=False,

@@ -11,7 +11,7 @@ from backend.errors import InputError
 from backend.service import EigenfaceService
 from backend.state import MAX_JSON_BYTES, EditState
 
-from .common import ATLAS_STRENGTH, N_SLIDERS, SLIDER_MAX, SLIDER_STEP, guard
+from .common import N_SLIDERS, SLIDER_MAX, SLIDER_STEP, guard
 from .editor import Editor, Found
 from .explore import RESTORE_FIELDS, Explore, ExploreHandlers, current
 
@@ -78,7 +78,7 @@ def build_export(service: EigenfaceService) -> Export:
             load = gr.UploadButton(f"Load edit (JSON, ≤ {MAX_JSON_BYTES // 1024} kB)", file_types=[".json"], size="md", elem_id="load-edit")
         with gr.Row(equal_height=True):
             gif_direction = gr.Number(0, precision=0, minimum=0, maximum=MAX_K - 1, label="GIF: direction", min_width=100)
-            gif_strength = gr.Slider(SLIDER_STEP, SLIDER_MAX, value=ATLAS_STRENGTH, step=SLIDER_STEP, label="GIF: strength (−s … +s)", min_width=160)
+            gif_strength = gr.Slider(SLIDER_STEP, SLIDER_MAX, value=service.settings(service.model_names[0]).strength, step=SLIDER_STEP, label="GIF: strength (−s … +s)", min_width=160)
             gif = gr.Button("Traversal (GIF)", size="md")
         files = gr.File(label="Download", interactive=False, elem_id="eigen-download")
     return Export(png, json, gif, gif_direction, gif_strength, load, files, gr.State(None))

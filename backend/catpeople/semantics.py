@@ -362,15 +362,14 @@ def semantic_ratio(
 ) -> SemanticRatio:
     """Total factor change along each top-k direction vs along random unit directions.
 
-    For every seed: the sample's basis at ``timestep`` (the service default when None), edits
+    For every seed: the sample's basis at ``timestep`` (the model's setting when None), edits
     at +-``strength`` along each of its k directions and along ``n_random`` random directions.
     ``progress`` (optional) is called with each seed's :class:`SeedSemantics` as it finishes.
     """
     import time
 
-    from ..service import BUILTIN_NAME, DEFAULT_TIMESTEP, BasisSpec, SampleSpec
+    from ..service import BUILTIN_NAME, BasisSpec, SampleSpec
 
-    timestep = DEFAULT_TIMESTEP if timestep is None else timestep
     start = time.perf_counter()
     results = []
     for seed in seeds:

@@ -349,14 +349,13 @@ def section_transport(service, estimator, sizes: Sizes, report: Report, deadline
     source_spec = BasisSpec(SampleSpec(seed=0), k=sizes.k)
     source = service.discover(source_spec).basis
     dirs = range(sizes.transport_dirs)
-    src_top = {}
+    src_resp = {}
     for i in dirs:
-        r = response(service, source_spec, estimator, strength, index=i)
-        src_top[i] = int(r.argmax())
-        log(f"transport: seed 0 direction {i} moves {FACTORS[src_top[i]]} most ({float(r.max()):.3f})")
-    # hits[kind][i] = list of bool over targets; tops for the cross-direction baseline
-    hits = {"transported": {i: [] for i in dirs}, "raw": {i: [] for i in dirs}}
-    tops = {"transported": {}, "raw": {}}
+        src_resp[i] = response(service, source_spec, estimator, strength, index=i)
+        log(f"transport: seed 0 direction {i} moves {FACTORS[int(src_resp[i].argmax())]} most ({float(src_resp[i].max()):.3f})")
+    src_top = {i: int(r.argmax()) for i, r in src_resp.items()}
+    # resp[kind][(seed, i)] = the target's factor response to direction i
+    resp: dict[str, dict[tuple[int, int], torch.Tensor]] = {"transported": {}, "raw": {}}
     overlap, cosine, failures, used = [], [], [], []
     for seed in sizes.transport_targets:
         if used and time.monotonic() > deadline:
@@ -372,26 +371,32 @@ def section_transport(service, estimator, sizes: Sizes, report: Report, deadline
                 moved = service.transport(source, i, target)
             except InputError as exc:
                 failures.append(f"seed {seed} dir {i}: {exc}")
-                hits["transported"][i].append(False)
                 moved = None
             if moved is not None:
                 cosine.append(float(torch.nn.functional.cosine_similarity(moved.reshape(1, -1).double(), raw.reshape(1, -1).double())))
-                top = int(response(service, spec, estimator, strength, vector=moved).argmax())
-                tops["transported"][(seed, i)] = top
-                hits["transported"][i].append(top == src_top[i])
-            top = int(response(service, spec, estimator, strength, vector=raw).argmax())
-            tops["raw"][(seed, i)] = top
-            hits["raw"][i].append(top == src_top[i])
+                resp["transported"][(seed, i)] = response(service, spec, estimator, strength, vector=moved)
+            resp["raw"][(seed, i)] = response(service, spec, estimator, strength, vector=raw)
         used.append(seed)
-        log(f"transport target {seed}: transported {[hits['transported'][i][-1] for i in dirs]}, raw {[hits['raw'][i][-1] for i in dirs]}")
+        log(f"transport target {seed}: " + ", ".join(f"{kind} {[FACTORS[int(resp[kind][(seed, i)].argmax())] for i in dirs if (seed, i) in resp[kind]]}" for kind in resp))
     seconds = time.perf_counter() - start
+    n_pairs = len(used) * len(dirs)
 
-    def rate(kind):
-        xs = [h for i in dirs for h in hits[kind][i]]
-        return float(np.mean(xs)) if xs else float("nan"), sum(xs), len(xs)
+    def hits(kind, i):
+        return [int(resp[kind][(s, i)].argmax()) == src_top[i] for s in used if (s, i) in resp[kind]]
+
+    def rate(kind):  # a failed transport counts as a miss
+        xs = [h for i in dirs for h in hits(kind, i)]
+        return (sum(xs) / n_pairs if n_pairs else float("nan")), sum(xs), n_pairs
 
     def cross(kind):  # chance-like baseline: target top factor of direction j vs source top factor of i != j
-        xs = [tops[kind][(s, j)] == src_top[i] for (s, j) in tops[kind] for i in dirs if i != j]
+        xs = [int(r.argmax()) == src_top[i] for (s, j), r in resp[kind].items() for i in dirs if i != j]
+        return float(np.mean(xs)) if xs else float("nan")
+
+    def correlation(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float(np.corrcoef(a.double().numpy(), b.double().numpy())[0, 1])
+
+    def profile(kind, matched: bool):  # graded: Pearson correlation of the factor-response profiles
+        xs = [correlation(r, src_resp[i]) for (s, j), r in resp[kind].items() for i in dirs if (i == j) == matched]
         return float(np.mean(xs)) if xs else float("nan")
 
     lines = ["## (b) Transport of directions between seeds", ""]
@@ -406,9 +411,8 @@ def section_transport(service, estimator, sizes: Sizes, report: Report, deadline
     lines.append("")
     rows = []
     for i in dirs:
-        t = hits["transported"][i]
-        r = hits["raw"][i]
-        rows.append([f"v{i}", FACTORS[src_top[i]], f"{sum(t)}/{len(t)}", f"{sum(r)}/{len(r)}"])
+        t, r = hits("transported", i), hits("raw", i)
+        rows.append([f"v{i}", FACTORS[src_top[i]], f"{sum(t)}/{len(used)}", f"{sum(r)}/{len(used)}"])
     tr, rr = rate("transported"), rate("raw")
     rows.append(["all", "", f"**{pct(tr[0])}** ({tr[1]}/{tr[2]})", f"**{pct(rr[0])}** ({rr[1]}/{rr[2]})"])
     lines += table(["direction", "top factor on seed 0", "transported: hits", "raw v_i: hits"], rows)
@@ -417,6 +421,15 @@ def section_transport(service, estimator, sizes: Sizes, report: Report, deadline
         f"raw {pct(cross('raw'))}; uniform chance over {len(FACTORS)} factors is {pct(1 / len(FACTORS))}."
     )
     lines.append("")
+    lines.append(
+        "Graded: the Pearson correlation, over the factors, between the target's response and the source direction's "
+        "response (1 = the same mix of factors moves in the same proportions; the hit rate only compares the top factor, "
+        "which is fragile when directions move several factors). Mean over the pairs; the baseline pairs a target "
+        "response with *another* source direction's response."
+    )
+    lines.append("")
+    lines += table(["", "same direction", "baseline (other direction)"],
+                   [[kind, f"**{profile(kind, True):+.3f}**", f"{profile(kind, False):+.3f}"] for kind in ("transported", "raw")])
     if cosine:
         lines.append(
             f"|U_target^T u_i| / |u_i| (how much of the source direction's h-image lies in the target's top-{sizes.k} h-space): "
@@ -430,7 +443,8 @@ def section_transport(service, estimator, sizes: Sizes, report: Report, deadline
     lines.append(f"Section time {seconds:.0f} s.")
     lines.append("")
     report.sections["transport"] = lines
-    return {"seconds": seconds, "transported": tr[0], "raw": rr[0], "targets": used}
+    return {"seconds": seconds, "transported": tr[0], "raw": rr[0], "targets": used,
+            "profile": {kind: profile(kind, True) for kind in resp}, "profile_baseline": {kind: profile(kind, False) for kind in resp}}
 
 
 # ------------------------------------------------------------------------------------ (c)

@@ -74,6 +74,9 @@ class Sizes:
     compare_seeds: tuple[int, ...] = (0, 1, 2, 3)
     compare_timesteps: tuple[float, ...] = (0.8, 0.6, 0.4, 0.2)
     k: int = 8
+    #: edit timestep of (a), (a') and (b); fixed rather than the model's eigenface.json so that
+    #: the recorded results stay reproducible (`--set timestep=0.3` for the built-in's setting)
+    timestep: float = 0.6
 
 
 QUICK = Sizes(
@@ -162,7 +165,7 @@ def section_validity(service, estimator, sizes: Sizes, report: Report, deadline:
         if used and time.monotonic() > deadline:
             log(f"validity: budget spent, stopping after seeds {used}")
             break
-        spec = BasisSpec(SampleSpec(seed=seed), k=sizes.k)
+        spec = BasisSpec(SampleSpec(seed=seed), timestep=sizes.timestep, k=sizes.k)
         res = service.discover(spec)
         basis_s.append(res.seconds)
         base = validity(estimator, semantics.pil_to_tensor([service.generate(spec.sample)]))
@@ -202,7 +205,7 @@ def _validity_lines(sizes, names, records, failures, base_valid, used, basis_s, 
     lines = ["## (a) Validity of large edits", ""]
     lines.append(
         f"Seeds {used} (asked: {list(sizes.validity_seeds)}), top-{sizes.validity_dirs} directions, strengths "
-        f"{', '.join(f'{s:+g}' for s in sizes.validity_strengths)} (RMS per element of x_t), timestep 0.6, k={sizes.k}. "
+        f"{', '.join(f'{s:+g}' for s in sizes.validity_strengths)} (RMS per element of x_t), timestep {sizes.timestep:g}, k={sizes.k}. "
         "An edit is *valid* when `estimator.is_face` holds and every raw factor output is in range "
         f"(linear factors within [-{RANGE_TOL}, 1+{RANGE_TOL}] before `estimate()`'s clamp, hue resultant >= {MIN_HUE_RADIUS}). "
         "A failure (InputError) counts as invalid. Seconds per edit = wall time of one `service.edit` call "
@@ -258,7 +261,7 @@ def section_substeps(service, estimator, sizes: Sizes, report: Report, deadline:
         if used and time.monotonic() > deadline:
             log(f"substeps: budget spent, stopping after seeds {used}")
             break
-        spec = BasisSpec(SampleSpec(seed=seed), k=sizes.k)
+        spec = BasisSpec(SampleSpec(seed=seed), timestep=sizes.timestep, k=sizes.k)
         service.discover(spec)
         for i in range(sizes.substep_dirs):
             for s in sizes.substep_strengths:
@@ -346,7 +349,7 @@ def response(service, spec, estimator, strength: float, index: int | None = None
 def section_transport(service, estimator, sizes: Sizes, report: Report, deadline: float) -> dict:
     start = time.perf_counter()
     strength = sizes.transport_strength
-    source_spec = BasisSpec(SampleSpec(seed=0), k=sizes.k)
+    source_spec = BasisSpec(SampleSpec(seed=0), timestep=sizes.timestep, k=sizes.k)
     source = service.discover(source_spec).basis
     dirs = range(sizes.transport_dirs)
     src_resp = {}
@@ -361,7 +364,7 @@ def section_transport(service, estimator, sizes: Sizes, report: Report, deadline
         if used and time.monotonic() > deadline:
             log(f"transport: budget spent, stopping after targets {used}")
             break
-        spec = BasisSpec(SampleSpec(seed=seed), k=sizes.k)
+        spec = BasisSpec(SampleSpec(seed=seed), timestep=sizes.timestep, k=sizes.k)
         target = service.discover(spec).basis
         for i in dirs:
             u = source.u[i].reshape(-1).double()
@@ -401,7 +404,7 @@ def section_transport(service, estimator, sizes: Sizes, report: Report, deadline
 
     lines = ["## (b) Transport of directions between seeds", ""]
     lines.append(
-        f"Source: seed 0, timestep 0.6, k={sizes.k}; targets: seeds {used} (asked: {list(sizes.transport_targets)}). "
+        f"Source: seed 0, timestep {sizes.timestep:g}, k={sizes.k}; targets: seeds {used} (asked: {list(sizes.transport_targets)}). "
         f"Each of the top-{sizes.transport_dirs} directions v_i of seed 0 is carried to each target by "
         "`service.transport(source.basis, i, target.basis)` and applied there with `edit_vector` (direct mode) at "
         f"+-{strength:g}; the factor response is the mean absolute change of the estimated factors over the two signs "
@@ -561,7 +564,7 @@ def main(argv: list[str] | None = None) -> int:
         f"`python bench/geometry_eval.py{' --quick' if args.quick else ''}{' --sections ' + args.sections if args.sections != parser.get_default('sections') else ''}"
         f"{f' --budget {args.budget:g}' if args.budget else ''}{''.join(' --set ' + o for o in overrides)}` on {device}, torch {torch.__version__}, "
         f"{platform.processor() or platform.machine()} with {torch.get_num_threads()} torch threads; service default config "
-        f"(20 DDIM steps, timestep 0.6, k={sizes.k}, jvp mode {jvp_mode}). {time.strftime('%Y-%m-%d')}.",
+        f"(20 DDIM steps, timestep {sizes.timestep:g}, k={sizes.k}, jvp mode {jvp_mode}). {time.strftime('%Y-%m-%d')}.",
         "",
     ]
     out = args.out

@@ -6,11 +6,17 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
-import torch
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
-from backend.service import BasisSpec, EigenfaceService, SampleSpec, ServiceConfig
+import torch  # noqa: E402
+
+from backend.service import BasisSpec, EigenfaceService, SampleSpec, ServiceConfig  # noqa: E402
 
 
 def main() -> None:
@@ -18,17 +24,18 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--k", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--timestep", default=None, help="edit timestep (default: the model's own, eigenface.json)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     for mode in ("fd", "exact"):
         service = EigenfaceService(ServiceConfig(jvp_mode=mode))
-        spec = BasisSpec(SampleSpec(seed=args.seed), 0.6, args.k)
+        spec = BasisSpec(SampleSpec(seed=args.seed), args.timestep, args.k)
         start = time.perf_counter()
         service.trajectory(spec.sample)
         sampled = time.perf_counter()
         result = service.discover(spec)
         done = time.perf_counter()
-        print(f"{mode:5s} k={args.k}: sampling {sampled - start:.2f} s, basis {done - sampled:.2f} s, {result.basis.iterations} rounds")
+        print(f"{mode:5s} k={args.k} t={result.timestep}: sampling {sampled - start:.2f} s, basis {done - sampled:.2f} s, {result.basis.iterations} rounds")
 
 
 if __name__ == "__main__":

@@ -59,7 +59,12 @@ def _single(h_fn: HFn) -> Callable[[Tensor], Tensor]:
     return lambda x: h_fn(x[None])[0]
 
 
-def jvp(h_fn: HFn, x: Tensor, v: Tensor, mode: JvpMode = "exact", fd_eps: float = 0.1) -> Tensor:
+#: Defaults of :func:`local_basis`, shared with the benchmark so that its "fd" is the service's.
+DEFAULT_TOL = 3e-4
+DEFAULT_FD_EPS = 0.1
+
+
+def jvp(h_fn: HFn, x: Tensor, v: Tensor, mode: JvpMode = "exact", fd_eps: float = DEFAULT_FD_EPS) -> Tensor:
     """J v for a block of tangents v (B, *x_shape) at the single point x (*x_shape).
 
     ``exact`` uses forward-mode AD, vectorised over the tangents with ``vmap`` so the primal
@@ -134,12 +139,12 @@ def local_basis(
     *,
     block_size: int | None = None,
     max_iters: int = 30,
-    tol: float = 3e-4,
+    tol: float = DEFAULT_TOL,
     max_krylov: int | None = None,
     init: Tensor | None = None,
     chunk_size: int | None = None,
     jvp_mode: JvpMode = "exact",
-    fd_eps: float = 0.1,
+    fd_eps: float = DEFAULT_FD_EPS,
     vjp_dtype: torch.dtype | None = None,
     generator: torch.Generator | None = None,
     callback: Callable[[BasisProgress], None] | None = None,

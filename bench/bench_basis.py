@@ -64,7 +64,7 @@ import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 
-from backend.basis import MAX_K, local_basis  # noqa: E402
+from backend.basis import DEFAULT_FD_EPS, DEFAULT_TOL, MAX_K, local_basis  # noqa: E402
 from backend.geometry import principal_angles  # noqa: E402
 from backend.hspace import bottleneck_fn, jacobian_context  # noqa: E402
 from backend.models import Conditioning, DiffusionModel, load_model  # noqa: E402
@@ -324,9 +324,9 @@ class Variant:
 
     mode: str  # "exact" | "fd"
     chunk: int | None = None
-    eps: float = 1e-2
+    eps: float = DEFAULT_FD_EPS
     block: int | None = None
-    tol: float = 1e-4
+    tol: float = DEFAULT_TOL
     iters: int = 30
     krylov: int | None = None
     vjp: str | None = None  # autocast dtype of the J^T products, e.g. bf16

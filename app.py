@@ -71,6 +71,9 @@ def build_demo(service: EigenfaceService, concurrency: int = DEFAULT_CONCURRENCY
         wire_atlas(atlas_h, atlas, explore)
         wire_steer(steer_h, steer, explore)
         wire_export(export_h, export, explore, then_after)
+        explore.model.input(  # the GIF's strength follows the model like the atlas's
+            atlas_h.strength_for, explore.model, export.gif_strength, api_name="gif_model_strength", api_visibility="private", queue=False,
+        )
         wire_api(api_h, api, explore)
         opened = demo.load(
             explore_h.on_load, None, [explore.page_url, *explore.restore_outputs()],

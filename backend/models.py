@@ -12,6 +12,7 @@ the Jacobian code always has exact fp32 weights to differentiate and no second c
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import threading
@@ -22,6 +23,8 @@ import torch
 from torch import Tensor
 
 from .errors import InputError
+
+logger = logging.getLogger(__name__)
 
 #: Where the built-in model lives, relative to the repository root.
 BUILTIN_MODEL = Path(__file__).resolve().parent.parent / "assets" / "catpeople"
@@ -210,8 +213,23 @@ def load_model(name: str | os.PathLike | None = None, device: str | torch.device
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
-        settings=EditSettings.read(local) if local_only else EditSettings(),
+        settings=EditSettings.read(local) if local_only else _hub_settings(source),
     )
+
+
+def _hub_settings(repo_id: str) -> EditSettings:
+    """A hub checkpoint's eigenface.json, if it has one (most do not: then the defaults)."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    try:
+        path = hf_hub_download(repo_id, SETTINGS_FILE)
+    except EntryNotFoundError:
+        return EditSettings()
+    except Exception as exc:  # noqa: BLE001 - network or cache trouble with an optional file must not lose the loaded weights
+        logger.warning("could not read %s of %s (%s); using the default edit settings", SETTINGS_FILE, repo_id, _first_line(exc))
+        return EditSettings()
+    return EditSettings.read(Path(path).parent)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -634,3 +634,27 @@ def test_bad_settings_files_are_refused_clearly(tmp_path, text, message):
         return
     with pytest.raises(InputError, match=message):
         EditSettings.read(tmp_path)
+
+
+def test_hub_checkpoints_read_their_settings_too(tmp_path, monkeypatch):
+    """A hub id's eigenface.json is fetched beside the weights; none, or trouble fetching it, means the defaults."""
+    import huggingface_hub
+    from huggingface_hub.errors import EntryNotFoundError
+
+    from backend.models import EditSettings, _hub_settings
+
+    (tmp_path / "eigenface.json").write_text('{"timestep": 0.4}')
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda repo, name: str(tmp_path / name))
+    assert _hub_settings("org/model") == EditSettings(timestep=0.4, strength=0.5)
+
+    def missing(repo, name):
+        raise EntryNotFoundError(f"{name} not in {repo}")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", missing)
+    assert _hub_settings("org/model") == EditSettings()
+
+    def offline(repo, name):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    assert _hub_settings("org/model") == EditSettings()

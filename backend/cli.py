@@ -129,9 +129,11 @@ def _edit(args: argparse.Namespace) -> None:
     if args.basis is not None:
         if not args.direction:
             raise InputError("--basis needs at least one --direction INDEX=STRENGTH")
-        basis, x_t, _ = load_basis(args.basis)
+        basis, x_t, meta = load_basis(args.basis)
         values = _parse_directions(args.direction)
-        spec = _basis_spec(args, k=basis.k)
+        # Without --timestep, the point the basis file says it was computed at (not the model's default).
+        timestep = args.timestep if args.timestep is not None or meta.get("timestep") is None else str(meta["timestep"])
+        spec = _basis_spec(args, k=basis.k, timestep=timestep)
         import torch
 
         sliders = torch.zeros(basis.k)

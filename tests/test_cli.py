@@ -260,6 +260,14 @@ def test_edit_with_basis(capsys, ddpm, basis0, original, tmp_path):
     assert again.read_bytes() == edited.read_bytes()
 
 
+def test_edit_with_basis_takes_its_timestep_from_the_file(ddpm, basis0, tmp_path):
+    """Without --timestep, edit --basis edits where the basis was computed (meta.json), not at the model's default."""
+    implicit, explicit = tmp_path / "implicit.png", tmp_path / "explicit.png"
+    _ok(["edit", "--model", ddpm, *STEPS, "--basis", str(basis0 / "basis.safetensors"), "--direction", "0=0.3", "--out", str(implicit)])
+    _ok(["edit", "--model", ddpm, *STEPS, "--timestep", "500", "--basis", str(basis0 / "basis.safetensors"), "--direction", "0=0.3", "--out", str(explicit)])
+    assert np.array_equal(_pixels(implicit), _pixels(explicit))
+
+
 def test_edit_modes(ddpm, basis0, original, tmp_path):
     for mode, substeps in (("guidance", "4"), ("geodesic", "2")):
         out = tmp_path / f"{mode}.png"

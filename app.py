@@ -51,7 +51,8 @@ def build_demo(service: EigenfaceService, concurrency: int = DEFAULT_CONCURRENCY
     """The page and its API for a service (whose allow-list is the model dropdown)."""
     editor = Editor(service)
     first = service.model_names[0]
-    default = EditState(model=first, timestep=service.settings(first).timestep)  # what a plain page load shows
+    settings = service.settings(first)
+    default = EditState(model=first, seed=settings.seed, timestep=settings.timestep)  # what a plain page load shows
     explore_h = ExploreHandlers(editor, default)
     atlas_h = AtlasHandlers(editor)
     steer_h = SteerHandlers(editor)

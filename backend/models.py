@@ -52,12 +52,14 @@ class EditSettings:
     The method's generic choice (0.6 T: coarse semantics, strengths up to about 0.5) suits
     Stable Diffusion; a small 64 px model keeps its nameable features (ears, eyes) at lower
     noise and leaves its data manifold at smaller strengths. So a checkpoint may say so in
-    ``eigenface.json`` (``{"timestep": 0.3, "strength": 0.2}``), and the CLI, the service and
-    the app start from it; an explicit timestep or strength always wins.
+    ``eigenface.json`` (``{"timestep": 0.3, "strength": 0.2, "seed": 72}``), and the CLI, the
+    service and the app start from it; an explicit timestep or strength always wins. ``seed``
+    only picks the page's first image.
     """
 
     timestep: float = 0.6  # fraction of T in (0, 1]
     strength: float = 0.5  # a typical |strength| for atlases, GIFs and naming directions
+    seed: int = 0  # the seed the web page opens with: a sample that shows the model well
 
     @classmethod
     def read(cls, directory: Path) -> "EditSettings":
@@ -68,9 +70,13 @@ class EditSettings:
             values = json.loads(path.read_text())
             if not isinstance(values, dict):
                 raise ValueError(f"expected an object, got {type(values).__name__}")
-            settings = cls(**{key: float(values[key]) for key in ("timestep", "strength") if key in values})
+            numbers = {key: float(values[key]) for key in ("timestep", "strength") if key in values}
+            seed = values.get("seed", 0)
+            if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+                raise ValueError(f"seed must be a whole number >= 0, got {seed!r}")
+            settings = cls(**numbers, seed=seed)
         except (OSError, ValueError, TypeError, AttributeError) as exc:
-            raise InputError(f"{path}: not an Eigenface settings file ({{\"timestep\": 0.6, \"strength\": 0.5}}): {exc}") from None
+            raise InputError(f"{path}: not an Eigenface settings file ({{\"timestep\": 0.6, \"strength\": 0.5, \"seed\": 0}}): {exc}") from None
         if not 0 < settings.timestep <= 1:
             raise InputError(f"{path}: timestep must be a fraction of T in (0, 1], got {settings.timestep}")
         if not (math.isfinite(settings.strength) and settings.strength > 0):

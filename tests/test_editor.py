@@ -30,7 +30,7 @@ def test_the_page_starts_from_each_models_settings(tiny_ddpm_dir, tmp_path):
     from ui.explore import ExploreHandlers
 
     tuned = save_tiny_ddpm(tmp_path / "tuned")
-    (tuned / "eigenface.json").write_text('{"timestep": 0.35, "strength": 0.25}')
+    (tuned / "eigenface.json").write_text('{"timestep": 0.35, "strength": 0.25, "seed": 7}')
     service = EigenfaceService(ServiceConfig(models={"tuned": str(tuned), "tiny": str(tiny_ddpm_dir)}, device="cpu"))
     editor = Editor(service, tmp_path)
     explore = ExploreHandlers(editor, None)
@@ -40,6 +40,6 @@ def test_the_page_starts_from_each_models_settings(tiny_ddpm_dir, tmp_path):
     assert AtlasHandlers(editor).strength_for("tuned") == 0.25 and AtlasHandlers(editor).strength_for("tiny") == 0.5
 
     demo = build_demo(service)  # the first model's settings are the page's initial values
-    values = {c.elem_id or c.label: c.value for c in demo.blocks.values() if isinstance(c, gr.Slider)}
-    assert values["Edit timestep (fraction of T)"] == 0.35
+    values = {c.elem_id or c.label: c.value for c in demo.blocks.values() if isinstance(c, (gr.Slider, gr.Number))}
+    assert values["Edit timestep (fraction of T)"] == 0.35 and values["Seed"] == 7
     assert values["Atlas strength s"] == values["GIF: strength (−s … +s)"] == 0.25

@@ -609,7 +609,7 @@ def test_a_model_brings_its_edit_settings(tuned_ddpm, tiny_ddpm_dir):
 
     service = EigenfaceService(ServiceConfig(models={"tuned": str(tuned_ddpm), "plain": str(tiny_ddpm_dir)}, device="cpu"))
     assert service.settings("tuned") == EditSettings(timestep=0.3, strength=0.2)
-    assert service.settings("plain") == EditSettings() == EditSettings(timestep=0.6, strength=0.5)
+    assert service.settings("plain") == EditSettings() == EditSettings(timestep=0.6, strength=0.5, seed=0)
     # No timestep in the spec: the model's own; the same point as asking for it explicitly.
     own = service.discover(BasisSpec(SampleSpec(model="tuned", steps=10), k=2))
     explicit = service.discover(BasisSpec(SampleSpec(model="tuned", steps=10), timestep=0.3, k=2))
@@ -623,6 +623,7 @@ def test_a_model_brings_its_edit_settings(tuned_ddpm, tiny_ddpm_dir):
     "text, message",
     [("not json", "not an Eigenface settings file"), ('{"timestep": 1.5}', "within|in \\(0, 1\\]"), ('{"timestep": 0}', "in \\(0, 1\\]"),
      ('{"strength": -1}', "strength must be positive"), ('{"strength": "nan"}', "strength must be positive"), ('[0.3]', "not an Eigenface settings file"),
+     ('{"seed": -1}', "seed must be a whole number"), ('{"seed": 1.5}', "seed must be a whole number"), ('{"seed": true}', "seed must be a whole number"),
      ('{"timestep": 0.3, "colour": 1}', None)],
 )
 def test_bad_settings_files_are_refused_clearly(tmp_path, text, message):

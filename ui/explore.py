@@ -291,14 +291,15 @@ class Explore:
 
 def build_explore(service: EigenfaceService) -> Explore:
     models = service.model_names
+    settings = service.settings(models[0])  # the page opens on the first model's own settings
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=260):
             model = gr.Dropdown(models, value=models[0], label="Model", info="Models this server offers")
             prompt = gr.Textbox("", label="Prompt", visible=False, max_lines=3, placeholder="a photo of ...")
             with gr.Row(equal_height=True):
-                seed = gr.Number(0, precision=0, minimum=0, maximum=MAX_UI_SEED, label="Seed", scale=3, min_width=100)
+                seed = gr.Number(settings.seed, precision=0, minimum=0, maximum=MAX_UI_SEED, label="Seed", scale=3, min_width=100)
                 random_seed = gr.Button("Random seed", scale=2, min_width=90, size="md")
-            timestep = gr.Slider(0.05, 1.0, value=service.settings(models[0]).timestep, step=0.01, label="Edit timestep (fraction of T)", info="Early (high) = coarse semantics")
+            timestep = gr.Slider(0.05, 1.0, value=settings.timestep, step=0.01, label="Edit timestep (fraction of T)", info="Early (high) = coarse semantics")
             k = gr.Slider(1, MAX_K, value=DEFAULT_K, step=1, precision=0, label="Directions k")
             steps = gr.Slider(2, 100, value=DEFAULT_STEPS, step=1, precision=0, label="DDIM steps")
             mode = gr.Radio(list(EDIT_MODES), value="direct", label="Edit mode", info="direct: one step · guidance: along the model's response · geodesic: follows the curved space (slow)")

@@ -46,6 +46,7 @@ from backend.catpeople.semantics import (  # noqa: E402
     MIXED,
     EditResponse,
     edit_responses,
+    label_directions,
     label_from_response,
     random_directions,
 )
@@ -403,22 +404,17 @@ def section_semantic(report: Report, service, estimator: FactorEstimator, sizes:
     return {"results": results, "labels": labels, "ratio": overall, "pass": pass_all, "issue8": issue8, "timestep": timestep, "edit_t": edit_t}
 
 
-def section_atlas(report: Report, service, sizes: Sizes, docs: Path, semantic: dict | None, seed: int | None, strength: float) -> None:
-    from backend.service import BasisSpec, SampleSpec
+def section_atlas(report: Report, service, estimator: FactorEstimator, sizes: Sizes, docs: Path, semantic: dict | None, seed: int | None, strength: float) -> None:
+    from backend.service import BUILTIN_NAME, BasisSpec, SampleSpec
 
     report.section("atlas")
-    labels = None
     if seed is None:
-        seed = 0
-        if semantic is not None:  # the first semantic seed whose sample is a face, so the rows read clearly
-            faces = [res["seed"] for res in semantic["results"] if res["directions"][0].base_is_face]
-            seed = faces[0] if faces else semantic["results"][0]["seed"]
-    if semantic is not None:
-        for res, row in zip(semantic["results"], semantic["labels"]):
-            if res["seed"] == seed:
-                labels = row
+        seed = service.settings(BUILTIN_NAME).seed  # the sample the web page opens with
     edit_t = sizes.timestep
     spec = BasisSpec(SampleSpec(seed=seed), timestep=edit_t, k=sizes.k)
+    labels = next((row for res, row in zip(semantic["results"], semantic["labels"]) if res["seed"] == seed), None) if semantic else None
+    if labels is None:
+        labels = label_directions(service, spec, estimator, strength=sizes.strength)
     start = time.perf_counter()
     grid = service.grid(spec, strength=strength, columns=5)
     seconds = time.perf_counter() - start
@@ -430,10 +426,8 @@ def section_atlas(report: Report, service, sizes: Sizes, docs: Path, semantic: d
     draw = ImageDraw.Draw(canvas)
     row_h = grid.height // sizes.k
     for i in range(sizes.k):
-        text = f"v{i}"
-        if labels is not None:
-            l = labels[i]
-            text += f"\n{l.label if l.label != MIXED else 'mixed'}\n({l.top} {l.ratio:.1f}x)" if l.label == MIXED else f"\n{l.label}\n{l.ratio:.1f}x"
+        l = labels[i]
+        text = f"v{i}\nmixed\n({l.top} {l.ratio:.1f}x)" if l.label == MIXED else f"v{i}\n{l.label}\n{l.ratio:.1f}x"
         draw.multiline_text((4, i * row_h + row_h // 2 - 18), text, fill="black")
     docs.mkdir(parents=True, exist_ok=True)
     canvas.save(docs / "atlas.png")
@@ -516,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweep-strengths", help="comma-separated strengths of the sweep (default 0.1,0.2,0.3,0.5)")
     parser.add_argument("--sweep-seeds", help="comma-separated seeds of the sweep (default 0,1)")
     parser.add_argument("--json", help="write the raw numbers (estimated factors of every edit) to this JSON file")
-    parser.add_argument("--atlas-seed", type=int, help="seed of the atlas (default: the first semantic seed whose sample is a face)")
+    parser.add_argument("--atlas-seed", type=int, help="seed of the atlas (default: the model's eigenface.json seed, the page's first image)")
     parser.add_argument("--atlas-strength", type=float, help="largest |strength| in the atlas (default: the semantic check's)")
     parser.add_argument("--threads", type=int, default=int(os.environ.get("EIGENFACE_THREADS", "2")), help="torch CPU threads (default 2)")
     args = parser.parse_args(argv)
@@ -569,7 +563,7 @@ def main(argv: list[str] | None = None) -> int:
     if "semantic" in sections:
         semantic = section_semantic(report, service, estimator, sizes, docs)
     if "atlas" in sections:
-        section_atlas(report, service, sizes, docs, semantic, args.atlas_seed, args.atlas_strength or sizes.strength)
+        section_atlas(report, service, estimator, sizes, docs, semantic, args.atlas_seed, args.atlas_strength or sizes.strength)
     if "samples" in sections:
         section_samples(report, service, estimator, sizes, docs)
     if "sweep" in sections:

@@ -132,7 +132,7 @@ def _edit(args: argparse.Namespace) -> None:
         basis, x_t, meta = load_basis(args.basis)
         values = _parse_directions(args.direction)
         # Without --timestep, the point the basis file says it was computed at (not the model's default).
-        timestep = args.timestep if args.timestep is not None or meta.get("timestep") is None else str(meta["timestep"])
+        timestep = args.timestep if args.timestep is not None else meta.get("timestep")
         spec = _basis_spec(args, k=basis.k, timestep=timestep)
         import torch
 

@@ -134,25 +134,32 @@ class EigenfaceService:
         return list(self.config.models)
 
     def settings(self, name: str) -> EditSettings:
-        """The model's recommended edit timestep and strength (loads the model)."""
+        """The model's recommended edit timestep, strength and seed. A local checkpoint's file is
+        read without loading its weights: the page asks for them while it is being built."""
+        source = self._source(name)
+        if name not in self._models and (path := _local_path(source)) is not None:
+            return EditSettings.read(path)
         return self.model(name).settings
 
     def model(self, name: str) -> DiffusionModel:
         """The loaded model for an allow-listed name (or, when allowed, any path or hub id)."""
-        if not isinstance(name, str) or not name.strip():
-            raise InputError("model must be a non-empty name")
-        if name in self.config.models:
-            source = self.config.models[name]
-        elif self.config.allow_any_model:
-            source = name
-        else:
-            raise InputError(f"unknown model {name!r}; choose one of: {', '.join(self.config.models)}")
+        source = self._source(name)
         with self._load_lock:
             if name not in self._models:
                 model = load_model(source, device=self.config.device)
                 model.name = name
                 self._models[name] = model
             return self._models[name]
+
+    def _source(self, name: str) -> str:
+        """Where an allow-listed name (or, when allowed, any path or hub id) loads from."""
+        if not isinstance(name, str) or not name.strip():
+            raise InputError("model must be a non-empty name")
+        if name in self.config.models:
+            return self.config.models[name]
+        if self.config.allow_any_model:
+            return name
+        raise InputError(f"unknown model {name!r}; choose one of: {', '.join(self.config.models)}")
 
     # ----------------------------------------------------------------------------- cache
     @contextmanager

@@ -609,6 +609,7 @@ def test_a_model_brings_its_edit_settings(tuned_ddpm, tiny_ddpm_dir):
 
     service = EigenfaceService(ServiceConfig(models={"tuned": str(tuned_ddpm), "plain": str(tiny_ddpm_dir)}, device="cpu"))
     assert service.settings("tuned") == EditSettings(timestep=0.3, strength=0.2)
+    assert "tuned" not in service._models  # read from the directory: building the page loads no weights
     assert service.settings("plain") == EditSettings() == EditSettings(timestep=0.6, strength=0.5, seed=0)
     # No timestep in the spec: the model's own; the same point as asking for it explicitly.
     own = service.discover(BasisSpec(SampleSpec(model="tuned", steps=10), k=2))

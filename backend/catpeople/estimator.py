@@ -186,8 +186,8 @@ def train_estimator(
     return estimator
 
 
-def _uniform(n: int, low: float, high: float, generator: torch.Generator, device: torch.device) -> Tensor:
-    return (low + (high - low) * torch.rand(n, generator=generator, device=generator.device)).to(device)
+def _uniform(shape: tuple[int, ...], low: float, high: float, generator: torch.Generator, device: torch.device) -> Tensor:
+    return (low + (high - low) * torch.rand(shape, generator=generator, device=generator.device)).to(device)
 
 
 def _artefacts(images: Tensor, mask: Tensor, generator: torch.Generator) -> Tensor:
@@ -198,19 +198,22 @@ def _artefacts(images: Tensor, mask: Tensor, generator: torch.Generator) -> Tens
     Factors are unchanged by all of these, so the regressor learns to look past them.
     """
     b, device = images.shape[0], images.device
-    half = lambda: (torch.rand(b, generator=generator, device=generator.device) < 0.5).to(device)[:, None, None, None]  # noqa: E731
+    per_image = (b, 1, 1, 1)
+
+    def half() -> Tensor:
+        return _uniform(per_image, 0.0, 1.0, generator, device) < 0.5
+
     grey = images.mean(dim=1, keepdim=True)
-    saturated = grey + _uniform(b, 0.7, 1.8, generator, device)[:, None, None, None] * (images - grey)
+    saturated = grey + _uniform(per_image, 0.7, 1.8, generator, device) * (images - grey)
     images = torch.where(half(), saturated, images)
     inside = mask[:, None]
     fur = (images * inside).sum(dim=(2, 3), keepdim=True) / inside.sum(dim=(2, 3), keepdim=True).clamp_min(1)
-    tint = _uniform(b, 0.0, 0.5, generator, device)[:, None, None, None] * (1 - inside)
+    tint = _uniform(per_image, 0.0, 0.5, generator, device) * (1 - inside)
     images = torch.where(half(), images + tint * (fur - images), images)
-    brightness = _uniform(b, 0.6, 1.15, generator, device)[:, None, None, None]
-    gain = brightness * (1 + 0.1 * (2 * torch.rand(b, 3, 1, 1, generator=generator, device=generator.device).to(device) - 1))
-    offset = 0.05 * (2 * torch.rand(b, 3, 1, 1, generator=generator, device=generator.device).to(device) - 1)
+    gain = _uniform(per_image, 0.6, 1.15, generator, device) * _uniform((b, 3, 1, 1), 0.9, 1.1, generator, device)
+    offset = _uniform((b, 3, 1, 1), -0.05, 0.05, generator, device)
     images = torch.where(half(), images * gain + offset, images)
-    speckle = torch.randn(images.shape, generator=generator, device=generator.device).to(device) * _uniform(b, 0.0, 0.15, generator, device)[:, None, None, None]
+    speckle = torch.randn(images.shape, generator=generator, device=generator.device).to(device) * _uniform(per_image, 0.0, 0.15, generator, device)
     images = torch.where(half(), images + speckle, images)
     return _augment(images.clamp(0, 1), generator)
 

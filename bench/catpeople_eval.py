@@ -549,11 +549,11 @@ def main(argv: list[str] | None = None) -> int:
 
     service = None
     if set(sections) & {"samples", "semantic", "atlas", "sweep"}:
-        from backend.service import EigenfaceService
+        from backend.service import BUILTIN_NAME, EigenfaceService
 
         start = time.perf_counter()
         service = EigenfaceService()
-        settings = service.settings("catpeople")  # loads the model
+        settings = service.model(BUILTIN_NAME).settings
         report.timings.append(("load model", time.perf_counter() - start))
         sizes.timestep = settings.timestep if sizes.timestep is None else sizes.timestep
         sizes.strength = settings.strength if sizes.strength is None else sizes.strength

@@ -11,6 +11,7 @@ U-Net is), so a block of directions is evaluated as one batch around the same po
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Literal
 
@@ -21,6 +22,10 @@ HFn = Callable[[Tensor], Tensor]
 JvpMode = Literal["exact", "fd"]
 
 MAX_K = 64
+
+# vmap loops over ops without a batching rule (the CPU's fused attention backward among them)
+# and warns every call; the vectorised reverse pass is chosen where it measured faster anyway.
+warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet implemented the batching rule")
 
 
 @dataclass(frozen=True)
@@ -70,7 +75,8 @@ def jvp(h_fn: HFn, x: Tensor, v: Tensor, mode: JvpMode = "exact", fd_eps: float 
     ``exact`` uses forward-mode AD, vectorised over the tangents with ``vmap`` so the primal
     pass runs once for the whole block (a third cheaper than repeating x in a batch); ``fd``
     is a central difference of step ``fd_eps`` (in L2 units of v) that runs with the model's
-    fastest kernels (accuracy: see BENCHMARKS.md and method.md).
+    fastest kernels (accuracy: see BENCHMARKS.md and method.md; the one-sided difference, half
+    the passes, was measured 20x less accurate on the built-in model and is not offered).
     """
     if mode == "exact":
         with torch.no_grad():  # forward-mode AD ignores grad mode; this keeps parameters out of it
@@ -122,6 +128,23 @@ def _orthonormal_columns(mat: Tensor) -> Tensor:
     return torch.linalg.qr(mat, mode="reduced").Q
 
 
+def _new_directions(space: Tensor, block: Tensor) -> Tensor:
+    """Orthonormal columns for what ``block`` adds to the orthonormal ``space``, (n, <= b).
+
+    Columns that add (numerically) nothing are dropped rather than normalised: once the
+    space nears an invariant subspace of J^T J (k close to the rank of J, or a tiny model)
+    their residual is round-off, and normalising round-off yields directions inside the
+    space, which breaks its orthogonality and inflates every later Ritz value.
+    """
+    scale = block.norm(dim=0)
+    for _ in range(2):  # classical Gram-Schmidt twice is enough (Giraud et al. 2005)
+        block = block - space @ (space.T @ block)
+    q, r = torch.linalg.qr(block, mode="reduced")
+    keep = r.diagonal().abs() > math.sqrt(torch.finfo(block.dtype).eps) * scale.clamp_min(torch.finfo(block.dtype).tiny)
+    q = q[:, keep]
+    return _orthonormal_columns(q - space @ (space.T @ q))  # kept columns are well outside: one pass restores orthogonality
+
+
 def max_principal_angle(a: Tensor, b: Tensor) -> float:
     """Largest principal angle (rad) between the spans of orthonormal column blocks a and b.
 
@@ -130,6 +153,19 @@ def max_principal_angle(a: Tensor, b: Tensor) -> float:
     """
     residual = b - a @ (a.T @ b)
     return float(torch.arcsin(torch.linalg.matrix_norm(residual, ord=2).clamp(max=1.0)))
+
+
+def default_block_size(k: int, device: torch.device) -> int:
+    """Columns per round of :func:`local_basis`.
+
+    On a CPU a round costs in proportion to its columns, and the growing Krylov space already
+    gives the accuracy that oversampling buys, so a block of k (at least 8: narrower blocks
+    converge too slowly per round) does the least work (built-in model, k = 8: 8 rounds of 8
+    in 1.9 s against 7 rounds of 12 in 2.5 s, both within 1e-2 rad of the reference;
+    BENCHMARKS.md). A GPU runs a wider block at little extra cost per round, so there k/4
+    extra columns (at least 4) buy fewer rounds.
+    """
+    return max(k, 8) if device.type == "cpu" else k + max(4, k // 4)
 
 
 def local_basis(
@@ -146,6 +182,7 @@ def local_basis(
     jvp_mode: JvpMode = "exact",
     fd_eps: float = DEFAULT_FD_EPS,
     vjp_dtype: torch.dtype | None = None,
+    vectorize_vjp: bool | None = None,
     generator: torch.Generator | None = None,
     callback: Callable[[BasisProgress], None] | None = None,
 ) -> Basis:
@@ -162,7 +199,7 @@ def local_basis(
         h_fn: batched map (B, *x_shape) -> (B, *h_shape), elements independent.
         x: the point (*x_shape), float32 recommended (the JVPs inherit its dtype).
         k: number of directions, 1..64.
-        block_size: columns per round (default k + max(4, k // 4)); cost per round grows with it.
+        block_size: columns per round (default :func:`default_block_size`).
         max_iters: cap on rounds (each round = one JVP block; all but the last add a VJP block).
         tol: stop once every top-k Ritz value changes by less than ``tol`` (relative) in a round.
             Singular values converge twice as fast as vectors, so 3e-4 bounds angles near 2e-2
@@ -179,13 +216,17 @@ def local_basis(
             They only choose the next search block; the Ritz pairs come from the J Q images,
             which stay in x's dtype. So half precision here costs a little convergence speed,
             never accuracy, and the reverse pass is the most expensive product.
+        vectorize_vjp: one forward pass and a vmapped reverse pass per block (see :func:`vjp`)
+            instead of a batch of repeated x. Default: with exact JVPs, and on the CPU, where
+            it measured 20-40 % faster per round even where vmap loops over a fused attention
+            backward (BENCHMARKS.md); on a GPU that loop makes the batched pass the faster.
         generator: seeds the random start, so equal inputs give equal bases.
         callback: receives a :class:`BasisProgress` after each round.
     """
     if not 1 <= k <= MAX_K:
         raise ValueError(f"k must be between 1 and {MAX_K}, got {k}")
     n = x.numel()
-    block = min(k + max(4, k // 4) if block_size is None else block_size, n)
+    block = min(default_block_size(k, x.device) if block_size is None else block_size, n)
     k = min(k, n)
     max_cols = min(n, max(block * 8, k + block) if max_krylov is None else max_krylov)
     x = x.detach()
@@ -196,12 +237,14 @@ def local_basis(
         start[:, : warm.shape[1]] = warm
     q_new = _orthonormal_columns(start)  # (n, block)
 
+    vectorize = jvp_mode == "exact" or x.device.type == "cpu" if vectorize_vjp is None else vectorize_vjp
+
     def apply_j(rows: Tensor) -> Tensor:
         return jvp(h_fn, x, rows.reshape(-1, *x.shape), jvp_mode, fd_eps)
 
     def apply_jt(rows: Tensor) -> Tensor:
         with torch.autocast(x.device.type, dtype=vjp_dtype, enabled=vjp_dtype is not None):
-            return vjp(h_fn, x, rows.reshape(-1, *h_shape), vectorize=jvp_mode == "exact").to(x.dtype)
+            return vjp(h_fn, x, rows.reshape(-1, *h_shape), vectorize=vectorize).to(x.dtype)
 
     qs: list[Tensor] = []  # orthonormal Krylov blocks (n, b)
     ys: list[Tensor] = []  # their images J Q (m, b)
@@ -233,12 +276,10 @@ def local_basis(
             keep = min(block, q_all.shape[1])
             qs, ys = [q_all @ w_t[:keep].T], [u_s[:, :keep] * sigma[:keep]]
             q_all = qs[0]
-        # Orthogonalise against the space so far, normalise, and repeat: once the space nears
-        # an invariant subspace (rank-deficient J) the residual is pure round-off, and only a
-        # second pass after normalising keeps the new block orthogonal to the old ones.
-        for _ in range(2):
-            jt_y = _orthonormal_columns(jt_y - q_all @ (q_all.T @ jt_y))
-        q_new = jt_y[:, : min(block, n - q_all.shape[1])]
+        q_new = _new_directions(q_all, jt_y)[:, : n - q_all.shape[1]]
+        if q_new.shape[1] == 0:  # the space is invariant under J^T J: its Ritz pairs are exact
+            converged = True
+            break
 
     v = ritz.T.reshape(k, *x.shape)
     u = u_s[:, :k].T.reshape(k, *h_shape)

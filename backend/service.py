@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from .basis import MAX_K, Basis, BasisProgress, local_basis
+from .basis import MAX_K, Basis, BasisProgress, default_block_size, local_basis
 from .cache import ByteLRU
 from .concepts import Alignment, align
 from .edit import EDIT_MODES, apply_edit, check_strength, combine
@@ -284,7 +284,7 @@ class EigenfaceService:
             except torch.OutOfMemoryError:
                 if model.device.type == "cuda":
                     torch.cuda.empty_cache()
-                tried = chunk or k + max(4, k // 4)  # None = the whole block at once (local_basis' default)
+                tried = chunk or default_block_size(k, model.device)  # None = the whole block at once
                 if tried <= 1:
                     raise InputError(f"out of memory computing {k} directions, even one at a time; try a smaller k") from None
                 chunk = tried // 2

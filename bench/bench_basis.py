@@ -330,13 +330,14 @@ class Variant:
     iters: int = 30
     krylov: int | None = None
     vjp: str | None = None  # autocast dtype of the J^T products, e.g. bf16
+    vmap: int | None = None  # 1/0: vectorised or batched J^T products (default: local_basis' choice)
 
     @classmethod
     def parse(cls, text: str) -> "Variant":
         mode, *items = text.split(":")
         if mode not in ("exact", "fd"):
             raise ValueError(f"variant {text!r}: mode must be 'exact' or 'fd', got {mode!r}")
-        kinds = {"chunk": int, "eps": float, "block": int, "tol": float, "iters": int, "krylov": int, "vjp": str}
+        kinds = {"chunk": int, "eps": float, "block": int, "tol": float, "iters": int, "krylov": int, "vjp": str, "vmap": int}
         values = {}
         for item in items:
             key, _, value = item.partition("=")
@@ -354,6 +355,8 @@ class Variant:
         parts.append(f"chunk={self.chunk or 'all'}")
         if self.vjp is not None:
             parts.append(f"vjp={self.vjp}")
+        if self.vmap is not None:
+            parts.append("vmapped vjp" if self.vmap else "batched vjp")
         if self.block is not None:
             parts.append(f"block={self.block}")
         parts.append(f"tol={self.tol:g}" if self.tol > 0 else f"rounds={self.iters}")
@@ -364,7 +367,8 @@ def eigenface_basis(h_fn, x: Tensor, k: int, variant: Variant, seed: int, max_it
     with jacobian_context(variant.mode == "exact"):
         basis = local_basis(
             h_fn, x, k, block_size=variant.block, max_iters=max_iters or variant.iters, tol=variant.tol, max_krylov=variant.krylov,
-            chunk_size=variant.chunk, jvp_mode=variant.mode, fd_eps=variant.eps, vjp_dtype=VJP_DTYPES[variant.vjp], generator=torch.Generator().manual_seed(seed), callback=callback,
+            chunk_size=variant.chunk, jvp_mode=variant.mode, fd_eps=variant.eps, vjp_dtype=VJP_DTYPES[variant.vjp],
+            vectorize_vjp=None if variant.vmap is None else bool(variant.vmap), generator=torch.Generator().manual_seed(seed), callback=callback,
         )
     return Estimate(basis.sigma.double().cpu(), basis.v.reshape(basis.k, -1).double().cpu(), basis.iterations, basis.converged)
 
@@ -651,7 +655,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(p, "basis")
     p.add_argument("--k", type=int, nargs="+", default=[8])
-    p.add_argument("--ours", nargs="+", default=["fd", "exact"], help="local_basis variants: mode[:chunk=N][:eps=E][:block=B][:tol=T][:iters=I][:krylov=K]")
+    p.add_argument("--ours", nargs="+", default=["fd", "exact"], help="local_basis variants: mode[:chunk=N][:eps=E][:block=B][:tol=T][:iters=I][:krylov=K][:vjp=bf16][:vmap=0|1]")
     p.add_argument("--no-baseline", action="store_true")
     p.add_argument("--baseline-chunk", type=int, default=5)
     p.add_argument("--baseline-tol", type=float, default=1e-4)

@@ -22,6 +22,7 @@ from backend.sampling import sample_trajectory
 STEPS = 4
 SIGMA_RTOL = 1e-3
 ANGLE_TOL = 1e-2  # rad, for directions whose singular values are separated
+TARGET_ANGLE = 0.05  # rad: the accuracy the speed issue asks of the default settings
 GAP = 0.02  # relative gap that counts as "separated"
 
 
@@ -157,7 +158,7 @@ def _isolated(sigma: torch.Tensor, k: int) -> list[int]:
     return [i for i in range(k) if gaps[i] > GAP and (i == 0 or gaps[i - 1] > GAP)]
 
 
-def _check_against_svd(p: Point, basis, k: int, u_rtol: float = 1e-4) -> None:
+def _check_against_svd(p: Point, basis, k: int, u_rtol: float = 1e-4, angle_tol: float = ANGLE_TOL) -> None:
     n = p.x.numel()
     assert basis.k == k and basis.sigma.shape == (k,)
     assert basis.v.shape == (k, *p.x.shape) and basis.u.shape == (k, *p.h_shape)
@@ -178,10 +179,10 @@ def _check_against_svd(p: Point, basis, k: int, u_rtol: float = 1e-4) -> None:
     assert separated, "test point has no separated singular values: pick another"
     for j in separated:
         angle = float(principal_angles(v[:j], p.v[:j]).max())
-        assert angle < ANGLE_TOL, f"top-{j} subspace off by {angle:.2e} rad"
+        assert angle < angle_tol, f"top-{j} subspace off by {angle:.2e} rad"
     for i in _isolated(p.sigma, k):
         angle = float(principal_angles(v[i : i + 1], p.v[i : i + 1])[0])
-        assert angle < ANGLE_TOL, f"direction {i} off by {angle:.2e} rad"
+        assert angle < angle_tol, f"direction {i} off by {angle:.2e} rad"
 
 
 @pytest.fixture(scope="module")
@@ -202,7 +203,9 @@ def ddpm_bases(ddpm_point):
 def test_basis_matches_exact_svd(ddpm_point, ddpm_bases, k):
     basis = ddpm_bases[k]
     assert basis.converged
-    _check_against_svd(ddpm_point, basis, k)
+    # Default settings stop once sigma settles (tol 3e-4); with the CPU's narrow block the
+    # vectors then lag by ~1e-2 rad on this flat spectrum, inside the speed issue's target.
+    _check_against_svd(ddpm_point, basis, k, angle_tol=TARGET_ANGLE)
 
 
 def test_basis_progress_callback(ddpm_bases):
@@ -281,3 +284,19 @@ def test_max_principal_angle_resolves_tiny_angles():
         b = a.clone()
         b[:, 0] = torch.cos(torch.tensor(theta)) * q[:, 0] + torch.sin(torch.tensor(theta)) * q[:, 3]
         assert max_principal_angle(a, b) == pytest.approx(theta, rel=1e-2)
+
+
+def test_rank_deficient_map_stays_exact_past_its_rank():
+    """k near the rank of J: the Krylov space turns invariant after two rounds and any further
+    block is round-off; the basis must stop there exact (it used to lose orthogonality and
+    inflate the singular values once it kept iterating through restarts)."""
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(48, 400, generator=gen, dtype=torch.float64)  # rank 48
+    a_f = a.float()
+    basis = local_basis(lambda x: x.reshape(x.shape[0], -1) @ a_f.T, torch.zeros(400), 40, tol=0.0, max_iters=40, generator=gen)
+    assert basis.converged and basis.iterations < 40
+    _, sigma, vh = torch.linalg.svd(a, full_matrices=False)
+    torch.testing.assert_close(basis.sigma.double(), sigma[:40], rtol=1e-4, atol=0)
+    v = basis.v.double()
+    torch.testing.assert_close(v @ v.T, torch.eye(40, dtype=torch.float64), atol=1e-5, rtol=0)
+    assert float(principal_angles(v, vh[:40]).max()) < 1e-3

@@ -661,8 +661,8 @@ def canonical_model_name(name: str, models: Mapping[str, str]) -> str:
 
 def name_by_factor(service: EigenfaceService, spec: BasisSpec) -> list[str]:
     """The built-in model's labeller: each direction is named after the cat-people factor its
-    edits move most at the model's recommended strength (eigenface.json), or "mixed (top: ...)"
-    when no factor dominates (backend.catpeople.semantics)."""
+    edits move most at half and at the full recommended strength (eigenface.json), or
+    "mixed (top: ...)" when no factor dominates at both (backend.catpeople.semantics)."""
     from .catpeople.semantics import MIXED, label_directions
 
     strength = service.settings(spec.sample.model).strength

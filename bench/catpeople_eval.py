@@ -48,6 +48,7 @@ from backend.catpeople.semantics import (  # noqa: E402
     edit_responses,
     label_directions,
     label_from_response,
+    label_magnitudes,
     random_directions,
 )
 
@@ -238,9 +239,9 @@ def section_samples(report: Report, service, estimator: FactorEstimator, sizes: 
 
 
 def _semantic_seed(service, estimator, spec, sizes: Sizes, random_seed: int = 0, magnitudes: list[float] | None = None) -> dict:
-    """One seed: responses of each top direction and each random direction at +-s and +-s_heldout
-    (or at +- each of ``magnitudes``)."""
-    magnitudes = sorted({sizes.strength, sizes.heldout_strength} if magnitudes is None else set(magnitudes))
+    """One seed: responses of each top direction and each random direction at the label
+    magnitudes (+-s/2, +-s) and +-s_heldout (or at +- each of ``magnitudes``)."""
+    magnitudes = sorted({*label_magnitudes(sizes.strength), sizes.heldout_strength} if magnitudes is None else set(magnitudes))
     strengths = tuple([-m for m in reversed(magnitudes)] + magnitudes)
     model = service.model(spec.sample.model)
     t0 = time.perf_counter()
@@ -305,7 +306,7 @@ def section_semantic(report: Report, service, estimator: FactorEstimator, sizes:
         ratio, _, _ = _ratio(res["directions"], res["randoms"], s)
         log(f"semantic: seed {seed} ratio {ratio:.2f} (" + ", ".join(f"{k} {v:.1f}s" for k, v in res["seconds"].items()) + ")")
     seconds = time.perf_counter() - start
-    report.timings.append((f"semantic: {len(seeds)} seeds x (basis k={sizes.k} + {sizes.k} dirs x 4 strengths + {sizes.n_random} random x 4)", seconds))
+    report.timings.append((f"semantic: {len(seeds)} seeds x (basis k={sizes.k} + {sizes.k} dirs x 6 strengths + {sizes.n_random} random x 6)", seconds))
     timestep = results[0]["basis"].timestep
 
     # --- ratio per seed
@@ -343,10 +344,12 @@ def section_semantic(report: Report, service, estimator: FactorEstimator, sizes:
     report.table(["direction"] + [str(i) for i in range(sizes.k)], [["change"] + [f"{float(v):.3f}" for v in per_dir.mean(dim=0)]])
 
     # --- label table: seed x direction
-    labels = [[label_from_response(i, _response_at(r, s)) for i, r in enumerate(res["directions"])] for res in results]
+    mags = label_magnitudes(s)
+    labels = [[label_from_response(i, torch.stack([_response_at(r, m) for m in mags])) for i, r in enumerate(res["directions"])] for res in results]
     report.add("### Which factor each top direction moves (label_directions)", "",
-               f"Label = the factor whose change is >= 2x the runner-up's (edits at +-{s}); `mixed` otherwise, shown as "
-               "`(top)` with the top factor in brackets. Number = top/second ratio.", "")
+               f"Label = the factor whose change is >= 2x any other factor's at each of the edit magnitudes "
+               f"{' and '.join(f'+-{m:g}' for m in mags)} (as `label_directions` names the sliders); `mixed` otherwise, "
+               "shown as `(top)` with the top factor in brackets. Number = top/second ratio, the least over the magnitudes.", "")
     rows = []
     for res, row in zip(results, labels):
         rows.append([str(res["seed"])] + [(_short(l.label) if l.label != MIXED else f"({_short(l.top)})") + f" {l.ratio:.1f}" for l in row])
@@ -367,7 +370,8 @@ def section_semantic(report: Report, service, estimator: FactorEstimator, sizes:
 
     # --- issue 8: per factor, seeds where a direction labelled with it exists, verified on held-out edits
     report.add("### Issue 8: sliders that name themselves", "",
-               f"For each factor: on how many seeds one of the top-{sizes.k} directions is labelled with it (edits at +-{s}), "
+               f"For each factor: on how many seeds one of the top-{sizes.k} directions is labelled with it (edits at "
+               f"{' and '.join(f'+-{m:g}' for m in mags)}), "
                f"and on how many of those the label holds up on held-out renders: edits along the same direction at +-{h} "
                f"change that factor >= 2x more than any other factor. Pass: verified on >= 6 of 8 seeds "
                f"(scaled: >= {math.ceil(0.75 * len(seeds))} of {len(seeds)}).", "")
@@ -449,7 +453,7 @@ def section_sweep(report: Report, service, estimator: FactorEstimator, sizes: Si
     for t in sizes.sweep_timesteps:
         for seed in sizes.sweep_seeds:
             reuse = None
-            if semantic is not None and t == semantic["edit_t"] and {sizes.strength, sizes.heldout_strength} >= set(strengths):
+            if semantic is not None and t == semantic["edit_t"] and {*label_magnitudes(sizes.strength), sizes.heldout_strength} >= set(strengths):
                 reuse = next((r for r in semantic["results"] if r["seed"] == seed), None)
             if reuse is None:
                 spec = BasisSpec(SampleSpec(seed=seed), timestep=t, k=sizes.k)
@@ -557,8 +561,8 @@ def main(argv: list[str] | None = None) -> int:
         report.timings.append(("load model", time.perf_counter() - start))
         sizes.timestep = settings.timestep if sizes.timestep is None else sizes.timestep
         sizes.strength = settings.strength if sizes.strength is None else sizes.strength
-        if sizes.heldout_strength == sizes.strength:
-            parser.error("--heldout must differ from --strength")
+        if sizes.heldout_strength in label_magnitudes(sizes.strength):
+            parser.error(f"--heldout must differ from the strengths labels are measured at, {label_magnitudes(sizes.strength)}")
     semantic = None
     if "semantic" in sections:
         semantic = section_semantic(report, service, estimator, sizes, docs)

@@ -146,6 +146,18 @@ def test_label_from_response():
     assert mixed.label == MIXED and mixed.top == "smile" and mixed.ratio == pytest.approx(1.5)
     assert label_from_response(0, torch.zeros(NUM_FACTORS)).label == MIXED
     assert label.as_dict()["response"]["smile"] == pytest.approx(0.3)
+    # one row per edit magnitude: the name must hold at every one of them
+    rows = torch.zeros(2, NUM_FACTORS)
+    rows[:, FACTORS.index("ears")] = torch.tensor([0.1, 0.4])
+    rows[:, FACTORS.index("nose")] = torch.tensor([0.04, 0.1])
+    both = label_from_response(1, rows)
+    assert both.label == "ears" and both.ratio == pytest.approx(2.5)
+    torch.testing.assert_close(both.response, rows.mean(dim=0))
+    rows[1, FACTORS.index("nose")] = 0.3  # ears dominate at the small edit only
+    one = label_from_response(1, rows)
+    assert one.label == MIXED and one.top == "ears" and one.ratio == pytest.approx(4 / 3)
+    with pytest.raises(ValueError, match="shape"):
+        label_from_response(0, torch.zeros(2, NUM_FACTORS + 1))
 
 
 def test_pil_round_trip_and_random_directions():

@@ -5,8 +5,9 @@ reads them back from any image. That turns "is this direction semantic?" into nu
 
 * :func:`factor_response` - how much each estimated factor changes when the sample is edited
   along one basis direction (or any vector) at a few strengths;
-* :func:`label_directions` - a name for every slider: the factor its direction mostly moves,
-  or ``"mixed"`` when no factor dominates (issue 8, "sliders that name themselves");
+* :func:`label_directions` - a name for every slider: the factor its direction mostly moves
+  at every strength measured, or ``"mixed"`` when no factor dominates (issue 8, "sliders that
+  name themselves");
 * :func:`semantic_ratio` - top Jacobian directions against random directions of the same
   strength: a semantic basis moves the factors several times more than noise does.
 
@@ -177,7 +178,7 @@ class DirectionLabel:
     index: int
     label: str  # a factor name, or "mixed"
     response: Tensor  # (F,) mean absolute change of each factor
-    ratio: float  # top factor's change / the runner-up's (inf when the runner-up is 0)
+    ratio: float  # top factor's change / the runner-up's (inf when the runner-up is 0); the least over magnitudes
 
     @property
     def top(self) -> str:
@@ -200,16 +201,29 @@ class DirectionLabel:
 
 
 def label_from_response(index: int, response: Tensor, dominance: float = DEFAULT_DOMINANCE) -> DirectionLabel:
-    """Name a direction from its (F,) factor response: top factor if >= dominance x the second."""
-    if response.shape != (NUM_FACTORS,):
-        raise ValueError(f"response must have shape ({NUM_FACTORS},), got {tuple(response.shape)}")
+    """Name a direction from its factor response, (F,) or (M, F) with one row per edit magnitude.
+
+    The candidate is the factor that changes most on average; it names the direction only if,
+    at every magnitude, it changes at least ``dominance`` times more than any other factor: a
+    slider keeps its name over its range, not just at the one strength it was measured at.
+    """
+    rows = response.reshape(-1, response.shape[-1]).double()
+    if rows.shape[-1] != NUM_FACTORS or rows.shape[0] == 0:
+        raise ValueError(f"response must have shape ({NUM_FACTORS},) or (M, {NUM_FACTORS}), got {tuple(response.shape)}")
     if not dominance >= 1.0:
         raise InputError(f"dominance must be at least 1, got {dominance}")
-    top2 = torch.topk(response.double(), 2)
-    first, second = float(top2.values[0]), float(top2.values[1])
-    ratio = first / second if second > 0 else (math.inf if first > 0 else 1.0)
-    label = FACTORS[int(top2.indices[0])] if first > 0 and ratio >= dominance else MIXED
-    return DirectionLabel(index, label, response.detach().clone(), ratio)
+    mean = rows.mean(dim=0)
+    top = int(mean.argmax())
+    first, second = rows[:, top], torch.cat([rows[:, :top], rows[:, top + 1 :]], dim=1).amax(dim=1)
+    per_row = torch.where(second > 0, first / second.clamp_min(1e-300), torch.where(first > 0, math.inf, 1.0))
+    ratio = float(per_row.min())
+    label = FACTORS[top] if float(first.min()) > 0 and ratio >= dominance else MIXED
+    return DirectionLabel(index, label, mean.to(response.dtype), ratio)
+
+
+def label_magnitudes(strength: float) -> tuple[float, float]:
+    """The edit magnitudes a label is measured at: half the strength and the full strength."""
+    return (strength / 2, strength)
 
 
 def label_directions(
@@ -221,10 +235,14 @@ def label_directions(
     *,
     mode: str = "direct",
 ) -> list[DirectionLabel]:
-    """One :class:`DirectionLabel` per direction of ``service.discover(spec)`` (edits at +-strength)."""
+    """One :class:`DirectionLabel` per direction of ``service.discover(spec)``, from edits at
+    +-strength / 2 and +-strength (:func:`label_magnitudes`)."""
     k = service.discover(spec).basis.k
-    responses = edit_responses(service, spec, list(range(k)), (-strength, strength), estimator=estimator, mode=mode)
-    return [label_from_response(i, r.response, dominance) for i, r in enumerate(responses)]
+    magnitudes = label_magnitudes(strength)
+    strengths = tuple(sign * m for m in magnitudes for sign in (-1, 1))
+    responses = edit_responses(service, spec, list(range(k)), strengths, estimator=estimator, mode=mode)
+    # (M, F): mean change over the two signs of each magnitude
+    return [label_from_response(i, r.changes.reshape(len(magnitudes), 2, -1).mean(dim=1), dominance) for i, r in enumerate(responses)]
 
 
 # ---------------------------------------------------------------------------- semantic ratio

@@ -9,8 +9,8 @@ cheap ones finish first when a time budget cuts the run short; the report is in 
   images the factor estimator reads as a face with every factor in range, and seconds per edit;
 * ``substeps``  - (a') quality/time trade-off of geodesic substeps {1, 2, 4, 8} at strength
   +-1.0 (the default in backend/edit.py DEFAULT_SUBSTEPS), and a recommendation;
-* ``transport`` - (b) a direction of seed 0 carried to other seeds by parallel transport: does
-  it move the same factor there? Against reusing seed 0's raw vector;
+* ``transport`` - (b) a direction of one seed carried to other seeds by parallel transport: does
+  it move the same factor there? Against reusing the source's raw vector;
 * ``compare``   - (c) mean inter-seed Grassmann distance of the local bases per timestep (the
   paper: bases of different seeds are closer at high noise) and ``docs/compare_heatmap.png``.
 
@@ -69,6 +69,7 @@ class Sizes:
     substep_strengths: tuple[float, ...] = (-1.0, 1.0)
     substep_values: tuple[int, ...] = (1, 2, 4, 8)
     transport_dirs: int = 4
+    transport_sources: tuple[int, ...] = (0,)
     transport_targets: tuple[int, ...] = tuple(range(1, 9))
     transport_strength: float = 0.5
     compare_seeds: tuple[int, ...] = (0, 1, 2, 3)
@@ -346,81 +347,140 @@ def response(service, spec, estimator, strength: float, index: int | None = None
     return semantics.factor_response(service, spec, index, vector, (-strength, strength), estimator=estimator)
 
 
+@dataclass
+class Carried:
+    """One source direction applied to one target sample, transported and raw."""
+
+    source: int  # source seed
+    target: int  # target seed
+    index: int  # direction index in the source basis
+    source_response: torch.Tensor  # (F,) what it moves on the source
+    label: str  # its slider name on the source (label_directions' rule), or "mixed"
+    transported: torch.Tensor | None  # (F,) response on the target; None if transport failed
+    raw: torch.Tensor  # (F,) response of the untransported vector on the target
+
+    @property
+    def top(self) -> int:
+        return int(self.source_response.argmax())
+
+    def response(self, kind: str) -> torch.Tensor | None:
+        return self.transported if kind == "transported" else self.raw
+
+
 def section_transport(service, estimator, sizes: Sizes, report: Report, deadline: float) -> dict:
     start = time.perf_counter()
     strength = sizes.transport_strength
-    source_spec = BasisSpec(SampleSpec(seed=0), timestep=sizes.timestep, k=sizes.k)
-    source = service.discover(source_spec).basis
     dirs = range(sizes.transport_dirs)
-    src_resp = {}
-    for i in dirs:
-        src_resp[i] = response(service, source_spec, estimator, strength, index=i)
-        log(f"transport: seed 0 direction {i} moves {FACTORS[int(src_resp[i].argmax())]} most ({float(src_resp[i].max()):.3f})")
-    src_top = {i: int(r.argmax()) for i, r in src_resp.items()}
-    # resp[kind][(seed, i)] = the target's factor response to direction i
-    resp: dict[str, dict[tuple[int, int], torch.Tensor]] = {"transported": {}, "raw": {}}
-    overlap, cosine, failures, used = [], [], [], []
-    for seed in sizes.transport_targets:
-        if used and time.monotonic() > deadline:
-            log(f"transport: budget spent, stopping after targets {used}")
+    magnitudes = semantics.label_magnitudes(strength)
+
+    def spec_of(seed: int) -> BasisSpec:
+        return BasisSpec(SampleSpec(seed=seed), timestep=sizes.timestep, k=sizes.k)
+
+    carried: list[Carried] = []
+    overlap, cosine, failures, sources = [], [], [], []
+    for src_seed in sizes.transport_sources:
+        if sources and time.monotonic() > deadline:
+            log(f"transport: budget spent, stopping after sources {sources}")
             break
-        spec = BasisSpec(SampleSpec(seed=seed), timestep=sizes.timestep, k=sizes.k)
-        target = service.discover(spec).basis
-        for i in dirs:
-            u = source.u[i].reshape(-1).double()
-            overlap.append(float((target.u.reshape(target.k, -1).double() @ u).norm() / u.norm()))
-            raw = source.v[i]
-            try:
-                moved = service.transport(source, i, target)
-            except InputError as exc:
-                failures.append(f"seed {seed} dir {i}: {exc}")
-                moved = None
-            if moved is not None:
-                cosine.append(float(torch.nn.functional.cosine_similarity(moved.reshape(1, -1).double(), raw.reshape(1, -1).double())))
-                resp["transported"][(seed, i)] = response(service, spec, estimator, strength, vector=moved)
-            resp["raw"][(seed, i)] = response(service, spec, estimator, strength, vector=raw)
-        used.append(seed)
-        log(f"transport target {seed}: " + ", ".join(f"{kind} {[FACTORS[int(resp[kind][(seed, i)].argmax())] for i in dirs if (seed, i) in resp[kind]]}" for kind in resp))
+        source_spec = spec_of(src_seed)
+        source = service.discover(source_spec).basis
+        src_resp = {i: response(service, source_spec, estimator, strength, index=i) for i in dirs}
+        # The directions that have a meaning to carry: named by the sliders' own rule on the source.
+        src_label = {i: semantics.label_from_response(i, torch.stack([response(service, source_spec, estimator, m, index=i) for m in magnitudes])).label
+                     for i in dirs}
+        log(f"transport: seed {src_seed} directions move " + ", ".join(f"v{i} {FACTORS[int(r.argmax())]} ({src_label[i]})" for i, r in src_resp.items()))
+        for seed in sizes.transport_targets:
+            if seed == src_seed:
+                continue
+            spec = spec_of(seed)
+            target = service.discover(spec).basis
+            for i in dirs:
+                u = source.u[i].reshape(-1).double()
+                overlap.append(float((target.u.reshape(target.k, -1).double() @ u).norm() / u.norm()))
+                raw = source.v[i]
+                try:
+                    moved = service.transport(source, i, target)
+                except InputError as exc:
+                    failures.append(f"seed {src_seed} -> {seed} dir {i}: {exc}")
+                    moved = None
+                if moved is not None:
+                    cosine.append(float(torch.nn.functional.cosine_similarity(moved.reshape(1, -1).double(), raw.reshape(1, -1).double())))
+                carried.append(Carried(src_seed, seed, i, src_resp[i], src_label[i],
+                                       None if moved is None else response(service, spec, estimator, strength, vector=moved),
+                                       response(service, spec, estimator, strength, vector=raw)))
+            log(f"transport {src_seed} -> {seed}: " + ", ".join(
+                f"{kind} {[FACTORS[int(c.response(kind).argmax())] if c.response(kind) is not None else '-' for c in carried if (c.source, c.target) == (src_seed, seed)]}"
+                for kind in ("transported", "raw")))
+        sources.append(src_seed)
     seconds = time.perf_counter() - start
-    n_pairs = len(used) * len(dirs)
+    kinds = ("transported", "raw")
 
-    def hits(kind, i):
-        return [int(resp[kind][(s, i)].argmax()) == src_top[i] for s in used if (s, i) in resp[kind]]
+    def hit(c: Carried, kind: str) -> bool:  # a failed transport counts as a miss
+        r = c.response(kind)
+        return r is not None and int(r.argmax()) == c.top
 
-    def rate(kind):  # a failed transport counts as a miss
-        xs = [h for i in dirs for h in hits(kind, i)]
-        return (sum(xs) / n_pairs if n_pairs else float("nan")), sum(xs), n_pairs
+    def rate(kind: str, among: list[Carried]) -> str:
+        hits = sum(hit(c, kind) for c in among)
+        return f"{pct(hits / len(among)) if among else 'n/a'} ({hits}/{len(among)})"
 
-    def cross(kind):  # chance-like baseline: target top factor of direction j vs source top factor of i != j
-        xs = [int(r.argmax()) == src_top[i] for (s, j), r in resp[kind].items() for i in dirs if i != j]
+    def others(c: Carried) -> list[Carried]:  # the other directions carried between the same two samples
+        return [o for o in carried if (o.source, o.target) == (c.source, c.target) and o.index != c.index]
+
+    def cross(kind: str) -> float:  # chance-like baseline: a target response vs another direction's source top factor
+        xs = [int(c.response(kind).argmax()) == o.top for c in carried if c.response(kind) is not None for o in others(c)]
         return float(np.mean(xs)) if xs else float("nan")
 
     def correlation(a: torch.Tensor, b: torch.Tensor) -> float:
         return float(np.corrcoef(a.double().numpy(), b.double().numpy())[0, 1])
 
-    def profile(kind, matched: bool):  # graded: Pearson correlation of the factor-response profiles
-        xs = [correlation(r, src_resp[i]) for (s, j), r in resp[kind].items() for i in dirs if (i == j) == matched]
+    def profile(kind: str, matched: bool) -> float:  # graded: Pearson correlation of the factor-response profiles
+        xs = [correlation(c.response(kind), o.source_response) for c in carried if c.response(kind) is not None
+              for o in ([c] if matched else others(c))]
         return float(np.mean(xs)) if xs else float("nan")
 
+    named = [c for c in carried if c.label != semantics.MIXED]
     lines = ["## (b) Transport of directions between seeds", ""]
     lines.append(
-        f"Source: seed 0, timestep {sizes.timestep:g}, k={sizes.k}; targets: seeds {used} (asked: {list(sizes.transport_targets)}). "
-        f"Each of the top-{sizes.transport_dirs} directions v_i of seed 0 is carried to each target by "
-        "`service.transport(source.basis, i, target.basis)` and applied there with `edit_vector` (direct mode) at "
-        f"+-{strength:g}; the factor response is the mean absolute change of the estimated factors over the two signs "
-        "(sign-free, so the arbitrary sign of a singular vector does not matter). A *hit* is a target edit whose most-moved "
-        "factor equals the one v_i moves most on seed 0. *raw* applies seed 0's v_i unchanged."
+        f"Sources: seeds {sources} (asked: {list(sizes.transport_sources)}), timestep {sizes.timestep:g}, k={sizes.k}; targets: "
+        f"seeds {list(sizes.transport_targets)} other than the source. Each of a source's top-{sizes.transport_dirs} directions "
+        "v_i is carried to each target by `service.transport(source.basis, i, target.basis)` and applied there with "
+        f"`edit_vector` (direct mode) at +-{strength:g}; the factor response is the mean absolute change of the estimated "
+        "factors over the two signs (sign-free, so the arbitrary sign of a singular vector does not matter). A *hit* is a "
+        "target edit whose most-moved factor equals the one v_i moves most on its source. *raw* applies the source's v_i "
+        "unchanged. *Named*: only the directions that have a meaning to carry, those `label_directions` names on the source "
+        f"(one factor moves >= 2x any other at each of {' and '.join(f'+-{m:g}' for m in magnitudes)}); the others move a mix, "
+        "whose top factor is a weak target."
     )
     lines.append("")
     rows = []
-    for i in dirs:
-        t, r = hits("transported", i), hits("raw", i)
-        rows.append([f"v{i}", FACTORS[src_top[i]], f"{sum(t)}/{len(used)}", f"{sum(r)}/{len(used)}"])
-    tr, rr = rate("transported"), rate("raw")
-    rows.append(["all", "", f"**{pct(tr[0])}** ({tr[1]}/{tr[2]})", f"**{pct(rr[0])}** ({rr[1]}/{rr[2]})"])
-    lines += table(["direction", "top factor on seed 0", "transported: hits", "raw v_i: hits"], rows)
+    for src_seed in sources:
+        mine = [c for c in carried if c.source == src_seed]
+        names = sorted({f"v{c.index} {c.label}" for c in mine if c.label != semantics.MIXED})
+        mine_named = [c for c in mine if c.label != semantics.MIXED]
+        rows.append([str(src_seed), ", ".join(names) or "none"] + [rate(kind, mine) for kind in kinds] + [rate(kind, mine_named) for kind in kinds])
+    rows.append(["all", f"{len({(c.source, c.index) for c in named})} named"] + [f"**{rate(kind, carried)}**" for kind in kinds]
+                + [f"**{rate(kind, named)}**" for kind in kinds])
+    lines += table(["source seed", "named directions", "transported: hits", "raw v_i: hits", "named, transported", "named, raw"], rows)
+    per_factor = []
+    for name in sorted({c.label for c in named}):
+        group = [c for c in named if c.label == name]
+        per_factor.append([name, str(len({(c.source, c.index) for c in group}))] + [rate(kind, group) for kind in kinds])
+    if per_factor:
+        lines += table(["named factor", "source directions", "transported: hits", "raw v_i: hits"], per_factor)
+
+    def carried_to_most(kind: str) -> int:  # named source directions that hit on more than half of their targets
+        by_direction: dict[tuple[int, int], list[bool]] = {}
+        for c in named:
+            by_direction.setdefault((c.source, c.index), []).append(hit(c, kind))
+        return sum(sum(h) > len(h) / 2 for h in by_direction.values())
+
+    if named:
+        n_named = len({(c.source, c.index) for c in named})
+        lines.append(f"Named directions that move their factor on most of their targets: transported {carried_to_most('transported')} "
+                     f"of {n_named}, raw {carried_to_most('raw')} of {n_named}.")
+        lines.append("")
     lines.append(
-        f"Baseline (direction j's target top factor vs direction i's source top factor, i != j): transported {pct(cross('transported'))}, "
+        f"Baseline (a target's top factor vs *another* direction's source top factor): transported {pct(cross('transported'))}, "
         f"raw {pct(cross('raw'))}; uniform chance over {len(FACTORS)} factors is {pct(1 / len(FACTORS))}."
     )
     lines.append("")
@@ -432,7 +492,7 @@ def section_transport(service, estimator, sizes: Sizes, report: Report, deadline
     )
     lines.append("")
     lines += table(["", "same direction", "baseline (other direction)"],
-                   [[kind, f"**{profile(kind, True):+.3f}**", f"{profile(kind, False):+.3f}"] for kind in ("transported", "raw")])
+                   [[kind, f"**{profile(kind, True):+.3f}**", f"{profile(kind, False):+.3f}"] for kind in kinds])
     if cosine:
         lines.append(
             f"|U_target^T u_i| / |u_i| (how much of the source direction's h-image lies in the target's top-{sizes.k} h-space): "
@@ -446,11 +506,15 @@ def section_transport(service, estimator, sizes: Sizes, report: Report, deadline
     lines.append(f"Section time {seconds:.0f} s.")
     lines.append("")
     report.sections["transport"] = lines
-    return {"seconds": seconds, "transported": tr[0], "raw": rr[0], "targets": used,
-            "profile": {kind: profile(kind, True) for kind in resp}, "profile_baseline": {kind: profile(kind, False) for kind in resp}}
+
+    def share(kind: str, among: list[Carried]) -> float:
+        return sum(hit(c, kind) for c in among) / len(among) if among else float("nan")
+
+    return {"seconds": seconds, "sources": sources, "transported": share("transported", carried), "raw": share("raw", carried),
+            "named": {kind: share(kind, named) for kind in kinds},
+            "profile": {kind: profile(kind, True) for kind in kinds}, "profile_baseline": {kind: profile(kind, False) for kind in kinds}}
 
 
-# ------------------------------------------------------------------------------------ (c)
 def section_compare(service, sizes: Sizes, report: Report, heatmap_path: Path | None) -> dict:
     start = time.perf_counter()
     specs, labels = [], []

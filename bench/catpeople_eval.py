@@ -437,7 +437,7 @@ def section_atlas(report: Report, service, estimator: FactorEstimator, sizes: Si
     canvas.save(docs / "atlas.png")
     report.add("## (e) Atlas", "", f"`{docs / 'atlas.png'}`: seed {seed}, timestep {edit_t}, one row per direction, "
                f"edits from -{strength} to +{strength} (5 columns, original in the middle), rows named by label_directions "
-               f"(at +-{sizes.strength}).", "")
+               f"(at {' and '.join(f'+-{m:g}' for m in label_magnitudes(sizes.strength))}).", "")
     log(f"atlas: {seconds:.0f}s")
 
 

@@ -226,8 +226,9 @@ def local_basis(
     if not 1 <= k <= MAX_K:
         raise ValueError(f"k must be between 1 and {MAX_K}, got {k}")
     n = x.numel()
+    if k > n:
+        raise ValueError(f"k = {k} directions asked, but x has only {n} elements")
     block = min(default_block_size(k, x.device) if block_size is None else block_size, n)
-    k = min(k, n)
     max_cols = min(n, max(block * 8, k + block) if max_krylov is None else max_krylov)
     x = x.detach()
 
@@ -254,6 +255,8 @@ def local_basis(
     for iteration in range(1, max_iters + 1):
         jq = _chunked(apply_j, q_new.T.contiguous(), chunk_size)  # (b, *h_shape)
         h_shape = jq.shape[1:]
+        if k > h_shape.numel():
+            raise ValueError(f"k = {k} directions asked, but the bottleneck h has only {h_shape.numel()} elements, so J has at most that many")
         qs.append(q_new)
         ys.append(jq.reshape(q_new.shape[1], -1).T)
         q_all, y_all = torch.cat(qs, dim=1), torch.cat(ys, dim=1)

@@ -281,6 +281,8 @@ class EigenfaceService:
                         generator=torch.Generator().manual_seed(0),
                         callback=progress,
                     )
+            except ValueError as exc:  # k beyond what this model's bottleneck can give
+                raise InputError(str(exc)) from None
             except torch.OutOfMemoryError:
                 if model.device.type == "cuda":
                     torch.cuda.empty_cache()

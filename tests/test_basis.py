@@ -300,3 +300,11 @@ def test_rank_deficient_map_stays_exact_past_its_rank():
     v = basis.v.double()
     torch.testing.assert_close(v @ v.T, torch.eye(40, dtype=torch.float64), atol=1e-5, rtol=0)
     assert float(principal_angles(v, vh[:40]).max()) < 1e-3
+
+
+def test_more_directions_than_x_or_h_has_is_a_clear_error():
+    a = torch.randn(16, 400, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="h has only 16 elements"):
+        local_basis(lambda x: x.reshape(x.shape[0], -1) @ a.T, torch.zeros(400), 24)
+    with pytest.raises(ValueError, match="x has only 20 elements"):
+        local_basis(lambda x: x.reshape(x.shape[0], -1) @ a[:, :20].T, torch.zeros(20), 24)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import math
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from backend.basis import Basis
 from backend.errors import InputError
 from backend.geometry import principal_angles
 from backend.service import BasisSpec, EigenfaceService, SampleSpec, ServiceConfig, parse_timestep
+from tests.fixtures import save_tiny_ddpm
 
 STEPS = 4
 K = 4
@@ -597,8 +599,6 @@ def test_record_computed_collects_only_this_threads_new_entries(make_service):
 @pytest.fixture(scope="module")
 def tuned_ddpm(tmp_path_factory) -> Path:
     """A tiny DDPM that recommends its own edit timestep and strength (eigenface.json)."""
-    from tests.fixtures import save_tiny_ddpm
-
     path = save_tiny_ddpm(tmp_path_factory.mktemp("tuned") / "ddpm")
     (path / "eigenface.json").write_text('{"timestep": 0.3, "strength": 0.2}')
     return path
@@ -660,3 +660,12 @@ def test_hub_checkpoints_read_their_settings_too(tmp_path, monkeypatch):
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
     assert _hub_settings("org/model") == EditSettings()
+
+
+def test_more_directions_than_a_tiny_model_has(tmp_path):
+    """A model too small for the k asked (2x2 px here): a clear error, and the service goes on."""
+    service = EigenfaceService(ServiceConfig(models={"small": str(save_tiny_ddpm(tmp_path / "small", sample_size=2))}, device="cpu"))
+    spec = BasisSpec(SampleSpec(model="small", seed=0, steps=STEPS), timestep=0.5, k=40)
+    with pytest.raises(InputError, match="x has only 12 elements"):
+        service.discover(spec)
+    assert service.discover(replace(spec, k=8)).basis.k == 8

@@ -206,6 +206,10 @@ def load_model(name: str | os.PathLike | None = None, device: str | torch.device
             raise InputError(f"{source}: a conditional U-Net needs a VAE, a text encoder and a tokenizer")
     else:
         raise InputError(f"{source}: unsupported pipeline {type(pipe).__name__} (needs a UNet2DModel or UNet2DConditionModel, got {kind})")
+    extra = _extra_conditioning(unet.config)
+    if extra:
+        raise InputError(f"{source}: its U-Net needs conditioning beyond the timestep and a text prompt ({extra}; e.g. SDXL's "
+                         "size and pooled-text embeddings, or class labels), which Eigenface does not supply")
 
     for module in (unet, vae, text_encoder):
         if module is not None:
@@ -221,6 +225,27 @@ def load_model(name: str | os.PathLike | None = None, device: str | torch.device
         tokenizer=tokenizer,
         settings=EditSettings.read(local) if local_only else _hub_settings(source),
     )
+
+
+#: U-Net config values that make its forward pass need inputs besides (x_t, t, text states):
+#: class labels, or ``added_cond_kwargs`` (SDXL's "text_time", Kandinsky's image embeddings).
+#: A "text" addition or a "text_proj" projection works from the text states alone (DeepFloyd IF).
+_NEEDS_MORE = {
+    "class_embed_type": None,  # any value: class labels
+    "num_class_embeds": None,
+    "addition_embed_type": {"text_time", "text_image", "image", "image_hint"},
+    "encoder_hid_dim_type": {"text_image_proj", "image_proj", "ip_image_proj"},
+}
+
+
+def _extra_conditioning(config) -> str:
+    """The U-Net config entries that ask for inputs Eigenface does not supply, as "key=value" text."""
+    found = []
+    for key, values in _NEEDS_MORE.items():
+        value = config.get(key)
+        if value is not None and (values is None or value in values):
+            found.append(f"{key}={value!r}")
+    return ", ".join(found)
 
 
 def _hub_settings(repo_id: str) -> EditSettings:

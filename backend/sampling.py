@@ -79,12 +79,22 @@ def schedule(model: DiffusionModel, steps: int) -> tuple[int, ...]:
     return tuple(int(t) for t in ddim.timesteps)
 
 
+def _prediction(output: Tensor, x: Tensor) -> Tensor:
+    """The part of a U-Net output that predicts epsilon / v / x_0.
+
+    Models with a learned variance (``variance_type="learned_range"``, e.g. improved DDPM or
+    DeepFloyd IF) output twice the sample's channels, the variance last, as diffusers'
+    schedulers split it; deterministic DDIM has no use for the variance.
+    """
+    return output[:, : x.shape[1]] if output.shape[1] == 2 * x.shape[1] else output
+
+
 def unet_output(model: DiffusionModel, x: Tensor, t: int, context: Tensor | None) -> Tensor:
-    """Raw U-Net output for a batch x at one timestep; ``context`` is (1, tokens, dim) or None."""
+    """U-Net prediction for a batch x at one timestep; ``context`` is (1, tokens, dim) or None."""
     timestep = torch.tensor(t, device=x.device)
     if context is None:
-        return model.unet(x, timestep).sample
-    return model.unet(x, timestep, encoder_hidden_states=context.expand(x.shape[0], -1, -1)).sample
+        return _prediction(model.unet(x, timestep).sample, x)
+    return _prediction(model.unet(x, timestep, encoder_hidden_states=context.expand(x.shape[0], -1, -1)).sample, x)
 
 
 def guided_output(model: DiffusionModel, x: Tensor, t: int, cond: Conditioning | None, guidance_scale: float) -> Tensor:
@@ -95,7 +105,7 @@ def guided_output(model: DiffusionModel, x: Tensor, t: int, cond: Conditioning |
         return unet_output(model, x, t, cond.cond)
     both = torch.cat([x, x])
     context = torch.cat([cond.uncond.expand(x.shape[0], -1, -1), cond.cond.expand(x.shape[0], -1, -1)])
-    out = model.unet(both, torch.tensor(t, device=x.device), encoder_hidden_states=context).sample
+    out = _prediction(model.unet(both, torch.tensor(t, device=x.device), encoder_hidden_states=context).sample, both)
     uncond, conditioned = out.chunk(2)
     return uncond + guidance_scale * (conditioned - uncond)
 

@@ -106,12 +106,14 @@ def make_tiny_clip_tokenizer():
     return tok
 
 
-def save_tiny_ddpm(path: Path, sample_size: int = 16, seed: int = 0) -> Path:
+def save_tiny_ddpm(path: Path, sample_size: int = 16, seed: int = 0, channels: int = 3, learned_variance: bool = False) -> Path:
     """Save a tiny unconditional pixel-space ``DDPMPipeline`` to ``path``.
 
     The U-Net has one attention down/up block (plus the attention in its mid
     block) so attention code paths (processors, hooks) are exercised; h-space is
-    ``(B, 32, sample_size // 2, sample_size // 2)``.
+    ``(B, 32, sample_size // 2, sample_size // 2)``. ``channels`` = 1 makes a
+    grayscale model; ``learned_variance`` doubles the output channels, as
+    improved-DDPM checkpoints do.
     """
     from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
@@ -120,8 +122,8 @@ def save_tiny_ddpm(path: Path, sample_size: int = 16, seed: int = 0) -> Path:
         torch.manual_seed(seed)
         unet = UNet2DModel(
             sample_size=sample_size,
-            in_channels=3,
-            out_channels=3,
+            in_channels=channels,
+            out_channels=2 * channels if learned_variance else channels,
             block_out_channels=(16, _DDPM_HSPACE_CHANNELS),
             layers_per_block=1,
             norm_num_groups=8,
@@ -129,7 +131,7 @@ def save_tiny_ddpm(path: Path, sample_size: int = 16, seed: int = 0) -> Path:
             down_block_types=("DownBlock2D", "AttnDownBlock2D"),
             up_block_types=("AttnUpBlock2D", "UpBlock2D"),
         )
-    scheduler = DDPMScheduler(num_train_timesteps=1000)
+    scheduler = DDPMScheduler(num_train_timesteps=1000, variance_type="learned_range" if learned_variance else "fixed_small")
     DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(path, safe_serialization=True)
     return path
 

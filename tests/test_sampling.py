@@ -209,3 +209,19 @@ def test_encode_prompt(sd, ddpm):
     assert sd.encode_prompt("cat " * 100).truncated
     with pytest.raises(InputError, match="unconditional"):
         ddpm.encode_prompt("a cat")
+
+
+@pytest.mark.parametrize("extra", [{"num_class_embeds": 10}, {"class_embed_type": "timestep"}])
+def test_unets_needing_more_than_a_prompt_are_refused_at_load(tmp_path, extra):
+    """Class-conditional U-Nets (like SDXL's added embeddings) need inputs Eigenface does not
+    supply: refused when loaded, with the config entry named, instead of failing mid-render."""
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    from backend.errors import InputError
+
+    unet = UNet2DModel(sample_size=8, block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8,
+                       down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2, **extra)
+    DDPMPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(tmp_path / "m")
+    key = next(iter(extra))
+    with pytest.raises(InputError, match=f"{key}="):
+        load_model(tmp_path / "m", device="cpu")

@@ -669,3 +669,19 @@ def test_more_directions_than_a_tiny_model_has(tmp_path):
     with pytest.raises(InputError, match="x has only 12 elements"):
         service.discover(spec)
     assert service.discover(replace(spec, k=8)).basis.k == 8
+
+
+@pytest.mark.parametrize("variant", [{"channels": 1}, {"learned_variance": True}], ids=["grayscale", "learned-variance"])
+def test_pixel_models_beyond_rgb_epsilon(tmp_path, variant):
+    """A grayscale model renders as gray RGB; a learned-variance model (6 output channels) is
+    sampled, explored and edited from its prediction half, as diffusers' schedulers split it."""
+    service = EigenfaceService(ServiceConfig(models={"m": str(save_tiny_ddpm(tmp_path / "m", **variant))}, device="cpu"))
+    spec = BasisSpec(SampleSpec(model="m", seed=0, steps=STEPS), timestep=0.5, k=K)
+    image = service.generate(spec.sample)
+    assert image.mode == "RGB" and image.size == (16, 16)
+    if "channels" in variant:
+        assert len(set(image.getpixel((3, 5)))) == 1  # gray
+    assert service.discover(spec).basis.v.shape[1] == variant.get("channels", 3)
+    for mode in ("direct", "guidance", "geodesic"):
+        edited = service.edit(spec, {0: 0.5}, mode)
+        assert edited.mode == "RGB" and edited.size == (16, 16) and edited.tobytes() != image.tobytes()

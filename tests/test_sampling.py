@@ -225,3 +225,17 @@ def test_unets_needing_more_than_a_prompt_are_refused_at_load(tmp_path, extra):
     key = next(iter(extra))
     with pytest.raises(InputError, match=f"{key}="):
         load_model(tmp_path / "m", device="cpu")
+
+
+def test_an_sdxl_style_unet_is_refused_at_load(tmp_path, tiny_sd_dir):
+    """SDXL's U-Net wants size and pooled-text embeddings (added_cond_kwargs) at every call."""
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+
+    from backend.errors import InputError
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd_dir, safety_checker=None, requires_safety_checker=False)
+    config = dict(pipe.unet.config, addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=32 + 6 * 8)
+    pipe.register_modules(unet=UNet2DConditionModel.from_config(config))
+    pipe.save_pretrained(tmp_path / "xl", safe_serialization=True)
+    with pytest.raises(InputError, match="addition_embed_type='text_time'"):
+        load_model(tmp_path / "xl", device="cpu")

@@ -158,7 +158,8 @@ def section_validity(service, estimator, sizes: Sizes, report: Report, deadline:
     start = time.perf_counter()
     modes = sizes.validity_modes
     names = [m if s is None else f"{m}-{s}" for m, s in modes]
-    # records[name] = list of (|strength|, face, range, valid, seconds, error / unedited error); failures[name] = messages
+    # records[name] = list of (|strength|, face, range, valid, seconds, error / unedited error, factor change);
+    # failures[name] = messages
     records: dict[str, list[tuple]] = {n: [] for n in names}
     failures: dict[str, list[str]] = {n: [] for n in names}
     base_valid, used, basis_s = [], [], []
@@ -181,14 +182,16 @@ def section_validity(service, estimator, sizes: Sizes, report: Report, deadline:
                         img = service.edit(spec, {i: s}, mode, substeps=sub)
                     except InputError as exc:
                         failures[name].append(f"seed {seed} dir {i} s={s:+g}: {exc}")
-                        records[name].append((abs(s), False, False, False, time.perf_counter() - t0, float("nan")))
+                        records[name].append((abs(s), False, False, False, time.perf_counter() - t0, float("nan"), float("nan")))
                         continue
                     images.append(img)
                     meta.append((abs(s), time.perf_counter() - t0))
             if images:
                 v = validity(estimator, semantics.pil_to_tensor(images))
+                change = factor_distance(v["factors"], base["factors"].expand_as(v["factors"]).clone()).sum(dim=1)
                 for j, (a, sec) in enumerate(meta):
-                    records[name].append((a, bool(v["face"][j]), bool(v["range"][j]), bool(v["valid"][j]), sec, float(v["error"][j]) / base_error))
+                    records[name].append((a, bool(v["face"][j]), bool(v["range"][j]), bool(v["valid"][j]), sec, float(v["error"][j]) / base_error,
+                                          float(change[j])))
             secs = [m[1] for m in meta]
             log(f"validity seed {seed} {name}: {len(images)} edits, {np.mean(secs) if secs else float('nan'):.2f} s/edit, "
                 f"valid {sum(r[3] for r in records[name][-len(meta):]) if meta else 0}/{len(meta)}, failures {len(failures[name])}")
@@ -211,7 +214,9 @@ def _validity_lines(sizes, names, records, failures, base_valid, used, basis_s, 
         f"(linear factors within [-{RANGE_TOL}, 1+{RANGE_TOL}] before `estimate()`'s clamp, hue resultant >= {MIN_HUE_RADIUS}). "
         "A failure (InputError) counts as invalid. Seconds per edit = wall time of one `service.edit` call "
         "(edit + denoise + decode; the basis at x_t is cached beforehand). *Error ratio*: the estimator's re-render "
-        "error of the edit over that of the unedited sample (median; 1 = as face-like as the sample, lower is better)."
+        "error of the edit over that of the unedited sample (median; 1 = as face-like as the sample, lower is better). "
+        "*Factor change*: sum over factors of the absolute change of the estimated factors from the unedited sample "
+        "(mean; how far the edit moved the face in ground-truth terms, which also pushes factors out of range)."
     )
     lines.append("")
     lines.append(f"Unedited samples valid: {sum(base_valid)}/{len(base_valid)}.")
@@ -221,7 +226,7 @@ def _validity_lines(sizes, names, records, failures, base_valid, used, basis_s, 
                      "by sample quality, not by the edit; compare modes only relative to each other.")
         lines.append("")
     header = (["mode"] + [f"valid \\|s\\|={m:g}" for m in mags] + [f"error ratio \\|s\\|={m:g}" for m in mags]
-              + ["valid all", "face", "in range", "failures", "s / edit"])
+              + ["valid all", "face", "in range", "factor change", "failures", "s / edit"])
     rows, summary = [], {}
     for name in names:
         rec = records[name]
@@ -235,7 +240,8 @@ def _validity_lines(sizes, names, records, failures, base_valid, used, basis_s, 
         valid = np.mean([r[3] for r in rec]) if rec else float("nan")
         secs = np.mean([r[4] for r in rec]) if rec else float("nan")
         row += [f"{pct(valid)} ({sum(r[3] for r in rec)}/{len(rec)})", pct(np.mean([r[1] for r in rec]) if rec else float("nan")),
-                pct(np.mean([r[2] for r in rec]) if rec else float("nan")), len(failures[name]), f"{secs:.2f}"]
+                pct(np.mean([r[2] for r in rec]) if rec else float("nan")), f"{np.nanmean([r[6] for r in rec]) if rec else float('nan'):.2f}",
+                len(failures[name]), f"{secs:.2f}"]
         rows.append(row)
         ratios = [r[5] for r in rec if np.isfinite(r[5])]
         summary[name] = {"valid": valid, "seconds": secs, "failures": len(failures[name]), "error_ratio": float(np.median(ratios)) if ratios else float("nan")}

@@ -238,7 +238,7 @@ def local_basis(
         start[:, : warm.shape[1]] = warm
     q_new = _orthonormal_columns(start)  # (n, block)
 
-    vectorize = jvp_mode == "exact" or x.device.type == "cpu" if vectorize_vjp is None else vectorize_vjp
+    vectorize = (jvp_mode == "exact" or x.device.type == "cpu") if vectorize_vjp is None else vectorize_vjp
 
     def apply_j(rows: Tensor) -> Tensor:
         return jvp(h_fn, x, rows.reshape(-1, *x.shape), jvp_mode, fd_eps)

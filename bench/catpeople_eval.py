@@ -180,6 +180,14 @@ def generate_batch(model, seeds: list[int], steps: int) -> torch.Tensor:
     return model.decode(denoise(model, x, schedule(model, steps)))
 
 
+def pixel_statistics(images: torch.Tensor) -> dict[str, list[float]]:
+    """Per-channel mean and std, and speckle (mean |Laplacian|): how far samples are from the
+    training renders in colour and noise, whether or not they still read as faces."""
+    laplacian = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]).expand(images.shape[1], 1, 3, 3)
+    speckle = torch.nn.functional.conv2d(images.float(), laplacian, groups=images.shape[1]).abs().mean(dim=(0, 2, 3))
+    return {"mean": images.mean(dim=(0, 2, 3)).tolist(), "std": images.std(dim=(0, 2, 3)).tolist(), "speckle": speckle.tolist()}
+
+
 def section_samples(report: Report, service, estimator: FactorEstimator, sizes: Sizes, docs: Path) -> dict:
     from backend.sampling import DEFAULT_STEPS
     from backend.service import image_grid, to_pil
@@ -215,6 +223,12 @@ def section_samples(report: Report, service, estimator: FactorEstimator, sizes: 
                f"**{int(faces.sum())}/{sizes.samples} = {rate:.1%}** (target >= 95%: {mark(rate >= 0.95)}).", "",
                "Re-render error (mean squared, [0, 1] pixels) quantiles: "
                + ", ".join(f"q{int(q * 100)}={float(torch.quantile(errors, q)):.4f}" for q in (0.1, 0.25, 0.5, 0.75, 0.9)), "")
+    renders, _ = render_dataset(sizes.samples, seed=1, resolution=images.shape[-1])
+    stats = {"samples": pixel_statistics(images), "training renders": pixel_statistics(renders)}
+    report.add(f"Pixel statistics, the {sizes.samples} samples against as many training renders (R, G, B; [0, 1] pixels; "
+               "speckle = mean |Laplacian|, residual noise):", "")
+    report.table(["images", "mean", "std", "speckle"],
+                 [[name] + [" ".join(f"{v:.3f}" for v in st[key]) for key in ("mean", "std", "speckle")] for name, st in stats.items()])
     rows = []
     for i, name in enumerate(FACTORS):
         row = [name]
@@ -232,7 +246,7 @@ def section_samples(report: Report, service, estimator: FactorEstimator, sizes: 
                "pass when the mean and the std of all samples are both within 20%. Hue, circular: linear mean/std are "
                f"shown too (uniform on [0, 1) has the same), R = mean resultant length (uniform: ~{1 / math.sqrt(sizes.samples):.3f}).", "")
     report.table(["factor", "mean (all)", "std (all)", "mean (faces)", "std (faces)", "check (all)", "circular"], rows)
-    report.raw["samples"] = {"face_rate": rate, "errors": [round(float(e), 5) for e in errors], "factors": [[round(float(v), 4) for v in row] for row in factors]}
+    report.raw["samples"] = {"face_rate": rate, "pixels": stats, "errors": [round(float(e), 5) for e in errors], "factors": [[round(float(v), 4) for v in row] for row in factors]}
     report.flush_raw()
     log(f"samples: face rate {rate:.1%}, generation {gen_seconds:.0f}s")
     return {"face_rate": rate, "images": images, "faces": faces}

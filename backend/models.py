@@ -206,6 +206,9 @@ def load_model(name: str | os.PathLike | None = None, device: str | torch.device
             raise InputError(f"{source}: a conditional U-Net needs a VAE, a text encoder and a tokenizer")
     else:
         raise InputError(f"{source}: unsupported pipeline {type(pipe).__name__} (needs a UNet2DModel or UNet2DConditionModel, got {kind})")
+    if "beta_schedule" not in pipe.scheduler.config:  # variance-exploding, EDM / consistency, flow matching
+        raise InputError(f"{source}: its scheduler ({type(pipe.scheduler).__name__}) has no beta schedule; Eigenface samples "
+                         "with DDIM, which needs the discrete variance-preserving schedule of DDPM-family schedulers")
     extra = _extra_conditioning(unet.config)
     if extra:
         raise InputError(f"{source}: its U-Net needs conditioning beyond the timestep and a text prompt ({extra}; e.g. SDXL's "

@@ -239,3 +239,16 @@ def test_an_sdxl_style_unet_is_refused_at_load(tmp_path, tiny_sd_dir):
     pipe.save_pretrained(tmp_path / "xl", safe_serialization=True)
     with pytest.raises(InputError, match="addition_embed_type='text_time'"):
         load_model(tmp_path / "xl", device="cpu")
+
+
+def test_a_model_without_a_beta_schedule_is_refused_at_load(tmp_path):
+    """A score-SDE (variance-exploding) checkpoint would be sampled as if it were a DDPM."""
+    from diffusers import ScoreSdeVePipeline, ScoreSdeVeScheduler, UNet2DModel
+
+    from backend.errors import InputError
+
+    unet = UNet2DModel(sample_size=8, block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8,
+                       down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2)
+    ScoreSdeVePipeline(unet=unet, scheduler=ScoreSdeVeScheduler()).save_pretrained(tmp_path / "ve")
+    with pytest.raises(InputError, match="ScoreSdeVeScheduler"):
+        load_model(tmp_path / "ve", device="cpu")

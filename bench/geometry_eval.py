@@ -246,6 +246,16 @@ def _validity_lines(sizes, names, records, failures, base_valid, used, basis_s, 
         ratios = [r[5] for r in rec if np.isfinite(r[5])]
         summary[name] = {"valid": valid, "seconds": secs, "failures": len(failures[name]), "error_ratio": float(np.median(ratios)) if ratios else float("nan")}
     lines += table(header, rows)
+    lines.append("By strength (to compare modes at equal face change rather than equal strength):")
+    lines.append("")
+    by_strength = []
+    for name in names:
+        for m in mags:
+            sel = [r for r in records[name] if abs(r[0] - m) < 1e-9]
+            if sel:
+                by_strength.append([name, f"{m:g}", f"{np.nanmean([r[6] for r in sel]):.2f}", pct(np.mean([r[2] for r in sel])),
+                                    f"{np.nanmedian([r[5] for r in sel]):.2f}"])
+    lines += table(["mode", "\\|s\\|", "factor change", "in range", "error ratio"], by_strength)
     for name in names:
         if failures[name]:
             lines.append(f"Failures of {name} ({len(failures[name])}): " + "; ".join(failures[name][:5]) + (" ..." if len(failures[name]) > 5 else ""))

@@ -1,8 +1,9 @@
-"""Smoke test of the issue-6 benchmark harness: bench/bench_basis.py on sd-tiny, in-process, tiny settings.
+"""Smoke tests of the benchmark and evidence scripts, in-process at tiny settings.
 
-It checks that the harness runs the reference, the official baseline and both Eigenface variants
-on one model and x_t, writes the markdown table and the JSON, and that Eigenface's directions
-agree with the long-converged reference. The timings themselves are not judged here.
+bench_basis on sd-tiny: it runs the reference, the official baseline and both Eigenface variants
+on one model and x_t, writes the markdown table and the JSON, and Eigenface's directions agree
+with the long-converged reference (timings are not judged here). geometry_eval and catpeople_eval
+on the built-in model: every section they are asked for runs and reports.
 """
 
 import json
@@ -65,3 +66,29 @@ def test_bench_edit_sd_tiny(tmp_path, restore_threads):
     paths = {(row["path"], row["batch"]) for row in result["rows"]}
     assert paths == {("preview", 1), ("preview", 2), ("full", 1), ("full", 2)}
     assert all(row["status"] == "ok" and row["median_s"] > 0 for row in result["rows"])
+
+
+def test_geometry_eval_quick(tmp_path, restore_threads):
+    """The issue-4 evidence script end to end at tiny sizes on the built-in model (two source seeds)."""
+    from bench import geometry_eval
+
+    out = tmp_path / "geometry.md"
+    argv = ["--quick", "--sections", "transport,validity", "--threads", "1", "--out", str(out), "--heatmap", str(tmp_path / "heat.png"),
+            "--set", "timestep=0.3", "--set", "transport_strength=0.2", "--set", "transport_sources=0,1"]
+    assert geometry_eval.main(argv) == 0
+    text = out.read_text()
+    assert "## (a) Validity of large edits" in text and "By strength" in text
+    assert "## (b) Transport of directions between seeds" in text and "Sources: seeds [0, 1]" in text
+    assert "| all |" in text and "named" in text
+
+
+def test_catpeople_eval_quick(tmp_path, restore_threads):
+    """The issue-3/8 evidence script: semantic check, two-magnitude slider labels, atlas."""
+    from bench import catpeople_eval
+
+    out, docs = tmp_path / "catpeople.md", tmp_path / "docs"
+    assert catpeople_eval.main(["--quick", "--sections", "semantic,atlas", "--threads", "1", "--out", str(out), "--docs", str(docs)]) == 0
+    text = out.read_text()
+    assert "## (d) Semantic check" in text and "### Issue 8: sliders that name themselves" in text
+    assert "+-0.1 and +-0.2" in text  # labels measured at half and full strength (the model's 0.2)
+    assert (docs / "atlas.png").is_file()

@@ -400,10 +400,11 @@ def section_transport(service, estimator, sizes: Sizes, report: Report, deadline
             break
         source_spec = spec_of(src_seed)
         source = service.discover(source_spec).basis
-        src_resp = {i: response(service, source_spec, estimator, strength, index=i) for i in dirs}
-        # The directions that have a meaning to carry: named by the sliders' own rule on the source.
-        src_label = {i: semantics.label_from_response(i, torch.stack([response(service, source_spec, estimator, m, index=i) for m in magnitudes])).label
-                     for i in dirs}
+        # Responses at the label magnitudes (strength / 2, strength): the last row is the one compared on
+        # the targets; both name the directions that have a meaning to carry, by the sliders' own rule.
+        rows = {i: torch.stack([response(service, source_spec, estimator, m, index=i) for m in magnitudes]) for i in dirs}
+        src_resp = {i: r[-1] for i, r in rows.items()}
+        src_label = {i: semantics.label_from_response(i, r).label for i, r in rows.items()}
         log(f"transport: seed {src_seed} directions move " + ", ".join(f"v{i} {FACTORS[int(r.argmax())]} ({src_label[i]})" for i, r in src_resp.items()))
         for seed in sizes.transport_targets:
             if seed == src_seed:
@@ -435,9 +436,11 @@ def section_transport(service, estimator, sizes: Sizes, report: Report, deadline
         r = c.response(kind)
         return r is not None and int(r.argmax()) == c.top
 
+    def share(kind: str, among: list[Carried]) -> float:
+        return sum(hit(c, kind) for c in among) / len(among) if among else float("nan")
+
     def rate(kind: str, among: list[Carried]) -> str:
-        hits = sum(hit(c, kind) for c in among)
-        return f"{pct(hits / len(among)) if among else 'n/a'} ({hits}/{len(among)})"
+        return f"{pct(share(kind, among))} ({sum(hit(c, kind) for c in among)}/{len(among)})"
 
     def others(c: Carried) -> list[Carried]:  # the other directions carried between the same two samples
         return [o for o in carried if (o.source, o.target) == (c.source, c.target) and o.index != c.index]
@@ -522,9 +525,6 @@ def section_transport(service, estimator, sizes: Sizes, report: Report, deadline
     lines.append(f"Section time {seconds:.0f} s.")
     lines.append("")
     report.sections["transport"] = lines
-
-    def share(kind: str, among: list[Carried]) -> float:
-        return sum(hit(c, kind) for c in among) / len(among) if among else float("nan")
 
     return {"seconds": seconds, "sources": sources, "transported": share("transported", carried), "raw": share("raw", carried),
             "named": {kind: share(kind, named) for kind in kinds},

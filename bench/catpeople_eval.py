@@ -28,6 +28,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -297,6 +298,11 @@ def _ratio(dirs: list[EditResponse], rands: list[EditResponse], strength: float)
     return float(d.mean()) / float(n.mean()), float(d.mean()), float(n.mean())
 
 
+def _plus_minus(magnitudes: Sequence[float]) -> str:
+    """"+-0.1 and +-0.2": the edit magnitudes a label was measured at, for the report."""
+    return " and ".join(f"+-{m:g}" for m in magnitudes)
+
+
 def _short(label: str) -> str:
     return SHORT.get(label, "mixed" if label == MIXED else label)
 
@@ -362,7 +368,7 @@ def section_semantic(report: Report, service, estimator: FactorEstimator, sizes:
     labels = [[label_from_response(i, torch.stack([_response_at(r, m) for m in mags])) for i, r in enumerate(res["directions"])] for res in results]
     report.add("### Which factor each top direction moves (label_directions)", "",
                f"Label = the factor whose change is >= 2x any other factor's at each of the edit magnitudes "
-               f"{' and '.join(f'+-{m:g}' for m in mags)} (as `label_directions` names the sliders); `mixed` otherwise, "
+               f"{_plus_minus(mags)} (as `label_directions` names the sliders); `mixed` otherwise, "
                "shown as `(top)` with the top factor in brackets. Number = top/second ratio, the least over the magnitudes.", "")
     rows = []
     for res, row in zip(results, labels):
@@ -385,7 +391,7 @@ def section_semantic(report: Report, service, estimator: FactorEstimator, sizes:
     # --- issue 8: per factor, seeds where a direction labelled with it exists, verified on held-out edits
     report.add("### Issue 8: sliders that name themselves", "",
                f"For each factor: on how many seeds one of the top-{sizes.k} directions is labelled with it (edits at "
-               f"{' and '.join(f'+-{m:g}' for m in mags)}), "
+               f"{_plus_minus(mags)}), "
                f"and on how many of those the label holds up on held-out renders: edits along the same direction at +-{h} "
                f"change that factor >= 2x more than any other factor. Pass: verified on >= 6 of 8 seeds "
                f"(scaled: >= {math.ceil(0.75 * len(seeds))} of {len(seeds)}).", "")
@@ -451,7 +457,7 @@ def section_atlas(report: Report, service, estimator: FactorEstimator, sizes: Si
     canvas.save(docs / "atlas.png")
     report.add("## (e) Atlas", "", f"`{docs / 'atlas.png'}`: seed {seed}, timestep {edit_t}, one row per direction, "
                f"edits from -{strength} to +{strength} (5 columns, original in the middle), rows named by label_directions "
-               f"(at {' and '.join(f'+-{m:g}' for m in label_magnitudes(sizes.strength))}).", "")
+               f"(at {_plus_minus(label_magnitudes(sizes.strength))}).", "")
     log(f"atlas: {seconds:.0f}s")
 
 

@@ -211,17 +211,23 @@ def test_encode_prompt(sd, ddpm):
         ddpm.encode_prompt("a cat")
 
 
+def _plain_unet(**config):
+    """A tiny attention-free UNet2DModel, with ``config`` on top (for checkpoints the loader refuses)."""
+    from diffusers import UNet2DModel
+
+    return UNet2DModel(sample_size=8, block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8,
+                       down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2, **config)
+
+
 @pytest.mark.parametrize("extra", [{"num_class_embeds": 10}, {"class_embed_type": "timestep"}])
 def test_unets_needing_more_than_a_prompt_are_refused_at_load(tmp_path, extra):
     """Class-conditional U-Nets (like SDXL's added embeddings) need inputs Eigenface does not
     supply: refused when loaded, with the config entry named, instead of failing mid-render."""
-    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+    from diffusers import DDPMPipeline, DDPMScheduler
 
     from backend.errors import InputError
 
-    unet = UNet2DModel(sample_size=8, block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8,
-                       down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2, **extra)
-    DDPMPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(tmp_path / "m")
+    DDPMPipeline(unet=_plain_unet(**extra), scheduler=DDPMScheduler()).save_pretrained(tmp_path / "m")
     key = next(iter(extra))
     with pytest.raises(InputError, match=f"{key}="):
         load_model(tmp_path / "m", device="cpu")
@@ -243,12 +249,10 @@ def test_an_sdxl_style_unet_is_refused_at_load(tmp_path, tiny_sd_dir):
 
 def test_a_model_without_a_beta_schedule_is_refused_at_load(tmp_path):
     """A score-SDE (variance-exploding) checkpoint would be sampled as if it were a DDPM."""
-    from diffusers import ScoreSdeVePipeline, ScoreSdeVeScheduler, UNet2DModel
+    from diffusers import ScoreSdeVePipeline, ScoreSdeVeScheduler
 
     from backend.errors import InputError
 
-    unet = UNet2DModel(sample_size=8, block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8,
-                       down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2)
-    ScoreSdeVePipeline(unet=unet, scheduler=ScoreSdeVeScheduler()).save_pretrained(tmp_path / "ve")
+    ScoreSdeVePipeline(unet=_plain_unet(), scheduler=ScoreSdeVeScheduler()).save_pretrained(tmp_path / "ve")
     with pytest.raises(InputError, match="ScoreSdeVeScheduler"):
         load_model(tmp_path / "ve", device="cpu")

@@ -662,10 +662,15 @@ def test_hub_checkpoints_read_their_settings_too(tmp_path, monkeypatch):
     assert _hub_settings("org/model") == EditSettings()
 
 
+def _service_of(checkpoint: Path) -> EigenfaceService:
+    """A CPU service offering one unusual checkpoint, as model "m"."""
+    return EigenfaceService(ServiceConfig(models={"m": str(checkpoint)}, device="cpu"))
+
+
 def test_more_directions_than_a_tiny_model_has(tmp_path):
     """A model too small for the k asked (2x2 px here): a clear error, and the service goes on."""
-    service = EigenfaceService(ServiceConfig(models={"small": str(save_tiny_ddpm(tmp_path / "small", sample_size=2))}, device="cpu"))
-    spec = BasisSpec(SampleSpec(model="small", seed=0, steps=STEPS), timestep=0.5, k=40)
+    service = _service_of(save_tiny_ddpm(tmp_path / "m", sample_size=2))
+    spec = BasisSpec(SampleSpec(model="m", seed=0, steps=STEPS), timestep=0.5, k=40)
     with pytest.raises(InputError, match="x has only 12 elements"):
         service.discover(spec)
     assert service.discover(replace(spec, k=8)).basis.k == 8
@@ -675,7 +680,7 @@ def test_more_directions_than_a_tiny_model_has(tmp_path):
 def test_pixel_models_beyond_rgb_epsilon(tmp_path, variant):
     """A grayscale model renders as gray RGB; a learned-variance model (6 output channels) is
     sampled, explored and edited from its prediction half, as diffusers' schedulers split it."""
-    service = EigenfaceService(ServiceConfig(models={"m": str(save_tiny_ddpm(tmp_path / "m", **variant))}, device="cpu"))
+    service = _service_of(save_tiny_ddpm(tmp_path / "m", **variant))
     spec = BasisSpec(SampleSpec(model="m", seed=0, steps=STEPS), timestep=0.5, k=K)
     image = service.generate(spec.sample)
     assert image.mode == "RGB" and image.size == (16, 16)

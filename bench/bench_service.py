@@ -1,6 +1,7 @@
-"""Time the service's own basis path (what "Find directions" costs once the image is sampled).
+"""Time the service's own basis path (what "Find directions" costs once the image is sampled),
+and with ``--name-sliders`` what "Name the sliders" then costs (the built-in model's labeller).
 
-    python bench/bench_service.py --threads 2 --k 8
+    python bench/bench_service.py --threads 2 --k 8 [--name-sliders]
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from backend.service import BasisSpec, EigenfaceService, SampleSpec, ServiceConfig  # noqa: E402
+from backend.service import BasisSpec, EigenfaceService, SampleSpec, ServiceConfig, name_by_factor  # noqa: E402
 
 
 def main() -> None:
@@ -25,6 +26,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timestep", default=None, help="edit timestep (default: the model's own, eigenface.json)")
+    parser.add_argument("--name-sliders", action="store_true", help="also time naming the directions (fd service only)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     for mode in ("fd", "exact"):
@@ -36,6 +38,9 @@ def main() -> None:
         result = service.discover(spec)
         done = time.perf_counter()
         print(f"{mode:5s} k={args.k} t={result.timestep}: sampling {sampled - start:.2f} s, basis {done - sampled:.2f} s, {result.basis.iterations} rounds")
+        if args.name_sliders and mode == "fd":
+            names = name_by_factor(service, spec)
+            print(f"      naming {time.perf_counter() - done:.2f} s: {names}")
 
 
 if __name__ == "__main__":

@@ -269,6 +269,7 @@ def _train(args: argparse.Namespace) -> None:
         seed=args.seed,
         init=args.init,
         compile=args.compile,
+        snr_gamma=args.snr_gamma,
     )
     print(f"saved {train(config)}")
 
@@ -395,6 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights-dtype", choices=["float32", "float16"], default="float32")
     p.add_argument("--init", default=None, help="start from this pipeline's U-Net weights (fine-tuning)")
     p.add_argument("--compile", action="store_true", help="torch.compile the U-Net (worth it on a GPU for runs over a few minutes)")
+    p.add_argument("--snr-gamma", type=float, default=None, help="Min-SNR-gamma loss weighting (e.g. 5; default: plain epsilon MSE)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_train)
 

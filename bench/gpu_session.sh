@@ -6,7 +6,7 @@ set -uo pipefail
 out=${1:?outdir}; minutes=${2:-3}
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
-python3 -m backend.cli train --out /tmp/ft --init assets/catpeople --minutes "$minutes" --batch-size 512 --device cuda --weights-dtype float16 --compile \
+python3 -m backend.cli train --out /tmp/ft --init assets/catpeople --minutes "$minutes" --batch-size 512 --device cuda --weights-dtype float16 --compile --snr-gamma 5 \
   2>&1 | tr '\r' '\n' | grep -E "step=|saved|rror" | awk 'NR % 25 == 1 || /saved|rror/'
 mkdir -p "$out/model"
 cp /tmp/ft/unet/diffusion_pytorch_model.safetensors /tmp/ft/training.json "$out/model/"

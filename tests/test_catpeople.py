@@ -8,6 +8,7 @@ it stays within the CI budget on two CPU cores (about half a minute).
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -277,3 +278,46 @@ def test_factor_response_matches_the_ratio_run(service, estimator, semantic):
     assert response.shape == (NUM_FACTORS,) and bool((response >= 0).all())
     # Batch composition can move a pixel by one grey level; the estimate barely notices.
     assert torch.allclose(response, semantic.per_seed[0].direction_response[0], atol=0.02)
+
+
+# ----------------------------------------------------------------------------------- trainer
+def test_trainer_saves_a_loadable_pipeline_and_resumes(tmp_path):
+    from backend.catpeople.train import TrainConfig, train
+    from backend.models import load_model
+    from backend.sampling import denoise, initial_noise, schedule
+
+    config = TrainConfig(out=str(tmp_path / "m"), resolution=16, minutes=0.01, batch_size=4, device="cpu",
+                         checkpoint_minutes=100, block_out_channels=(16, 32), layers_per_block=1, snr_gamma=5.0)
+    out = train(config)
+    first = json.loads((out / "training.json").read_text())
+    assert first["steps_trained"] > 0 and first["snr_gamma"] == 5.0
+    assert (out / "model_index.json").exists() and (out / "checkpoint" / "state.pt").exists()
+    model = load_model(out)  # the path every diffusers checkpoint takes
+    x = torch.stack([initial_noise(model, 0)])
+    assert model.decode(denoise(model, x, schedule(model, 3))).shape == (1, 3, 16, 16)
+    # a longer budget resumes from the checkpoint instead of starting again
+    spent = torch.load(out / "checkpoint" / "state.pt", weights_only=True)["elapsed"]
+    config.minutes = spent / 60 + 0.005
+    resumed = json.loads((train(config) / "training.json").read_text())
+    assert resumed["steps_trained"] > first["steps_trained"]
+
+
+def test_trainer_loss_weights():
+    from diffusers import DDPMScheduler
+
+    from backend.catpeople.train import loss_weights
+
+    scheduler = DDPMScheduler(num_train_timesteps=1000)
+    t = torch.tensor([0, 100, 500, 999])
+    assert torch.equal(loss_weights(scheduler, t, None), torch.ones(4))
+    w = loss_weights(scheduler, t, 5.0)
+    snr = scheduler.alphas_cumprod[t] / (1 - scheduler.alphas_cumprod[t])
+    assert torch.allclose(w, torch.minimum(snr, torch.tensor(5.0)) / snr)
+    assert w[0] < w[1] < 1 and w[-1] == 1  # clean timesteps down-weighted, noisy ones kept
+
+
+def test_train_cli_rejects_a_bad_snr_gamma(tmp_path, capsys):
+    from backend.cli import main
+
+    assert main(["train", "--out", str(tmp_path / "m"), "--snr-gamma", "-1", "--minutes", "0.01"]) == 2
+    assert "snr-gamma must be positive" in capsys.readouterr().err and not (tmp_path / "m").exists()

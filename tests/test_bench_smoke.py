@@ -83,12 +83,15 @@ def test_geometry_eval_quick(tmp_path, restore_threads):
 
 
 def test_catpeople_eval_quick(tmp_path, restore_threads):
-    """The issue-3/8 evidence script: semantic check, two-magnitude slider labels, atlas."""
+    """The issue-3/8 evidence script: semantic check, two-magnitude slider labels, atlas, denoising table."""
     from bench import catpeople_eval
 
     out, docs = tmp_path / "catpeople.md", tmp_path / "docs"
-    assert catpeople_eval.main(["--quick", "--sections", "semantic,atlas", "--threads", "1", "--out", str(out), "--docs", str(docs)]) == 0
+    argv = ["--quick", "--sections", "semantic,atlas,denoising", "--threads", "1", "--out", str(out), "--docs", str(docs)]
+    assert catpeople_eval.main(argv) == 0
     text = out.read_text()
     assert "## (d) Semantic check" in text and "### Issue 8: sliders that name themselves" in text
+    assert text.index("## Denoising by timestep") < text.index("## (d) Semantic check")
+    assert "| 999 |" in text
     assert "+-0.1 and +-0.2" in text  # labels measured at half and full strength (the model's 0.2)
     assert (docs / "atlas.png").is_file()

@@ -72,6 +72,7 @@ class Sizes:
     transport_sources: tuple[int, ...] = (0,)
     transport_targets: tuple[int, ...] = tuple(range(1, 9))
     transport_strength: float = 0.5
+    transport_target_k: int = 0  # directions of the target bases a direction is carried into (0: k)
     compare_seeds: tuple[int, ...] = (0, 1, 2, 3)
     compare_timesteps: tuple[float, ...] = (0.8, 0.6, 0.4, 0.2)
     k: int = 8
@@ -389,8 +390,10 @@ def section_transport(service, estimator, sizes: Sizes, report: Report, deadline
     dirs = range(sizes.transport_dirs)
     magnitudes = semantics.label_magnitudes(strength)
 
-    def spec_of(seed: int) -> BasisSpec:
-        return BasisSpec(SampleSpec(seed=seed), timestep=sizes.timestep, k=sizes.k)
+    target_k = sizes.transport_target_k or sizes.k
+
+    def spec_of(seed: int, k: int = sizes.k) -> BasisSpec:
+        return BasisSpec(SampleSpec(seed=seed), timestep=sizes.timestep, k=k)
 
     carried: list[Carried] = []
     overlap, cosine, failures, sources = [], [], [], []
@@ -409,7 +412,7 @@ def section_transport(service, estimator, sizes: Sizes, report: Report, deadline
         for seed in sizes.transport_targets:
             if seed == src_seed:
                 continue
-            spec = spec_of(seed)
+            spec = spec_of(seed, target_k)
             target = service.discover(spec).basis
             for i in dirs:
                 u = source.u[i].reshape(-1).double()
@@ -460,7 +463,7 @@ def section_transport(service, estimator, sizes: Sizes, report: Report, deadline
     named = [c for c in carried if c.label != semantics.MIXED]
     lines = ["## (b) Transport of directions between seeds", ""]
     lines.append(
-        f"Sources: seeds {sources} (asked: {list(sizes.transport_sources)}), timestep {sizes.timestep:g}, k={sizes.k}; targets: "
+        f"Sources: seeds {sources} (asked: {list(sizes.transport_sources)}), timestep {sizes.timestep:g}, k={sizes.k}; targets (k={target_k}): "
         f"seeds {list(sizes.transport_targets)} other than the source. Each of a source's top-{sizes.transport_dirs} directions "
         "v_i is carried to each target by `service.transport(source.basis, i, target.basis)` and applied there with "
         f"`edit_vector` (direct mode) at +-{strength:g}; the factor response is the mean absolute change of the estimated "
@@ -514,7 +517,7 @@ def section_transport(service, estimator, sizes: Sizes, report: Report, deadline
                    [[kind, f"**{profile(kind, True):+.3f}**", f"{profile(kind, False):+.3f}"] for kind in kinds])
     if cosine:
         lines.append(
-            f"|U_target^T u_i| / |u_i| (how much of the source direction's h-image lies in the target's top-{sizes.k} h-space): "
+            f"|U_target^T u_i| / |u_i| (how much of the source direction's h-image lies in the target's top-{target_k} h-space): "
             f"mean {np.mean(overlap):.3f}, min {np.min(overlap):.3f}. Cosine(transported, raw v_i): mean {np.mean(cosine):+.3f}, "
             f"mean |cos| {np.mean(np.abs(cosine)):.3f}."
         )

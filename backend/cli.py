@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import csv
 import itertools
+import os
 import sys
 from pathlib import Path
 
@@ -414,6 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # transformers warns on stderr about optional packages no Eigenface command uses (torchvision
+    # image processors, imported with Stable Diffusion pipelines); it reads this before its first log.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     args = build_parser().parse_args(argv)
     try:
         args.func(args)

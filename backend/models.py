@@ -198,14 +198,18 @@ def load_model(name: str | os.PathLike | None = None, device: str | torch.device
 
     unet = getattr(pipe, "unet", None)
     kind = type(unet).__name__
+    # Latent-diffusion pipelines name their parts differently: LDMPipeline's autoencoder is a
+    # VQModel called "vqvae", LDMTextToImagePipeline's text encoder is "bert".
+    vae = _component(pipe, "vae", "vqvae")
     if kind == "UNet2DModel":
-        vae = text_encoder = tokenizer = None
+        text_encoder = tokenizer = None
     elif kind == "UNet2DConditionModel":
-        vae, text_encoder, tokenizer = pipe.vae, pipe.text_encoder, pipe.tokenizer
+        text_encoder, tokenizer = _component(pipe, "text_encoder", "bert"), _component(pipe, "tokenizer")
         if vae is None or text_encoder is None or tokenizer is None:
             raise InputError(f"{source}: a conditional U-Net needs a VAE, a text encoder and a tokenizer")
     else:
         raise InputError(f"{source}: unsupported pipeline {type(pipe).__name__} (needs a UNet2DModel or UNet2DConditionModel, got {kind})")
+    _check_channels(source, unet.config, vae)
     if "beta_schedule" not in pipe.scheduler.config:  # variance-exploding, EDM / consistency, flow matching
         raise InputError(f"{source}: its scheduler ({type(pipe.scheduler).__name__}) has no beta schedule; Eigenface samples "
                          "with DDIM, which needs the discrete variance-preserving schedule of DDPM-family schedulers")
@@ -228,6 +232,27 @@ def load_model(name: str | os.PathLike | None = None, device: str | torch.device
         tokenizer=tokenizer,
         settings=EditSettings.read(local) if local_only else _hub_settings(source),
     )
+
+
+def _component(pipe, *names: str):
+    """The first of the pipeline's components called one of ``names`` that is present."""
+    return next((part for name in names if (part := getattr(pipe, name, None)) is not None), None)
+
+
+def _check_channels(source: str, config, vae) -> None:
+    """Refuse U-Nets whose input is more than the sample they denoise.
+
+    Inpainting (9 channels in, 4 out), InstructPix2Pix (8 in) and upscalers concatenate an
+    image to x_t; Eigenface has no such image to give. A U-Net may output twice its input
+    (a learned variance, see ``sampling._prediction``).
+    """
+    c_in, c_out = config.in_channels, config.out_channels
+    if c_out not in (c_in, 2 * c_in):
+        raise InputError(f"{source}: its U-Net takes {c_in} input channels but predicts {c_out}: it needs an image concatenated "
+                         "to the sample (inpainting, InstructPix2Pix, upscaling), which Eigenface does not supply")
+    latent = getattr(vae, "config", {}).get("latent_channels") if vae is not None else None
+    if latent is not None and latent != c_in:
+        raise InputError(f"{source}: its autoencoder has {latent} latent channels but the U-Net takes {c_in}")
 
 
 #: U-Net config values that make its forward pass need inputs besides (x_t, t, text states):

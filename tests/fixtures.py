@@ -218,6 +218,37 @@ def save_tiny_sd(path: Path, seed: int = 0, sample_size: int = 8) -> Path:
     return path
 
 
+def save_tiny_ldm(path: Path, text: bool = False, seed: int = 0, sample_size: int = 8) -> Path:
+    """Save a tiny latent-diffusion pipeline (CompVis's LDM layout) to ``path``.
+
+    ``text=False``: ``LDMPipeline`` (unconditional UNet2DModel on the latents of a VQModel named
+    "vqvae", as ldm-celebahq-256); ``text=True``: ``LDMTextToImagePipeline`` (UNet2DConditionModel,
+    an LDMBert text encoder named "bert", as ldm-text2im-large-256). Images are 2 * sample_size px.
+    """
+    from diffusers import DDIMScheduler, LDMPipeline, LDMTextToImagePipeline, UNet2DConditionModel, UNet2DModel, VQModel
+    from diffusers.pipelines.latent_diffusion.pipeline_latent_diffusion import LDMBertConfig, LDMBertModel
+
+    path = Path(path)
+    blocks = {"block_out_channels": (16, 32), "layers_per_block": 1, "sample_size": sample_size, "in_channels": 3, "out_channels": 3}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        vqvae = VQModel(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                        block_out_channels=(16, 32), layers_per_block=1, latent_channels=3, num_vq_embeddings=32, norm_num_groups=8,
+                        sample_size=2 * sample_size)
+        scheduler = DDIMScheduler(clip_sample=False)
+        if not text:
+            unet = UNet2DModel(norm_num_groups=8, attention_head_dim=8, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                               up_block_types=("AttnUpBlock2D", "UpBlock2D"), **blocks)
+            LDMPipeline(vqvae=vqvae, unet=unet, scheduler=scheduler).save_pretrained(path, safe_serialization=True)
+            return path
+        unet = UNet2DConditionModel(norm_num_groups=16, cross_attention_dim=32, attention_head_dim=8,
+                                    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), **blocks)
+        tokenizer = make_tiny_clip_tokenizer()
+        bert = LDMBertModel(LDMBertConfig(vocab_size=1000, encoder_layers=1, encoder_ffn_dim=37, encoder_attention_heads=4, head_dim=8, d_model=32))
+    LDMTextToImagePipeline(vqvae=vqvae, bert=bert.eval(), tokenizer=tokenizer, unet=unet, scheduler=scheduler).save_pretrained(path, safe_serialization=True)
+    return path
+
+
 def app_service(tiny_ddpm_dir: Path, tiny_sd_dir: Path, library_dir: Path):
     """The service the app tests serve: the tiny pixel and SD models, a private direction library,
     and the cat-people labeller on the tiny model (it renders edits and reads factors from any image,

@@ -247,6 +247,20 @@ def test_an_sdxl_style_unet_is_refused_at_load(tmp_path, tiny_sd_dir):
         load_model(tmp_path / "xl", device="cpu")
 
 
+def test_image_conditioned_unets_are_refused_at_load(tmp_path, tiny_sd_dir):
+    """An inpainting U-Net (9 channels in: latents, mask and masked image; 4 out) needs an image
+    Eigenface does not have; it used to fail mid-render on the channel mismatch."""
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+
+    from backend.errors import InputError
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd_dir, safety_checker=None, requires_safety_checker=False)
+    pipe.register_modules(unet=UNet2DConditionModel.from_config(dict(pipe.unet.config, in_channels=9)))
+    pipe.save_pretrained(tmp_path / "inpaint", safe_serialization=True)
+    with pytest.raises(InputError, match="takes 9 input channels but predicts 4"):
+        load_model(tmp_path / "inpaint", device="cpu")
+
+
 def test_a_model_without_a_beta_schedule_is_refused_at_load(tmp_path):
     """A score-SDE (variance-exploding) checkpoint would be sampled as if it were a DDPM."""
     from diffusers import ScoreSdeVePipeline, ScoreSdeVeScheduler

@@ -17,7 +17,7 @@ from backend.basis import Basis
 from backend.errors import InputError
 from backend.geometry import principal_angles
 from backend.service import BasisSpec, EigenfaceService, SampleSpec, ServiceConfig, parse_timestep
-from tests.fixtures import save_tiny_ddpm
+from tests.fixtures import save_tiny_ddpm, save_tiny_ldm
 
 STEPS = 4
 K = 4
@@ -690,3 +690,22 @@ def test_pixel_models_beyond_rgb_epsilon(tmp_path, variant):
     for mode in ("direct", "guidance", "geodesic"):
         edited = service.edit(spec, {0: 0.5}, mode)
         assert edited.mode == "RGB" and edited.size == (16, 16) and edited.tobytes() != image.tobytes()
+
+
+@pytest.mark.parametrize("text", [False, True], ids=["LDMPipeline", "LDMTextToImagePipeline"])
+def test_latent_diffusion_pipelines(tmp_path, text):
+    """CompVis's LDM layout: the autoencoder is a VQModel called "vqvae" (and the text encoder
+    "bert"). The sample lives in its latent space and is decoded to an image twice its size,
+    not shown as pixels."""
+    service = _service_of(save_tiny_ldm(tmp_path / "m", text=text))
+    spec = BasisSpec(SampleSpec(model="m", seed=0, steps=STEPS, prompt="a cat" if text else ""), timestep=0.5, k=K)
+    image = service.generate(spec.sample)
+    assert image.size == (16, 16)  # 8x8 latents through the VQ decoder
+    assert service.discover(spec).basis.v.shape == (K, 3, 8, 8)
+    assert service.edit(spec, {0: 0.5}, "direct").tobytes() != image.tobytes()
+    if text:  # the prompt reaches the U-Net (compared on latents: the VQ decoder snaps this random model's to one image)
+        from backend.sampling import sample_trajectory
+
+        model = service.model("m")
+        cat, dog = (sample_trajectory(model, 0, STEPS, model.encode_prompt(p)).x0 for p in ("a cat", "a dog"))
+        assert not torch.allclose(cat, dog)

@@ -205,8 +205,8 @@ def load_model(name: str | os.PathLike | None = None, device: str | torch.device
         text_encoder = tokenizer = None
     elif kind == "UNet2DConditionModel":
         text_encoder, tokenizer = _component(pipe, "text_encoder", "bert"), _component(pipe, "tokenizer")
-        if vae is None or text_encoder is None or tokenizer is None:
-            raise InputError(f"{source}: a conditional U-Net needs a VAE, a text encoder and a tokenizer")
+        if text_encoder is None or tokenizer is None:  # no VAE is fine: a pixel-space text model (DeepFloyd IF's first stage)
+            raise InputError(f"{source}: a conditional U-Net needs a text encoder and a tokenizer")
     else:
         raise InputError(f"{source}: unsupported pipeline {type(pipe).__name__} (needs a UNet2DModel or UNet2DConditionModel, got {kind})")
     _check_channels(source, unet.config, vae)

@@ -50,6 +50,9 @@ class NoiseSchedule:
     prediction_type: str
     clip_sample: bool
     clip_sample_range: float
+    thresholding: bool = False  # Imagen's dynamic thresholding (DeepFloyd IF); overrides clip_sample, as in diffusers
+    dynamic_thresholding_ratio: float = 0.995
+    sample_max_value: float = 1.0
 
     @classmethod
     def from_config(cls, config: dict) -> "NoiseSchedule":
@@ -64,6 +67,9 @@ class NoiseSchedule:
             prediction_type=ddim.config.prediction_type,
             clip_sample=bool(ddim.config.clip_sample),
             clip_sample_range=float(ddim.config.clip_sample_range),
+            thresholding=bool(ddim.config.thresholding),
+            dynamic_thresholding_ratio=float(ddim.config.dynamic_thresholding_ratio),
+            sample_max_value=float(ddim.config.sample_max_value),
         )
 
     def alpha(self, t: int) -> float:
@@ -126,11 +132,26 @@ def predict_x0(noise: NoiseSchedule, x: Tensor, output: Tensor, t: int) -> tuple
         eps = (x - a**0.5 * x0) / (1 - a) ** 0.5
     else:
         raise ValueError(f"unsupported prediction_type {noise.prediction_type!r}")
-    # 2. pixel models clip x_0 to the data range; epsilon is re-derived to stay consistent
-    if noise.clip_sample:
+    # 2. pixel models clip or threshold x_0 to the data range; epsilon is re-derived to stay consistent
+    if noise.thresholding:
+        x0 = dynamic_threshold(x0, noise.dynamic_thresholding_ratio, noise.sample_max_value)
+    elif noise.clip_sample:
         x0 = x0.clamp(-noise.clip_sample_range, noise.clip_sample_range)
+    if noise.thresholding or noise.clip_sample:
         eps = (x - a**0.5 * x0) / (1 - a) ** 0.5
     return x0, eps
+
+
+def dynamic_threshold(x0: Tensor, ratio: float, max_value: float) -> Tensor:
+    """Imagen's dynamic thresholding (Saharia et al. 2022), as diffusers' schedulers apply it.
+
+    Each sample is clamped to the ``ratio`` quantile s of its absolute values (s in [1,
+    max_value]) and divided by s: saturated pixels at high guidance are pulled back into range
+    instead of being clipped flat.
+    """
+    flat = x0.reshape(x0.shape[0], -1)
+    s = torch.quantile(flat.abs(), ratio, dim=1).clamp(min=1, max=max_value)[:, None]
+    return (torch.maximum(torch.minimum(flat, s), -s) / s).reshape(x0.shape)
 
 
 def ddim_step(noise: NoiseSchedule, x: Tensor, output: Tensor, t: int, t_prev: int) -> Tensor:

@@ -249,6 +249,32 @@ def save_tiny_ldm(path: Path, text: bool = False, seed: int = 0, sample_size: in
     return path
 
 
+def save_tiny_pixel_text(path: Path, seed: int = 0, sample_size: int = 16) -> Path:
+    """Save a tiny text-conditioned *pixel* model in DeepFloyd IF's layout (``IFPipeline``: no VAE,
+    a learned variance, a cosine schedule with dynamic thresholding, text projected into the time
+    embedding). A CLIP text encoder stands in for IF's T5, which needs a tokenizer file from the hub."""
+    from diffusers import DDPMScheduler, IFPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    path = Path(path)
+    tokenizer = make_tiny_clip_tokenizer()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        text_encoder = CLIPTextModel(CLIPTextConfig(
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, hidden_size=32,
+            intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, max_position_embeddings=77, vocab_size=1000))
+        unet = UNet2DConditionModel(
+            sample_size=sample_size, in_channels=3, out_channels=6, block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=32,
+            down_block_types=("DownBlock2D", "SimpleCrossAttnDownBlock2D"), up_block_types=("SimpleCrossAttnUpBlock2D", "UpBlock2D"),
+            mid_block_type="UNetMidBlock2DSimpleCrossAttn", cross_attention_dim=32, attention_head_dim=8, encoder_hid_dim=32,
+            encoder_hid_dim_type="text_proj", addition_embed_type="text", addition_embed_type_num_heads=4, resnet_time_scale_shift="scale_shift")
+    scheduler = DDPMScheduler(beta_schedule="squaredcos_cap_v2", variance_type="learned_range", thresholding=True,
+                              dynamic_thresholding_ratio=0.95, sample_max_value=1.0)
+    IFPipeline(tokenizer=tokenizer, text_encoder=text_encoder.eval(), unet=unet, scheduler=scheduler, safety_checker=None,
+               feature_extractor=None, watermarker=None, requires_safety_checker=False).save_pretrained(path, safe_serialization=True)
+    return path
+
+
 def app_service(tiny_ddpm_dir: Path, tiny_sd_dir: Path, library_dir: Path):
     """The service the app tests serve: the tiny pixel and SD models, a private direction library,
     and the cat-people labeller on the tiny model (it renders edits and reads factors from any image,

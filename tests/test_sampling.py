@@ -211,6 +211,18 @@ def test_encode_prompt(sd, ddpm):
         ddpm.encode_prompt("a cat")
 
 
+def test_dynamic_thresholding_matches_diffusers():
+    """DeepFloyd IF's schedulers threshold x_0 per sample instead of clipping it."""
+    from diffusers import DDPMScheduler
+
+    from backend.sampling import dynamic_threshold
+
+    x0 = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * torch.tensor([0.5, 2.0, 4.0])[:, None, None, None]
+    reference = DDPMScheduler(thresholding=True, dynamic_thresholding_ratio=0.9, sample_max_value=3.0)._threshold_sample(x0.clone())
+    assert torch.allclose(dynamic_threshold(x0, 0.9, 3.0), reference)
+    assert torch.equal(dynamic_threshold(x0, 0.9, 3.0)[0], x0[0].clamp(-1, 1))  # in range: s = 1, a plain clip
+
+
 def _plain_unet(**config):
     """A tiny attention-free UNet2DModel, with ``config`` on top (for checkpoints the loader refuses)."""
     from diffusers import UNet2DModel

@@ -17,7 +17,7 @@ from backend.basis import Basis
 from backend.errors import InputError
 from backend.geometry import principal_angles
 from backend.service import BasisSpec, EigenfaceService, SampleSpec, ServiceConfig, parse_timestep
-from tests.fixtures import save_tiny_ddpm, save_tiny_ldm
+from tests.fixtures import save_tiny_ddpm, save_tiny_ldm, save_tiny_pixel_text
 
 STEPS = 4
 K = 4
@@ -709,3 +709,17 @@ def test_latent_diffusion_pipelines(tmp_path, text):
         model = service.model("m")
         cat, dog = (sample_trajectory(model, 0, STEPS, model.encode_prompt(p)).x0 for p in ("a cat", "a dog"))
         assert not torch.allclose(cat, dog)
+
+
+def test_a_text_conditioned_pixel_model(tmp_path):
+    """DeepFloyd IF's layout: a prompt but no VAE. Samples are pixels (thresholded as its scheduler
+    asks), and discovery, edits and directions from text work as for Stable Diffusion."""
+    service = _service_of(save_tiny_pixel_text(tmp_path / "m"))
+    spec = BasisSpec(SampleSpec(model="m", seed=0, steps=STEPS, prompt="a cat"), timestep=0.5, k=K)
+    image = service.generate(spec.sample)
+    assert image.size == (16, 16) and image.tobytes() != service.generate(replace(spec.sample, prompt="a dog")).tobytes()
+    assert service.discover(spec).basis.v.shape == (K, 3, 16, 16)
+    for mode in ("direct", "geodesic"):
+        assert service.edit(spec, {0: 0.5}, mode).tobytes() != image.tobytes()
+    alignment, _ = service.find_concept(spec, "a horse")
+    assert alignment.direction.shape == (3, 16, 16)

@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -192,6 +193,8 @@ def load_model(name: str | os.PathLike | None = None, device: str | torch.device
     try:
         index = DiffusionPipeline.load_config(source, local_files_only=local_only)
         extra = {"safety_checker": None, "requires_safety_checker": False} if "safety_checker" in index else {}
+        if local_only and (variant := _only_variant(local)):
+            extra["variant"] = variant
         pipe = DiffusionPipeline.from_pretrained(source, local_files_only=local_only, use_safetensors=True, dtype=torch.float32, **extra)
     except (OSError, ValueError, EnvironmentError) as exc:
         raise InputError(f"could not load model {source!r}: {_first_line(exc)}") from None
@@ -232,6 +235,17 @@ def load_model(name: str | os.PathLike | None = None, device: str | torch.device
         tokenizer=tokenizer,
         settings=EditSettings.read(local) if local_only else _hub_settings(source),
     )
+
+
+def _only_variant(directory: Path) -> str | None:
+    """The weights variant of a local pipeline saved with only variant files (``save_pretrained(variant="fp16")``
+    writes ``*.fp16.safetensors``), which diffusers will not load unless told; None when plain weights exist."""
+    names = [path.name for path in directory.glob("*/*.safetensors")]
+    # "model.fp16.safetensors", or a shard of it: "model.fp16-00001-of-00002.safetensors"
+    variants = {re.sub(r"-\d+-of-\d+$", "", name.split(".")[-2]) for name in names if name.count(".") >= 2}
+    if names and len(variants) == 1 and all(name.count(".") >= 2 for name in names):
+        return variants.pop()
+    return None
 
 
 def _component(pipe, *names: str):

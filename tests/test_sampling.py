@@ -273,6 +273,25 @@ def test_image_conditioned_unets_are_refused_at_load(tmp_path, tiny_sd_dir):
         load_model(tmp_path / "inpaint", device="cpu")
 
 
+def test_a_pipeline_saved_only_as_an_fp16_variant_loads(tmp_path, tiny_sd_dir):
+    """``save_pretrained(variant="fp16")`` writes only ``*.fp16.safetensors``, which diffusers
+    loads only when told the variant; the loader finds it (sharded names included)."""
+    from diffusers import StableDiffusionPipeline
+
+    from backend.models import _only_variant
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd_dir, safety_checker=None, requires_safety_checker=False)
+    pipe.save_pretrained(tmp_path / "v", safe_serialization=True, variant="fp16")
+    model = load_model(tmp_path / "v", device="cpu")
+    assert model.conditional and model.sample_shape == (4, 8, 8)
+    assert _only_variant(tiny_sd_dir) is None
+    shards = tmp_path / "shards" / "unet"
+    shards.mkdir(parents=True)
+    for i in (1, 2):
+        (shards / f"diffusion_pytorch_model.fp16-0000{i}-of-00002.safetensors").touch()
+    assert _only_variant(shards.parent) == "fp16"
+
+
 def test_a_model_without_a_beta_schedule_is_refused_at_load(tmp_path):
     """A score-SDE (variance-exploding) checkpoint would be sampled as if it were a DDPM."""
     from diffusers import ScoreSdeVePipeline, ScoreSdeVeScheduler

@@ -117,7 +117,14 @@ class DiffusionModel:
 
     @property
     def max_prompt_tokens(self) -> int:
-        return int(getattr(self.tokenizer, "model_max_length", 77)) if self.tokenizer is not None else 0
+        """The tokenizer's length, as pipelines pad prompts; a tokenizer saved without one reports
+        transformers' "very large integer", and then the text encoder's position limit is used."""
+        if self.tokenizer is None:
+            return 0
+        length = int(getattr(self.tokenizer, "model_max_length", 77))
+        if length > 100_000:
+            length = int(getattr(self.text_encoder.config, "max_position_embeddings", None) or 77)
+        return length
 
     @torch.no_grad()
     def encode_prompt(self, prompt: str) -> Conditioning:

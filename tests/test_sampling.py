@@ -211,6 +211,13 @@ def test_encode_prompt(sd, ddpm):
         ddpm.encode_prompt("a cat")
 
 
+def test_a_tokenizer_without_a_length_pads_to_the_text_encoders(sd, monkeypatch):
+    """A tokenizer saved without model_max_length reports int(1e30): padding to that would never end."""
+    monkeypatch.setattr(sd.tokenizer, "model_max_length", int(1e30))
+    assert sd.max_prompt_tokens == 77  # the tiny CLIP text encoder's max_position_embeddings
+    assert sd.encode_prompt("a cat").cond.shape == (1, 77, 32)
+
+
 def test_dynamic_thresholding_matches_diffusers():
     """DeepFloyd IF's schedulers threshold x_0 per sample instead of clipping it."""
     from diffusers import DDPMScheduler

@@ -136,6 +136,16 @@ def save_tiny_ddpm(path: Path, sample_size: int = 16, seed: int = 0, channels: i
     return path
 
 
+def _tiny_clip_text_encoder(tokenizer):
+    """A 2-layer, 32-wide CLIP text encoder (diffusers' dummy components), in eval mode; draws from torch's RNG."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    config = CLIPTextConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                            hidden_size=32, intermediate_size=37, layer_norm_eps=1e-05, num_attention_heads=4, num_hidden_layers=2,
+                            max_position_embeddings=77, vocab_size=1000)
+    return CLIPTextModel(config).eval()
+
+
 def save_tiny_sd(path: Path, seed: int = 0, sample_size: int = 8) -> Path:
     """Save a tiny text-conditioned ``StableDiffusionPipeline`` to ``path``.
 
@@ -146,7 +156,6 @@ def save_tiny_sd(path: Path, seed: int = 0, sample_size: int = 8) -> Path:
     block has cross-attention, so it depends on the prompt.
     """
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
 
     path = Path(path)
     tokenizer = make_tiny_clip_tokenizer()
@@ -177,21 +186,7 @@ def save_tiny_sd(path: Path, seed: int = 0, sample_size: int = 8) -> Path:
             latent_channels=4,
         )
         torch.manual_seed(seed + 2)
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-                hidden_size=32,
-                intermediate_size=37,
-                layer_norm_eps=1e-05,
-                num_attention_heads=4,
-                num_hidden_layers=2,
-                max_position_embeddings=77,
-                vocab_size=1000,
-            )
-        )
-    text_encoder.eval()
+        text_encoder = _tiny_clip_text_encoder(tokenizer)
     scheduler = DDIMScheduler(
         num_train_timesteps=1000,
         beta_start=0.00085,
@@ -254,15 +249,12 @@ def save_tiny_pixel_text(path: Path, seed: int = 0, sample_size: int = 16) -> Pa
     a learned variance, a cosine schedule with dynamic thresholding, text projected into the time
     embedding). A CLIP text encoder stands in for IF's T5, which needs a tokenizer file from the hub."""
     from diffusers import DDPMScheduler, IFPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
 
     path = Path(path)
     tokenizer = make_tiny_clip_tokenizer()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        text_encoder = CLIPTextModel(CLIPTextConfig(
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, hidden_size=32,
-            intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, max_position_embeddings=77, vocab_size=1000))
+        text_encoder = _tiny_clip_text_encoder(tokenizer)
         unet = UNet2DConditionModel(
             sample_size=sample_size, in_channels=3, out_channels=6, block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=32,
             down_block_types=("DownBlock2D", "SimpleCrossAttnDownBlock2D"), up_block_types=("SimpleCrossAttnUpBlock2D", "UpBlock2D"),
@@ -270,7 +262,7 @@ def save_tiny_pixel_text(path: Path, seed: int = 0, sample_size: int = 16) -> Pa
             encoder_hid_dim_type="text_proj", addition_embed_type="text", addition_embed_type_num_heads=4, resnet_time_scale_shift="scale_shift")
     scheduler = DDPMScheduler(beta_schedule="squaredcos_cap_v2", variance_type="learned_range", thresholding=True,
                               dynamic_thresholding_ratio=0.95, sample_max_value=1.0)
-    IFPipeline(tokenizer=tokenizer, text_encoder=text_encoder.eval(), unet=unet, scheduler=scheduler, safety_checker=None,
+    IFPipeline(tokenizer=tokenizer, text_encoder=text_encoder, unet=unet, scheduler=scheduler, safety_checker=None,
                feature_extractor=None, watermarker=None, requires_safety_checker=False).save_pretrained(path, safe_serialization=True)
     return path
 

@@ -271,7 +271,7 @@ def _check_channels(source: str, config, vae) -> None:
     if c_out not in (c_in, 2 * c_in):
         raise InputError(f"{source}: its U-Net takes {c_in} input channels but predicts {c_out}: it needs an image concatenated "
                          "to the sample (inpainting, InstructPix2Pix, upscaling), which Eigenface does not supply")
-    latent = getattr(vae, "config", {}).get("latent_channels") if vae is not None else None
+    latent = vae.config.get("latent_channels") if vae is not None else None
     if latent is not None and latent != c_in:
         raise InputError(f"{source}: its autoencoder has {latent} latent channels but the U-Net takes {c_in}")
 

@@ -155,8 +155,18 @@ class DiffusionModel:
         return torch.autocast(self.device.type, dtype=self.render_dtype, enabled=enabled)
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def parse_device(device: str | torch.device | None) -> torch.device:
+    """A torch device from a user's text; None or "auto": CUDA when present, else the CPU.
+
+    Whether the device is usable is learnt when a model moves there (a ZeroGPU Space has CUDA
+    only inside its GPU workers), so only the spelling is checked here.
+    """
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InputError(f"device {device!r} is not a torch device (cpu, cuda, cuda:1, mps, ...)") from None
 
 
 def hub_allowed() -> bool:
@@ -194,7 +204,7 @@ def load_model(name: str | os.PathLike | None = None, device: str | torch.device
     else:
         raise InputError(f"model {source!r} not found: give a diffusers pipeline directory or a hub id 'owner/name'")
 
-    device = torch.device(device) if device is not None else default_device()
+    device = parse_device(device)
     if render_dtype is None:
         render_dtype = torch.float16 if device.type == "cuda" else torch.float32
     try:
@@ -228,9 +238,12 @@ def load_model(name: str | os.PathLike | None = None, device: str | torch.device
         raise InputError(f"{source}: its U-Net needs conditioning beyond the timestep and a text prompt ({extra}; e.g. SDXL's "
                          "size and pooled-text embeddings, or class labels), which Eigenface does not supply")
 
-    for module in (unet, vae, text_encoder):
-        if module is not None:
-            module.to(device).eval().requires_grad_(False)
+    try:
+        for module in (unet, vae, text_encoder):
+            if module is not None:
+                module.to(device).eval().requires_grad_(False)
+    except (AssertionError, RuntimeError) as exc:  # torch's "not compiled with CUDA", no such GPU, out of memory
+        raise InputError(f"could not move model {source!r} to device {device}: {_first_line(exc)}") from None
     return DiffusionModel(
         name=str(name) if name is not None else "builtin:catpeople",
         unet=unet,

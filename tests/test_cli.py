@@ -149,6 +149,16 @@ BAD = {
     "edit bad substeps": (["edit", "--model", "{ddpm}", *STEPS, "--timestep", "500", "--basis", "{basis}", "--direction", "0=0.3", "--mode", "guidance", "--substeps", "0", "--out", "{out}/x.png"], "substeps"),
     "grid columns": (["discover", "--model", "{ddpm}", *STEPS, "--timestep", "500", "--k", "2", "--grid-columns", "2", "--out", "{out}"], "columns"),
     "transport across models": (["transport", "--from", "{basis}", "--direction", "0", "--to", "{sd_basis}", "--out", "{out}/v.safetensors"], "different models"),
+    "device misspelt": (["generate", "--model", "{ddpm}", *STEPS, "--device", "tpu", "--out", "{out}/x.png"], "not a torch device"),
+    "train batch 0": (["train", "--out", "{out}", "--minutes", "0.01", "--batch-size", "0"], "--batch-size"),
+    "train odd resolution": (["train", "--out", "{out}", "--minutes", "0.01", "--resolution", "60"], "multiple of 8"),
+    "train minutes nan": (["train", "--out", "{out}", "--minutes", "nan"], "--minutes"),
+    "train snr gamma -1": (["train", "--out", "{out}", "--minutes", "0.01", "--snr-gamma", "-1"], "--snr-gamma"),
+    "train init missing": (["train", "--out", "{out}", "--minutes", "0.01", "--init", "{missing}"], "--init"),
+    "train device misspelt": (["train", "--out", "{out}", "--minutes", "0.01", "--device", "tpu"], "not a torch device"),
+    "estimator batch 0": (["train-estimator", "--out", "{out}", "--minutes", "0.01", "--batch-size", "0"], "--batch-size"),
+    "estimator minutes 0": (["train-estimator", "--out", "{out}", "--minutes", "0"], "--minutes"),
+    "estimator init not an estimator": (["train-estimator", "--out", "{out}", "--minutes", "0.01", "--init", "{inputs}"], "not an estimator"),
 }
 
 

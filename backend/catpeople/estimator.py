@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from ..errors import InputError
 from .render import CIRCULAR, FACTORS, NUM_FACTORS, render, sample_factors
 
 _HUE = FACTORS.index("hue")
@@ -157,13 +158,19 @@ def train_estimator(
     so that the estimator reads an edited sample's factors, not its speckle or its colour cast.
     ``init`` (an estimator directory) fine-tunes existing weights instead of starting afresh.
     """
+    from .train import check_budget
+
+    check_budget(minutes, batch_size, resolution, LOWPASS)  # the face check pools by LOWPASS
     generator = torch.Generator(device).manual_seed(seed)
     torch.manual_seed(seed)
     model = FactorRegressor(resolution)
     if init is not None:
-        model = FactorEstimator.load(init).regressor.train()
+        try:
+            model = FactorEstimator.load(init).regressor.train()
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            raise InputError(f"--init {init}: not an estimator directory ({exc})") from None
         if model.resolution != resolution:
-            raise ValueError(f"{init} reads {model.resolution} px images, not {resolution} px")
+            raise InputError(f"{init} reads {model.resolution} px images, not {resolution} px")
     model = model.to(device)
     optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     deadline, step = time.monotonic() + minutes * 60, 0

@@ -21,6 +21,7 @@ from diffusers.training_utils import EMAModel, compute_snr
 from tqdm.auto import tqdm
 
 from ..errors import InputError
+from ..models import parse_device
 from .render import render, sample_factors
 
 
@@ -61,14 +62,28 @@ def build_unet(config: TrainConfig) -> UNet2DModel:
     )
 
 
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
+def resolve_device(device: str) -> torch.device:
+    """The training device; a CUDA device on a machine without one is refused before any work."""
+    resolved = parse_device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {device}: this machine has no usable CUDA GPU")
+    return resolved
+
+
+def check_budget(minutes: float, batch_size: int, resolution: int, multiple: int) -> None:
+    """Refuse a budget or size that would "train" nothing and save it, or fail deep inside a network."""
+    if not (math.isfinite(minutes) and minutes > 0):
+        raise InputError(f"--minutes must be a positive number, got {minutes}")
+    if batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {batch_size}")
+    if resolution < multiple or resolution % multiple:
+        raise InputError(f"--resolution must be a positive multiple of {multiple}, got {resolution}")
 
 
 def train(config: TrainConfig) -> Path:
     """Train (or resume) for the configured budget and save the EMA weights as a pipeline."""
+    # the U-Net halves the image once per block but the last
+    check_budget(config.minutes, config.batch_size, config.resolution, 2 ** (len(config.block_out_channels) - 1))
     if config.snr_gamma is not None and not config.snr_gamma > 0:
         raise InputError(f"--snr-gamma must be positive, got {config.snr_gamma}")
     out = Path(config.out)
@@ -77,7 +92,10 @@ def train(config: TrainConfig) -> Path:
     torch.manual_seed(config.seed)
     unet = build_unet(config)
     if config.init is not None:
-        unet.load_state_dict(UNet2DModel.from_pretrained(config.init, subfolder="unet", dtype=torch.float32).state_dict())
+        try:
+            unet.load_state_dict(UNet2DModel.from_pretrained(config.init, subfolder="unet", dtype=torch.float32).state_dict())
+        except (OSError, ValueError, RuntimeError) as exc:  # missing, not a pipeline, or another architecture
+            raise InputError(f"--init {config.init}: cannot start from its U-Net ({str(exc).strip().splitlines()[0]})") from None
     # Benchmark mode picks the fastest convolution once per shape (they never change in training).
     # (channels_last was measured 25 % slower on an H200: the step is bound by GroupNorm/SiLU
     # elementwise kernels, which are slower in that layout; BENCHMARKS.md.)
@@ -101,7 +119,7 @@ def train(config: TrainConfig) -> Path:
 
     budget = config.minutes * 60
     alphas = scheduler.alphas_cumprod.to(device)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else torch.autocast("cpu", enabled=False)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     forward = torch.compile(unet) if config.compile else unet  # shares unet's parameters
     bar = tqdm(total=int(budget), initial=int(elapsed), unit="s", desc="training")
     last_ckpt, start = time.monotonic(), time.monotonic() - elapsed

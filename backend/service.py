@@ -748,11 +748,12 @@ def _slider_vector(strengths: Mapping[int, float] | Sequence[float], k: int) -> 
 def to_pil(images: Tensor) -> list[Image.Image]:
     """(B, C, H, W) in [0, 1] -> RGB PIL images (rounded, so equal tensors give equal bytes).
 
-    One channel (a grayscale model) is shown as gray RGB, so every strip, grid and GIF can mix
-    images freely.
+    Always RGB, so every strip, grid and GIF can mix images freely: a grayscale model (one
+    channel, or gray plus alpha) is shown as gray, an RGBA one without its alpha.
     """
-    if images.shape[1] == 1:
-        images = images.expand(-1, 3, -1, -1)
+    if images.shape[1] < 3:
+        images = images[:, :1].expand(-1, 3, -1, -1)
+    images = images[:, :3]
     array = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     return [Image.fromarray(a) for a in array]
 

@@ -676,15 +676,17 @@ def test_more_directions_than_a_tiny_model_has(tmp_path):
     assert service.discover(replace(spec, k=8)).basis.k == 8
 
 
-@pytest.mark.parametrize("variant", [{"channels": 1}, {"learned_variance": True}], ids=["grayscale", "learned-variance"])
+@pytest.mark.parametrize("variant", [{"channels": 1}, {"channels": 2}, {"channels": 4}, {"learned_variance": True}],
+                         ids=["grayscale", "gray-alpha", "rgba", "learned-variance"])
 def test_pixel_models_beyond_rgb_epsilon(tmp_path, variant):
-    """A grayscale model renders as gray RGB; a learned-variance model (6 output channels) is
-    sampled, explored and edited from its prediction half, as diffusers' schedulers split it."""
+    """A grayscale model (with or without alpha) renders as gray RGB and an RGBA one as RGB; a
+    learned-variance model (6 output channels) is sampled, explored and edited from its
+    prediction half, as diffusers' schedulers split it."""
     service = _service_of(save_tiny_ddpm(tmp_path / "m", **variant))
     spec = BasisSpec(SampleSpec(model="m", seed=0, steps=STEPS), timestep=0.5, k=K)
     image = service.generate(spec.sample)
     assert image.mode == "RGB" and image.size == (16, 16)
-    if "channels" in variant:
+    if variant.get("channels", 3) < 3:
         assert len(set(image.getpixel((3, 5)))) == 1  # gray
     assert service.discover(spec).basis.v.shape[1] == variant.get("channels", 3)
     for mode in ("direct", "guidance", "geodesic"):

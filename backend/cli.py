@@ -294,6 +294,15 @@ def _sample_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when present)")
 
 
+def _training_args(p: argparse.ArgumentParser, minutes: float, batch_size: int) -> None:
+    p.add_argument("--out", required=True)
+    p.add_argument("--resolution", type=int, default=64)
+    p.add_argument("--minutes", type=float, default=minutes, help="wall-clock budget")
+    p.add_argument("--batch-size", type=int, default=batch_size)
+    p.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda, ...")
+    p.add_argument("--seed", type=int, default=0)
+
+
 def _basis_args(p: argparse.ArgumentParser, edit_prompt: bool = True) -> None:
     from .service import DEFAULT_K, DEFAULT_TIMESTEP
 
@@ -389,25 +398,15 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=_delete_direction)
 
     p = sub.add_parser("train", help="train a cat-people diffusion model (diffusers layout, resumable)")
-    p.add_argument("--out", required=True)
-    p.add_argument("--resolution", type=int, default=64)
-    p.add_argument("--minutes", type=float, default=10.0)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--device", default="auto")
+    _training_args(p, minutes=10.0, batch_size=128)
     p.add_argument("--weights-dtype", choices=["float32", "float16"], default="float32")
     p.add_argument("--init", default=None, help="start from this pipeline's U-Net weights (fine-tuning)")
     p.add_argument("--compile", action="store_true", help="torch.compile the U-Net (worth it on a GPU for runs over a few minutes)")
     p.add_argument("--snr-gamma", type=float, default=None, help="Min-SNR-gamma loss weighting (e.g. 5; default: plain epsilon MSE)")
-    p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_train)
 
     p = sub.add_parser("train-estimator", help="train the cat-people factor estimator")
-    p.add_argument("--out", required=True)
-    p.add_argument("--resolution", type=int, default=64)
-    p.add_argument("--minutes", type=float, default=2.0)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
+    _training_args(p, minutes=2.0, batch_size=256)
     p.add_argument("--init", default=None, help="an estimator directory to fine-tune (default: start afresh)")
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (cosine over the time budget); lower it to fine-tune")
     p.set_defaults(func=_train_estimator)

@@ -132,26 +132,6 @@ def edit_responses(
     ]
 
 
-def edit_response(
-    service: "EigenfaceService",
-    spec: "BasisSpec",
-    direction_index: int | None = None,
-    vector: Tensor | None = None,
-    strengths: Sequence[float] = (-DEFAULT_STRENGTH, DEFAULT_STRENGTH),
-    *,
-    estimator: FactorEstimator | None = None,
-    mode: str = "direct",
-) -> EditResponse:
-    """Estimated factors of the sample and of its edits along a basis direction or a vector.
-
-    Exactly one of ``direction_index`` (a direction of ``service.discover(spec)``) and
-    ``vector`` (any tensor of the model's sample shape; it is normalised) must be given.
-    """
-    if (direction_index is None) == (vector is None):
-        raise InputError("give exactly one of direction_index and vector")
-    return edit_responses(service, spec, [direction_index if vector is None else vector], strengths, estimator=estimator, mode=mode)[0]
-
-
 def factor_response(
     service: "EigenfaceService",
     spec: "BasisSpec",
@@ -164,10 +144,14 @@ def factor_response(
 ) -> Tensor:
     """(F,) mean absolute change of each estimated factor between the sample and its edits.
 
+    Exactly one of ``direction_index`` (a direction of ``service.discover(spec)``) and
+    ``vector`` (any tensor of the model's sample shape; it is normalised) must be given.
     Factors are in the order of :data:`~backend.catpeople.render.FACTORS`; hue changes take
-    the short way round the circle. See :func:`edit_response` for the arguments.
+    the short way round the circle.
     """
-    return edit_response(service, spec, direction_index, vector, strengths, estimator=estimator, mode=mode).response
+    if (direction_index is None) == (vector is None):
+        raise InputError("give exactly one of direction_index and vector")
+    return edit_responses(service, spec, [direction_index if vector is None else vector], strengths, estimator=estimator, mode=mode)[0].response
 
 
 # ---------------------------------------------------------------------------------- labels

@@ -279,7 +279,8 @@ def section_denoising(report: Report, service, sizes: Sizes) -> None:
         eps = torch.randn(x0.shape, generator=generator)
         a = noise.alpha(t)
         xt = a**0.5 * x0 + (1 - a) ** 0.5 * eps
-        predicted = torch.cat([model.unet(xt[i:i + sizes.batch], torch.tensor(t)).sample.float() for i in range(0, len(xt), sizes.batch)])
+        timestep = torch.tensor(t, device=model.device)
+        predicted = torch.cat([model.unet(xt[i:i + sizes.batch].to(model.device), timestep).sample.float().cpu() for i in range(0, len(xt), sizes.batch)])
         estimate = ((xt - (1 - a) ** 0.5 * predicted) / a**0.5).clamp(-1, 1)
         mse = float(((predicted - eps) ** 2).mean())
         bias = ((estimate - x0) / 2).mean(dim=(0, 2, 3)).tolist()  # [0, 1] pixel units
@@ -578,6 +579,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="write the raw numbers (estimated factors of every edit) to this JSON file")
     parser.add_argument("--atlas-seed", type=int, help="seed of the atlas (default: the model's eigenface.json seed, the page's first image)")
     parser.add_argument("--atlas-strength", type=float, help="largest |strength| in the atlas (default: the semantic check's)")
+    parser.add_argument("--model-path", help="evaluate this checkpoint instead of the built-in one (e.g. freshly trained weights)")
     parser.add_argument("--threads", type=int, default=int(os.environ.get("EIGENFACE_THREADS", "2")), help="torch CPU threads (default 2)")
     args = parser.parse_args(argv)
 
@@ -615,10 +617,10 @@ def main(argv: list[str] | None = None) -> int:
 
     service = None
     if set(sections) & {"samples", "denoising", "semantic", "atlas", "sweep"}:
-        from backend.service import BUILTIN_NAME, EigenfaceService
+        from backend.service import BUILTIN_NAME, EigenfaceService, ServiceConfig
 
         start = time.perf_counter()
-        service = EigenfaceService()
+        service = EigenfaceService(ServiceConfig(models={BUILTIN_NAME: args.model_path}) if args.model_path else ServiceConfig())
         settings = service.model(BUILTIN_NAME).settings
         report.timings.append(("load model", time.perf_counter() - start))
         sizes.timestep = settings.timestep if sizes.timestep is None else sizes.timestep

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One device-tool call: fine-tune the built-in model, then the issue-6 GPU benchmark.
+# One device-tool call: fine-tune the built-in model, evaluate the new weights, then the issue-6 GPU benchmark.
 # The model's files are written to OUTDIR first, so they come back even if the benchmark is cut.
 # Usage there: bash bench/gpu_session.sh OUTDIR TRAIN_MINUTES
 set -uo pipefail
@@ -10,4 +10,8 @@ python3 -m backend.cli train --out /tmp/ft --init assets/catpeople --minutes "$m
   2>&1 | tr '\r' '\n' | grep -E "step=|saved|rror" | awk 'NR % 25 == 1 || /saved|rror/'
 mkdir -p "$out/model"
 cp /tmp/ft/unet/diffusion_pytorch_model.safetensors /tmp/ft/training.json "$out/model/"
+# Judge the new weights where they were trained: face rate, factor and pixel statistics, the denoising
+# table, and the 64-sample grid (samples.png), all in $out/model.
+timeout 180 python3 bench/catpeople_eval.py --sections denoising,samples --model-path /tmp/ft --docs "$out/model" \
+  --out "$out/model/eval.md" --json "$out/model/eval.json" 2>&1 | tail -2
 T_BASIS=${T_BASIS:-170} T_EDIT=${T_EDIT:-70} bash bench/gpu_bench.sh "$out/bench"

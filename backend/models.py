@@ -217,7 +217,7 @@ def load_model(name: str | os.PathLike | None = None, device: str | torch.device
         raise InputError(f"could not load model {source!r}: {_first_line(exc)}") from None
 
     unet = getattr(pipe, "unet", None)
-    kind = type(unet).__name__
+    kind = type(unet).__name__ if unet is not None else "no U-Net (a transformer denoiser?)"
     # Latent-diffusion pipelines name their parts differently: LDMPipeline's autoencoder is a
     # VQModel called "vqvae", LDMTextToImagePipeline's text encoder is "bert".
     vae = _component(pipe, "vae", "vqvae")

@@ -299,6 +299,21 @@ def test_a_pipeline_saved_only_as_an_fp16_variant_loads(tmp_path, tiny_sd_dir):
     assert _only_variant(shards.parent) == "fp16"
 
 
+def test_a_transformer_pipeline_is_refused_at_load(tmp_path):
+    """DiT (like PixArt, SD3, Flux) denoises with a transformer: no U-Net, so no h-space."""
+    from diffusers import AutoencoderKL, DDIMScheduler, DiTPipeline, DiTTransformer2DModel
+
+    from backend.errors import InputError
+
+    transformer = DiTTransformer2DModel(sample_size=8, patch_size=2, in_channels=4, out_channels=8, num_layers=1, attention_head_dim=8,
+                                        num_attention_heads=2, num_embeds_ada_norm=10, norm_num_groups=8)
+    vae = AutoencoderKL(block_out_channels=(16, 32), norm_num_groups=8, layers_per_block=1, latent_channels=4,
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2)
+    DiTPipeline(transformer=transformer, vae=vae, scheduler=DDIMScheduler()).save_pretrained(tmp_path / "dit", safe_serialization=True)
+    with pytest.raises(InputError, match="unsupported pipeline DiTPipeline .* no U-Net"):
+        load_model(tmp_path / "dit", device="cpu")
+
+
 def test_a_model_without_a_beta_schedule_is_refused_at_load(tmp_path):
     """A score-SDE (variance-exploding) checkpoint would be sampled as if it were a DDPM."""
     from diffusers import ScoreSdeVePipeline, ScoreSdeVeScheduler

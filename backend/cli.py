@@ -265,7 +265,7 @@ def _train(args: argparse.Namespace) -> None:
         resolution=args.resolution,
         minutes=args.minutes,
         batch_size=args.batch_size,
-        device=args.device or "auto",
+        device=args.device,
         weights_dtype=args.weights_dtype,
         seed=args.seed,
         init=args.init,
@@ -277,9 +277,8 @@ def _train(args: argparse.Namespace) -> None:
 
 def _train_estimator(args: argparse.Namespace) -> None:
     from .catpeople.estimator import train_estimator
-    from .catpeople.train import resolve_device
 
-    estimator = train_estimator(args.resolution, args.minutes, args.batch_size, resolve_device(args.device or "auto"), args.seed, init=args.init, lr=args.lr)
+    estimator = train_estimator(args.resolution, args.minutes, args.batch_size, args.device, args.seed, init=args.init, lr=args.lr)
     estimator.save(args.out)
     print(f"saved {args.out} (face threshold {estimator.face_threshold:.5f})")
 

@@ -7,3 +7,10 @@ class InputError(ValueError):
     The CLI prints it as one line and exits 2; the web app shows it in a toast; neither shows
     a traceback. Anything else that escapes is a bug.
     """
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type when empty), for a one-line InputError
+    that wraps what a library raised."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .errors import InputError
+from .errors import InputError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -214,7 +214,7 @@ def load_model(name: str | os.PathLike | None = None, device: str | torch.device
             extra["variant"] = variant
         pipe = DiffusionPipeline.from_pretrained(source, local_files_only=local_only, use_safetensors=True, dtype=torch.float32, **extra)
     except (OSError, ValueError, EnvironmentError) as exc:
-        raise InputError(f"could not load model {source!r}: {_first_line(exc)}") from None
+        raise InputError(f"could not load model {source!r}: {first_line(exc)}") from None
 
     unet = getattr(pipe, "unet", None)
     kind = type(unet).__name__ if unet is not None else "no U-Net (a transformer denoiser?)"
@@ -243,7 +243,7 @@ def load_model(name: str | os.PathLike | None = None, device: str | torch.device
             if module is not None:
                 module.to(device).eval().requires_grad_(False)
     except (AssertionError, RuntimeError) as exc:  # torch's "not compiled with CUDA", no such GPU, out of memory
-        raise InputError(f"could not move model {source!r} to device {device}: {_first_line(exc)}") from None
+        raise InputError(f"could not move model {source!r} to device {device}: {first_line(exc)}") from None
     return DiffusionModel(
         name=str(name) if name is not None else "builtin:catpeople",
         unet=unet,
@@ -320,11 +320,6 @@ def _hub_settings(repo_id: str) -> EditSettings:
     except EntryNotFoundError:
         return EditSettings()
     except Exception as exc:  # noqa: BLE001 - network or cache trouble with an optional file must not lose the loaded weights
-        logger.warning("could not read %s of %s (%s); using the default edit settings", SETTINGS_FILE, repo_id, _first_line(exc))
+        logger.warning("could not read %s of %s (%s); using the default edit settings", SETTINGS_FILE, repo_id, first_line(exc))
         return EditSettings()
     return EditSettings.read(Path(path).parent)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from ..errors import InputError
+from .checks import check_budget, resolve_device
 from .render import CIRCULAR, FACTORS, NUM_FACTORS, render, sample_factors
 
 _HUE = FACTORS.index("hue")
@@ -146,7 +147,7 @@ def train_estimator(
     resolution: int = 64,
     minutes: float = 2.0,
     batch_size: int = 256,
-    device: str = "cpu",
+    device: str | torch.device = "cpu",
     seed: int = 0,
     log_every: int = 200,
     init: str | Path | None = None,
@@ -158,9 +159,8 @@ def train_estimator(
     so that the estimator reads an edited sample's factors, not its speckle or its colour cast.
     ``init`` (an estimator directory) fine-tunes existing weights instead of starting afresh.
     """
-    from .train import check_budget
-
     check_budget(minutes, batch_size, resolution, LOWPASS)  # the face check pools by LOWPASS
+    device = resolve_device(device)
     generator = torch.Generator(device).manual_seed(seed)
     torch.manual_seed(seed)
     model = FactorRegressor(resolution)

@@ -20,8 +20,8 @@ from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 from diffusers.training_utils import EMAModel, compute_snr
 from tqdm.auto import tqdm
 
-from ..errors import InputError
-from ..models import parse_device
+from ..errors import InputError, first_line
+from .checks import check_budget, resolve_device
 from .render import render, sample_factors
 
 
@@ -62,24 +62,6 @@ def build_unet(config: TrainConfig) -> UNet2DModel:
     )
 
 
-def resolve_device(device: str) -> torch.device:
-    """The training device; a CUDA device on a machine without one is refused before any work."""
-    resolved = parse_device(device)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"--device {device}: this machine has no usable CUDA GPU")
-    return resolved
-
-
-def check_budget(minutes: float, batch_size: int, resolution: int, multiple: int) -> None:
-    """Refuse a budget or size that would "train" nothing and save it, or fail deep inside a network."""
-    if not (math.isfinite(minutes) and minutes > 0):
-        raise InputError(f"--minutes must be a positive number, got {minutes}")
-    if batch_size < 1:
-        raise InputError(f"--batch-size must be at least 1, got {batch_size}")
-    if resolution < multiple or resolution % multiple:
-        raise InputError(f"--resolution must be a positive multiple of {multiple}, got {resolution}")
-
-
 def train(config: TrainConfig) -> Path:
     """Train (or resume) for the configured budget and save the EMA weights as a pipeline."""
     # the U-Net halves the image once per block but the last
@@ -95,7 +77,7 @@ def train(config: TrainConfig) -> Path:
         try:
             unet.load_state_dict(UNet2DModel.from_pretrained(config.init, subfolder="unet", dtype=torch.float32).state_dict())
         except (OSError, ValueError, RuntimeError) as exc:  # missing, not a pipeline, or another architecture
-            raise InputError(f"--init {config.init}: cannot start from its U-Net ({str(exc).strip().splitlines()[0]})") from None
+            raise InputError(f"--init {config.init}: cannot start from its U-Net ({first_line(exc)})") from None
     # Benchmark mode picks the fastest convolution once per shape (they never change in training).
     # (channels_last was measured 25 % slower on an H200: the step is bound by GroupNorm/SiLU
     # elementwise kernels, which are slower in that layout; BENCHMARKS.md.)

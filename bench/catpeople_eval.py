@@ -265,7 +265,7 @@ def section_denoising(report: Report, service, sizes: Sizes) -> None:
     error by up to 1 / sqrt(a) (~160 at T for linear betas): a bias there is what sets a sample's
     colours. The table says where the model's training falls short, on the data it was trained on.
     """
-    from backend.sampling import NoiseSchedule
+    from backend.sampling import NoiseSchedule, predict_x0, unet_output
 
     report.section("denoising")
     start = time.perf_counter()
@@ -279,9 +279,8 @@ def section_denoising(report: Report, service, sizes: Sizes) -> None:
         eps = torch.randn(x0.shape, generator=generator)
         a = noise.alpha(t)
         xt = a**0.5 * x0 + (1 - a) ** 0.5 * eps
-        timestep = torch.tensor(t, device=model.device)
-        predicted = torch.cat([model.unet(xt[i:i + sizes.batch].to(model.device), timestep).sample.float().cpu() for i in range(0, len(xt), sizes.batch)])
-        estimate = ((xt - (1 - a) ** 0.5 * predicted) / a**0.5).clamp(-1, 1)
+        predicted = torch.cat([unet_output(model, xt[i:i + sizes.batch].to(model.device), t, None).float().cpu() for i in range(0, len(xt), sizes.batch)])
+        estimate, _ = predict_x0(noise, xt, predicted, t)  # as the sampler reads it, clipping included
         mse = float(((predicted - eps) ** 2).mean())
         bias = ((estimate - x0) / 2).mean(dim=(0, 2, 3)).tolist()  # [0, 1] pixel units
         rmse = float((((estimate - x0) / 2) ** 2).mean().sqrt())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -230,6 +232,18 @@ def test_dynamic_thresholding_matches_diffusers():
     assert torch.equal(dynamic_threshold(x0, 0.9, 3.0)[0], x0[0].clamp(-1, 1))  # in range: s = 1, a plain clip
 
 
+def _resaved_sd(tiny_sd_dir: Path, path: Path, variant: str | None = None, **unet_config) -> Path:
+    """The tiny SD pipeline saved again to ``path``: as a weights ``variant``, and/or with its
+    U-Net's config changed (the SD-family checkpoints the loader must handle or refuse)."""
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd_dir, safety_checker=None, requires_safety_checker=False)
+    if unet_config:
+        pipe.register_modules(unet=UNet2DConditionModel.from_config(dict(pipe.unet.config, **unet_config)))
+    pipe.save_pretrained(path, safe_serialization=True, variant=variant)
+    return path
+
+
 def _plain_unet(**config):
     """A tiny attention-free UNet2DModel, with ``config`` on top (for checkpoints the loader refuses)."""
     from diffusers import UNet2DModel
@@ -254,42 +268,29 @@ def test_unets_needing_more_than_a_prompt_are_refused_at_load(tmp_path, extra):
 
 def test_an_sdxl_style_unet_is_refused_at_load(tmp_path, tiny_sd_dir):
     """SDXL's U-Net wants size and pooled-text embeddings (added_cond_kwargs) at every call."""
-    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
-
     from backend.errors import InputError
 
-    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd_dir, safety_checker=None, requires_safety_checker=False)
-    config = dict(pipe.unet.config, addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=32 + 6 * 8)
-    pipe.register_modules(unet=UNet2DConditionModel.from_config(config))
-    pipe.save_pretrained(tmp_path / "xl", safe_serialization=True)
+    xl = _resaved_sd(tiny_sd_dir, tmp_path / "xl", addition_embed_type="text_time", addition_time_embed_dim=8,
+                     projection_class_embeddings_input_dim=32 + 6 * 8)
     with pytest.raises(InputError, match="addition_embed_type='text_time'"):
-        load_model(tmp_path / "xl", device="cpu")
+        load_model(xl, device="cpu")
 
 
 def test_image_conditioned_unets_are_refused_at_load(tmp_path, tiny_sd_dir):
     """An inpainting U-Net (9 channels in: latents, mask and masked image; 4 out) needs an image
     Eigenface does not have; it used to fail mid-render on the channel mismatch."""
-    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
-
     from backend.errors import InputError
 
-    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd_dir, safety_checker=None, requires_safety_checker=False)
-    pipe.register_modules(unet=UNet2DConditionModel.from_config(dict(pipe.unet.config, in_channels=9)))
-    pipe.save_pretrained(tmp_path / "inpaint", safe_serialization=True)
     with pytest.raises(InputError, match="takes 9 input channels but predicts 4"):
-        load_model(tmp_path / "inpaint", device="cpu")
+        load_model(_resaved_sd(tiny_sd_dir, tmp_path / "inpaint", in_channels=9), device="cpu")
 
 
 def test_a_pipeline_saved_only_as_an_fp16_variant_loads(tmp_path, tiny_sd_dir):
     """``save_pretrained(variant="fp16")`` writes only ``*.fp16.safetensors``, which diffusers
     loads only when told the variant; the loader finds it (sharded names included)."""
-    from diffusers import StableDiffusionPipeline
-
     from backend.models import _only_variant
 
-    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd_dir, safety_checker=None, requires_safety_checker=False)
-    pipe.save_pretrained(tmp_path / "v", safe_serialization=True, variant="fp16")
-    model = load_model(tmp_path / "v", device="cpu")
+    model = load_model(_resaved_sd(tiny_sd_dir, tmp_path / "v", variant="fp16"), device="cpu")
     assert model.conditional and model.sample_shape == (4, 8, 8)
     assert _only_variant(tiny_sd_dir) is None
     shards = tmp_path / "shards" / "unet"

@@ -4,6 +4,10 @@ Bases and trajectories are tensors of very different sizes (a 64 px model's basi
 hundred kB, an SD basis with k = 50 is tens of MB), so the bound is on bytes, not entries.
 Two requests for the same missing key (two browser tabs pressing "Find directions") wait for
 one computation instead of running it twice.
+
+Every entry stored is also handed to :func:`record_computed`'s list when one is open in the
+thread: on a ZeroGPU Space each GPU call runs in a throw-away forked worker, which returns the
+entries it computed so that the serving process can keep them (``ui.device``).
 """
 
 from __future__ import annotations
@@ -11,10 +15,30 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from concurrent.futures import Future
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import fields, is_dataclass
 from typing import Any, Callable, Hashable, Iterator
 
 import torch
+
+
+#: The list :func:`record_computed` is filling in this thread, if any.
+_RECORDER: ContextVar[list[tuple[Hashable, Any]] | None] = ContextVar("eigenface_recorder", default=None)
+
+
+@contextmanager
+def record_computed() -> Iterator[list[tuple[Hashable, Any]]]:
+    """Collect the (key, value) pairs this thread stores in any :class:`ByteLRU` inside the block.
+
+    Per thread (a context variable), so other requests served meanwhile are not mixed in.
+    """
+    entries: list[tuple[Hashable, Any]] = []
+    token = _RECORDER.set(entries)
+    try:
+        yield entries
+    finally:
+        _RECORDER.reset(token)
 
 
 def leaves(value: Any) -> Iterator[Any]:
@@ -65,6 +89,8 @@ class ByteLRU:
             return self._items[key][0]
 
     def put(self, key: Hashable, value: Any) -> None:
+        if (entries := _RECORDER.get()) is not None:
+            entries.append((key, value))
         size = nbytes(value)
         with self._lock:
             if key in self._items:

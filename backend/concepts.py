@@ -18,6 +18,9 @@ from torch import Tensor
 
 from .basis import Basis
 from .geometry import transport
+from .hspace import bottleneck_fn
+from .models import DiffusionModel
+from .sampling import NoiseSchedule, predict_x0, unet_output
 
 Space = Literal["x", "h"]
 
@@ -56,3 +59,15 @@ def align(basis: Basis, target: Tensor, space: Space = "x") -> Alignment:
         combined = transport(target.reshape(basis.u.shape[1:]).to(basis.u), basis).to(torch.float64)
     captured = float(scores.norm() / norm)
     return Alignment(scores.float(), order, combined.float(), min(captured, 1.0))
+
+
+@torch.no_grad()
+def concept_change(model: DiffusionModel, x_t: Tensor, t: int, base: Tensor, concept: Tensor, space: Space = "x") -> Tensor:
+    """What switching the conditioning from ``base`` to ``concept`` (text embeddings, (1, tokens,
+    dim)) changes at x_t: the predicted clean sample x_0 (space "x") or the bottleneck (space "h")."""
+    x = x_t.to(model.device, torch.float32)[None]
+    if space == "x":
+        noise = NoiseSchedule.from_config(model.scheduler_config)
+        x0 = [predict_x0(noise, x, unet_output(model, x, t, c), t)[0] for c in (concept, base)]
+        return (x0[0] - x0[1])[0].cpu()
+    return (bottleneck_fn(model, t, concept)(x) - bottleneck_fn(model, t, base)(x))[0].cpu()

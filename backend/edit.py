@@ -5,43 +5,32 @@ i.e. by an RMS of s per element. x_t at high noise has unit variance per element
 is a change as large as the noise itself, whatever the model's resolution or latent size;
 the same s therefore means a comparable change across models and directions, where raw L2
 units would shrink edits on large models by sqrt(n). Sliders run over about [-1, 1].
+
+Every mode is one function of an :class:`EditPoint` (where the edit starts) in :data:`EDITS`.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Literal
+from dataclasses import dataclass
+from typing import Callable, Literal
 
 import torch
 from torch import Tensor
 
-from .errors import InputError
+from .basis import Basis, HFn
+from .errors import EditError
+from .geometry import geodesic_shoot
+from .hspace import bottleneck_fn
 from .models import DiffusionModel
 from .sampling import unet_output
 
 EditMode = Literal["direct", "guidance", "geodesic"]
-EDIT_MODES: tuple[str, ...] = ("direct", "guidance", "geodesic")
-#: Largest |strength| accepted: ten times the noise's own scale is already far off the data.
-MAX_STRENGTH = 10.0
 
 
 def strength_scale(sample_shape: tuple[int, ...] | torch.Size) -> float:
     """L2 length of a unit-strength edit: sqrt(n)."""
     return math.sqrt(math.prod(sample_shape))
-
-
-def check_strength(value: float, what: str = "strength") -> float:
-    if isinstance(value, bool):
-        raise InputError(f"{what} must be a number, got {value!r}")
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"{what} must be a number, got {value!r}") from None
-    if not math.isfinite(value):
-        raise InputError(f"{what} must be a finite number, got {value}")
-    if abs(value) > MAX_STRENGTH:
-        raise InputError(f"{what} must be within [-{MAX_STRENGTH:g}, {MAX_STRENGTH:g}], got {value:g}")
-    return value
 
 
 def combine(directions: Tensor, strengths: Tensor) -> tuple[Tensor, float]:
@@ -62,8 +51,27 @@ def direct_edit(x: Tensor, direction: Tensor, strength: float) -> Tensor:
     return x + strength * strength_scale(x.shape) * direction.to(x)
 
 
+@dataclass(frozen=True)
+class EditPoint:
+    """Where edits start: x_t on one trajectory, and what the curved modes need to move from it."""
+
+    model: DiffusionModel
+    x: Tensor  # (*sample_shape), the unedited x_t
+    t: int  # its training timestep
+    context: Tensor | None = None  # text conditioning of the Jacobian and the eps response (SD), else None
+    basis: Basis | None = None  # the local basis at x (geodesic edits start from it)
+    jvp_mode: str = "exact"  # how geodesic basis updates take J v (basis.local_basis)
+
+    def h_fn(self) -> HFn:
+        return bottleneck_fn(self.model, self.t, self.context)
+
+
+def _direct(point: EditPoint, direction: Tensor, strength: float, substeps: int) -> Tensor:
+    return direct_edit(point.x, direction, strength)
+
+
 @torch.no_grad()
-def guidance_edit(model: DiffusionModel, x: Tensor, t: int, context: Tensor | None, direction: Tensor, strength: float, substeps: int = 16, delta: float = 1.0) -> Tensor:
+def guidance_edit(point: EditPoint, direction: Tensor, strength: float, substeps: int = 16, delta: float = 1.0) -> Tensor:
     """x-space guidance (Park et al. 2023, official code): repeatedly step along the model's
     own response to the direction, eps(x + delta v) - eps(x), rather than along v itself.
 
@@ -71,13 +79,14 @@ def guidance_edit(model: DiffusionModel, x: Tensor, t: int, context: Tensor | No
     so a strength means the same distance as in the direct mode; the response is recomputed at
     every substep, which bends the path towards what the model considers plausible.
     """
+    x = point.x
     if strength == 0.0:
         return x
     step = strength * strength_scale(x.shape) / substeps
-    x = x.to(model.device, torch.float32)
+    x = x.to(point.model.device, torch.float32)
     v = direction.to(x)[None]
     for _ in range(substeps):
-        both = unet_output(model, torch.cat([x[None] + delta * v, x[None]]), t, context).float()
+        both = unet_output(point.model, torch.cat([x[None] + delta * v, x[None]]), point.t, point.context).float()
         response = both[0] - both[1]
         norm = response.norm()
         if not torch.isfinite(norm) or norm == 0:
@@ -86,48 +95,33 @@ def guidance_edit(model: DiffusionModel, x: Tensor, t: int, context: Tensor | No
     return x
 
 
-#: Substeps when a mode's caller gives none: guidance follows the official code (16);
-#: geodesic shooting's default comes from the quality/time trade-off in BENCHMARKS.md.
-DEFAULT_SUBSTEPS = {"guidance": 16, "geodesic": 4}
-
-
-def apply_edit(
-    model: DiffusionModel,
-    x: Tensor,
-    t: int,
-    h_fn,
-    direction: Tensor,
-    strength: float,
-    mode: str,
-    *,
-    context: Tensor | None = None,
-    basis=None,
-    substeps: int | None = None,
-    jvp_mode: str = "exact",
-) -> Tensor:
-    """x_t moved by ``strength`` along unit ``direction`` in the given mode.
-
-    ``direct``: one straight step.  ``guidance``: along the model's eps response.
-    ``geodesic``: small steps that re-estimate the local basis and parallel-transport the
-    direction after each one (needs ``basis``, the basis at x).
-    """
-    if mode not in EDIT_MODES:
-        raise InputError(f"mode must be one of {', '.join(EDIT_MODES)}, got {mode!r}")
-    n = substeps or DEFAULT_SUBSTEPS.get(mode, 1)
-    if mode == "direct":
-        return direct_edit(x, direction, strength)
-    if mode == "guidance":
-        return guidance_edit(model, x, t, context, direction, strength, substeps=n)
-    from .geometry import geodesic_shoot
-
-    if basis is None or basis.k == 0:
-        raise InputError("geodesic edits need the local basis at x_t")
-    x = x.to(model.device, torch.float32)
+def geodesic_edit(point: EditPoint, direction: Tensor, strength: float, substeps: int) -> Tensor:
+    """Small steps that re-estimate the local basis and parallel-transport the direction after
+    each one (geometry.geodesic_shoot), starting from the basis at x."""
+    if point.basis is None or point.basis.k == 0:
+        raise EditError("geodesic edits need the local basis at x_t")
+    x = point.x.to(point.model.device, torch.float32)
     try:
         path = geodesic_shoot(
-            h_fn, x, direction.to(x), strength * strength_scale(x.shape), substeps=n, k=basis.k, basis=basis.to(x.device),
-            basis_iters=2, final_basis=False, jvp_mode=jvp_mode, generator=torch.Generator().manual_seed(0),
+            point.h_fn(), x, direction.to(x), strength * strength_scale(x.shape), substeps=substeps, k=point.basis.k,
+            basis=point.basis.to(x.device), basis_iters=2, final_basis=False, jvp_mode=point.jvp_mode,
+            generator=torch.Generator().manual_seed(0),
         )
     except ValueError as exc:
-        raise InputError(f"geodesic edit failed: {exc}") from None
+        raise EditError(f"geodesic edit failed: {exc}") from None
     return path.points[-1]
+
+
+#: Each mode's edit, all with one signature: (point, unit direction, strength, substeps) -> x_t'.
+EDITS: dict[str, Callable[[EditPoint, Tensor, float, int], Tensor]] = {"direct": _direct, "guidance": guidance_edit, "geodesic": geodesic_edit}
+EDIT_MODES: tuple[str, ...] = tuple(EDITS)
+#: Substeps when a mode's caller gives none: guidance follows the official code (16);
+#: geodesic shooting's default comes from the quality/time trade-off in BENCHMARKS.md.
+DEFAULT_SUBSTEPS = {"direct": 1, "guidance": 16, "geodesic": 4}
+
+
+def apply_edit(point: EditPoint, direction: Tensor, strength: float, mode: str, substeps: int | None = None) -> Tensor:
+    """x_t moved by ``strength`` along unit ``direction`` in the given mode (see :data:`EDITS`)."""
+    if mode not in EDITS:
+        raise EditError(f"mode must be one of {', '.join(EDIT_MODES)}, got {mode!r}")
+    return EDITS[mode](point, direction, strength, substeps or DEFAULT_SUBSTEPS[mode])

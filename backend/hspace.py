@@ -10,15 +10,18 @@ render on another thread through the same U-Net is never interrupted.
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from .basis import HFn
+from .basis import Basis, BasisProgress, HFn, default_block_size, local_basis
 from .models import DiffusionModel
+
+logger = logging.getLogger(__name__)
 
 _armed = threading.local()
 
@@ -87,3 +90,49 @@ def jacobian_context(exact_jvp: bool) -> Iterator[None]:
         return
     with sdpa_kernel(SDPBackend.MATH):
         yield
+
+
+def model_basis(
+    model: DiffusionModel,
+    x_t: Tensor,
+    t: int,
+    context: Tensor | None,
+    k: int,
+    *,
+    chunk_size: int | None = None,
+    jvp_mode: str = "fd",
+    init: Tensor | None = None,
+    callback: Callable[[BasisProgress], None] | None = None,
+) -> tuple[Basis, int | None]:
+    """The model's local basis at x_t, in chunks that fit the device, and the chunk size that did.
+
+    On out-of-memory the chunk is halved and the solve retried, so a caller can keep the size
+    that worked for the model's later bases. On an H200, SD 1.5 with k = 50 peaked at 19 GB in
+    chunks of 20 and 9.5 GB in chunks of 10 at the same speed (BENCHMARKS.md), so a smaller GPU
+    loses little by backing off. Raises ValueError for a k the bottleneck cannot give, and
+    torch.OutOfMemoryError when even one direction at a time does not fit.
+    """
+    h_fn = bottleneck_fn(model, t, context)
+    chunk = chunk_size
+    while True:
+        try:
+            with jacobian_context(jvp_mode == "exact"):
+                basis = local_basis(
+                    h_fn,
+                    x_t.to(model.device, torch.float32),
+                    k,
+                    init=None if init is None else init.to(model.device),
+                    chunk_size=chunk,
+                    jvp_mode=jvp_mode,
+                    generator=torch.Generator().manual_seed(0),
+                    callback=callback,
+                )
+            return basis, chunk
+        except torch.OutOfMemoryError:
+            if model.device.type == "cuda":
+                torch.cuda.empty_cache()
+            tried = chunk or default_block_size(k, model.device)  # None = the whole block at once
+            if tried <= 1:
+                raise
+            chunk = tried // 2
+            logger.warning("out of memory computing %d directions on %s: retrying in chunks of %d", k, model.name, chunk)

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .errors import InputError, first_line
+from .errors import ModelError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -77,11 +77,11 @@ class EditSettings:
                 raise ValueError(f"seed must be a whole number >= 0, got {seed!r}")
             settings = cls(**numbers, seed=seed)
         except (OSError, ValueError, TypeError, AttributeError) as exc:
-            raise InputError(f"{path}: not an Eigenface settings file ({{\"timestep\": 0.6, \"strength\": 0.5, \"seed\": 0}}): {exc}") from None
+            raise ModelError(f"{path}: not an Eigenface settings file ({{\"timestep\": 0.6, \"strength\": 0.5, \"seed\": 0}}): {exc}") from None
         if not 0 < settings.timestep <= 1:
-            raise InputError(f"{path}: timestep must be a fraction of T in (0, 1], got {settings.timestep}")
+            raise ModelError(f"{path}: timestep must be a fraction of T in (0, 1], got {settings.timestep}")
         if not (math.isfinite(settings.strength) and settings.strength > 0):
-            raise InputError(f"{path}: strength must be positive, got {settings.strength}")
+            raise ModelError(f"{path}: strength must be positive, got {settings.strength}")
         return settings
 
 
@@ -130,7 +130,7 @@ class DiffusionModel:
     def encode_prompt(self, prompt: str) -> Conditioning:
         """CLIP embeddings of the prompt and of the empty prompt (for classifier-free guidance)."""
         if not self.conditional:
-            raise InputError("this model is unconditional: it takes no prompt")
+            raise ModelError("this model is unconditional: it takes no prompt")
         limit = self.max_prompt_tokens
         full = self.tokenizer(prompt, truncation=False)["input_ids"]
         embeds = []
@@ -166,7 +166,7 @@ def parse_device(device: str | torch.device | None) -> torch.device:
     try:
         return torch.device(device)
     except (RuntimeError, TypeError):
-        raise InputError(f"device {device!r} is not a torch device (cpu, cuda, cuda:1, mps, ...)") from None
+        raise ModelError(f"device {device!r} is not a torch device (cpu, cuda, cuda:1, mps, ...)") from None
 
 
 def hub_allowed() -> bool:
@@ -195,14 +195,14 @@ def load_model(name: str | os.PathLike | None = None, device: str | torch.device
     local = Path(source).expanduser()
     if local.is_dir():
         if not (local / "model_index.json").is_file():
-            raise InputError(f"{source} is not a diffusers pipeline directory (no model_index.json)")
+            raise ModelError(f"{source} is not a diffusers pipeline directory (no model_index.json)")
         source, local_only = str(local), True
     elif _looks_like_hub_id(source):
         if not hub_allowed():
-            raise InputError(f"model {source!r} is not a local directory and hub downloads are off (HF_HUB_OFFLINE=1)")
+            raise ModelError(f"model {source!r} is not a local directory and hub downloads are off (HF_HUB_OFFLINE=1)")
         local_only = False
     else:
-        raise InputError(f"model {source!r} not found: give a diffusers pipeline directory or a hub id 'owner/name'")
+        raise ModelError(f"model {source!r} not found: give a diffusers pipeline directory or a hub id 'owner/name'")
 
     device = parse_device(device)
     if render_dtype is None:
@@ -214,7 +214,7 @@ def load_model(name: str | os.PathLike | None = None, device: str | torch.device
             extra["variant"] = variant
         pipe = DiffusionPipeline.from_pretrained(source, local_files_only=local_only, use_safetensors=True, dtype=torch.float32, **extra)
     except (OSError, ValueError, EnvironmentError) as exc:
-        raise InputError(f"could not load model {source!r}: {first_line(exc)}") from None
+        raise ModelError(f"could not load model {source!r}: {first_line(exc)}") from None
 
     unet = getattr(pipe, "unet", None)
     kind = type(unet).__name__ if unet is not None else "no U-Net (a transformer denoiser?)"
@@ -226,16 +226,16 @@ def load_model(name: str | os.PathLike | None = None, device: str | torch.device
     elif kind == "UNet2DConditionModel":
         text_encoder, tokenizer = _component(pipe, "text_encoder", "bert"), _component(pipe, "tokenizer")
         if text_encoder is None or tokenizer is None:  # no VAE is fine: a pixel-space text model (DeepFloyd IF's first stage)
-            raise InputError(f"{source}: a conditional U-Net needs a text encoder and a tokenizer")
+            raise ModelError(f"{source}: a conditional U-Net needs a text encoder and a tokenizer")
     else:
-        raise InputError(f"{source}: unsupported pipeline {type(pipe).__name__} (needs a UNet2DModel or UNet2DConditionModel, got {kind})")
+        raise ModelError(f"{source}: unsupported pipeline {type(pipe).__name__} (needs a UNet2DModel or UNet2DConditionModel, got {kind})")
     _check_channels(source, unet.config, vae)
     if "beta_schedule" not in pipe.scheduler.config:  # variance-exploding, EDM / consistency, flow matching
-        raise InputError(f"{source}: its scheduler ({type(pipe.scheduler).__name__}) has no beta schedule; Eigenface samples "
+        raise ModelError(f"{source}: its scheduler ({type(pipe.scheduler).__name__}) has no beta schedule; Eigenface samples "
                          "with DDIM, which needs the discrete variance-preserving schedule of DDPM-family schedulers")
     extra = _extra_conditioning(unet.config)
     if extra:
-        raise InputError(f"{source}: its U-Net needs conditioning beyond the timestep and a text prompt ({extra}; e.g. SDXL's "
+        raise ModelError(f"{source}: its U-Net needs conditioning beyond the timestep and a text prompt ({extra}; e.g. SDXL's "
                          "size and pooled-text embeddings, or class labels), which Eigenface does not supply")
 
     try:
@@ -243,7 +243,7 @@ def load_model(name: str | os.PathLike | None = None, device: str | torch.device
             if module is not None:
                 module.to(device).eval().requires_grad_(False)
     except (AssertionError, RuntimeError) as exc:  # torch's "not compiled with CUDA", no such GPU, out of memory
-        raise InputError(f"could not move model {source!r} to device {device}: {first_line(exc)}") from None
+        raise ModelError(f"could not move model {source!r} to device {device}: {first_line(exc)}") from None
     return DiffusionModel(
         name=str(name) if name is not None else "builtin:catpeople",
         unet=unet,
@@ -282,11 +282,11 @@ def _check_channels(source: str, config, vae) -> None:
     """
     c_in, c_out = config.in_channels, config.out_channels
     if c_out not in (c_in, 2 * c_in):
-        raise InputError(f"{source}: its U-Net takes {c_in} input channels but predicts {c_out}: it needs an image concatenated "
+        raise ModelError(f"{source}: its U-Net takes {c_in} input channels but predicts {c_out}: it needs an image concatenated "
                          "to the sample (inpainting, InstructPix2Pix, upscaling), which Eigenface does not supply")
     latent = vae.config.get("latent_channels") if vae is not None else None
     if latent is not None and latent != c_in:
-        raise InputError(f"{source}: its autoencoder has {latent} latent channels but the U-Net takes {c_in}")
+        raise ModelError(f"{source}: its autoencoder has {latent} latent channels but the U-Net takes {c_in}")
 
 
 #: U-Net config values that make its forward pass need inputs besides (x_t, t, text states):

@@ -39,10 +39,10 @@ from urllib.parse import urlencode
 import numpy as np
 
 from .basis import MAX_K
-from .edit import EDIT_MODES, MAX_STRENGTH
+from .edit import EDIT_MODES
 from .errors import InputError
 from .sampling import DEFAULT_STEPS
-from .service import BUILTIN_NAME, DEFAULT_K, DEFAULT_TIMESTEP, MAX_SEED, MAX_STEPS, BasisSpec, SampleSpec
+from .specs import BUILTIN_NAME, DEFAULT_K, DEFAULT_TIMESTEP, MAX_SEED, MAX_STEPS, MAX_STRENGTH, BasisSpec, SampleSpec
 
 SCHEMA_VERSION = 1
 #: Largest edit file accepted: a full state with 64 sliders and a long prompt is under 4 kB.

@@ -1,0 +1,116 @@
+"""Named directions: save an edit found on one image, apply it to others.
+
+A saved direction is a unit vector in one model's sample space with its provenance: the image
+it was found at (model, prompt, seed, steps, timestep, k), what it was made of, and the total
+slider strength, so that it can be checked, traced and transported later. The files live in a
+:class:`~backend.store.DirectionLibrary` folder; this module adds what needs a model: finding
+the direction to save, checking that a direction fits an image, and moving the image along it.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from PIL import Image
+from torch import Tensor
+
+from .edit import combine
+from .errors import InputError
+from .specs import BasisSpec, Renderer, SampleSpec, check_int, check_vector, slider_vector
+from .sampling import DEFAULT_GUIDANCE
+from .store import DirectionLibrary, SavedDirection
+
+
+class Library:
+    """Thread-safe: one visitor's save never interleaves with another's."""
+
+    def __init__(self, renderer: Renderer, root: str | Path):
+        self.renderer = renderer
+        self.files = DirectionLibrary(root)
+        self._lock = threading.Lock()
+
+    def save(
+        self,
+        name: str,
+        spec: BasisSpec,
+        strengths: Mapping[int, float] | Sequence[float] | None = None,
+        *,
+        index: int | None = None,
+        overwrite: bool = False,
+    ) -> SavedDirection:
+        """Save the combined slider edit (``strengths``) or one basis direction (``index``) as ``name``.
+
+        An existing name is refused unless ``overwrite``: the web app's library is shared by its visitors.
+        """
+        if (strengths is None) == (index is None):
+            raise InputError("save either slider values or one direction index")
+        self.files.check_writable(name, overwrite)  # before the basis, which may take seconds
+        model = self.renderer.model(spec.sample.model)
+        result = self.renderer.discover(spec)
+        if index is not None:
+            index = check_int("direction index", index, 0, result.basis.k - 1)
+            direction, strength, made_of = result.basis.v[index], 1.0, {"index": index}
+        else:
+            values = slider_vector(strengths, result.basis.k)
+            direction, strength = combine(result.basis.v, values)
+            if strength == 0.0:
+                raise InputError("every slider is at zero: there is no edit to save; move a slider or save one direction")
+            made_of = {"sliders": {str(i): round(float(v), 6) for i, v in enumerate(values.tolist()) if v != 0.0}}
+        sample = spec.sample
+        provenance = {
+            "model": sample.model, "prompt": sample.prompt, "seed": sample.seed, "steps": sample.steps,
+            "guidance_scale": sample.guidance_scale, "timestep": result.timestep, "k": result.basis.k,
+            "edit_prompt": spec.edit_prompt or "", "shape": list(model.sample_shape), **made_of, "strength": round(strength, 6),
+        }
+        with self._lock:
+            return self.files.save(name, direction, provenance, overwrite=overwrite)
+
+    def delete(self, name: str) -> Path:
+        """Remove a saved direction (CLI and library use: the web app's library is shared by its
+        visitors, so the app offers no delete)."""
+        with self._lock:
+            return self.files.delete(name)
+
+    def list(self) -> list[SavedDirection]:
+        """The library's directions, by name (every model's: :meth:`vector` checks the fit)."""
+        return self.files.list()
+
+    def vector(self, name: str, spec: BasisSpec, *, transport: bool = False) -> Tensor:
+        """A saved direction, checked against the image it is to move.
+
+        A direction belongs to one model's sample space: another model's (by its provenance) or
+        another shape is refused. ``transport`` carries it from the image it was saved at into
+        this image's local basis (parallel transport), for a direction saved at another seed or
+        timestep; at the image it was saved at, that leaves it as it is (it lies in that span).
+        """
+        model = self.renderer.model(spec.sample.model)
+        vector, provenance = self.files.load(name)
+        saved_model = provenance.get("model")
+        if saved_model is not None and saved_model != spec.sample.model:
+            raise InputError(f"direction {name!r} was saved on model {saved_model!r}; this image is from {spec.sample.model!r}, whose sample space it does not belong to")
+        if tuple(vector.shape) != tuple(model.sample_shape):
+            raise InputError(f"direction {name!r} has shape {tuple(vector.shape)}, but {spec.sample.model!r} samples have shape {tuple(model.sample_shape)}")
+        vector = check_vector(vector, model.sample_shape)
+        if not transport:
+            return vector
+        source = self.renderer.discover(saved_spec(name, provenance)).basis
+        return self.renderer.transport(source, vector, self.renderer.discover(spec).basis)
+
+    def edit(self, spec: BasisSpec, name: str, strength: float, strengths: Mapping[int, float] | Sequence[float] = (), mode: str = "direct", *, transport: bool = False, substeps: int | None = None, preview_steps: int | None = None) -> Image.Image:
+        """The slider edit plus the saved direction ``name`` at ``strength`` (see :meth:`vector`)."""
+        vector = self.vector(name, spec, transport=transport)
+        return self.renderer.edit(spec, strengths, mode, vectors=[(vector, strength)], substeps=substeps, preview_steps=preview_steps)
+
+
+def saved_spec(name: str, provenance: Mapping[str, Any]) -> BasisSpec:
+    """The basis a saved direction was found in, from its provenance."""
+    try:
+        sample = SampleSpec(
+            model=provenance["model"], seed=provenance["seed"], prompt=provenance["prompt"], steps=provenance["steps"],
+            guidance_scale=float(provenance.get("guidance_scale", DEFAULT_GUIDANCE)),
+        )
+        return BasisSpec(sample, timestep=provenance["timestep"], k=provenance["k"], edit_prompt=provenance.get("edit_prompt") or None)
+    except (KeyError, TypeError, ValueError):
+        raise InputError(f"direction {name!r} does not record the image it was found at, so it cannot be transported; apply it as saved") from None

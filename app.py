@@ -22,9 +22,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import gradio as gr  # noqa: E402
 
+from backend.catpeople.semantics import labellers_for  # noqa: E402
 from backend.errors import InputError  # noqa: E402
 from backend.models import BUILTIN_MODEL  # noqa: E402
-from backend.service import BUILTIN_NAME, DEFAULT_LIBRARY, EigenfaceService, ServiceConfig  # noqa: E402
+from backend.service import DEFAULT_LIBRARY, EigenfaceService, ServiceConfig  # noqa: E402
+from backend.specs import BUILTIN_NAME  # noqa: E402
 from backend.state import EditState, check_model_name  # noqa: E402
 from ui.api import ApiHandlers, build_api, wire_api  # noqa: E402
 from ui.atlas import AtlasHandlers, build_atlas, refresh_step, wire_atlas  # noqa: E402
@@ -126,7 +128,9 @@ def main(argv: list[str] | None = None) -> None:
     except InputError as exc:
         sys.exit(f"error: {exc}")
     device = args.device or ("cuda" if ZERO_GPU else None)
-    service = EigenfaceService(ServiceConfig(models=models, cache_bytes=args.cache_mb << 20, device=device, library_dir=args.library))
+    service = EigenfaceService(ServiceConfig(
+        models=models, cache_bytes=args.cache_mb << 20, device=device, library_dir=args.library, labellers=labellers_for(models)
+    ))
     if ZERO_GPU:  # models must live in the serving process: every GPU call forks from it
         for name in service.model_names:
             service.model(name)

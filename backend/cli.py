@@ -12,7 +12,8 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import InputError
+from .catpeople import commands as catpeople_commands
+from .errors import EigenfaceError, InputError
 from .sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS
 
 EXIT_BAD_INPUT = 2
@@ -22,20 +23,23 @@ EXIT_BAD_INPUT = 2
 def _models() -> dict[str, str]:
     """The CLI's named models: the built-in one (any other path or hub id is allowed too)."""
     from .models import BUILTIN_MODEL
-    from .service import BUILTIN_NAME
+    from .specs import BUILTIN_NAME
 
     return {BUILTIN_NAME: str(BUILTIN_MODEL)}
 
 
 def _service(args: argparse.Namespace):
+    from .catpeople.semantics import labellers_for
     from .service import EigenfaceService, ServiceConfig
 
     library = {"library_dir": args.library} if getattr(args, "library", None) else {}  # else $EIGENFACE_LIBRARY or the default
-    return EigenfaceService(ServiceConfig(models=_models(), allow_any_model=True, device=getattr(args, "device", None), **library))
+    models = _models()
+    return EigenfaceService(ServiceConfig(models=models, allow_any_model=True, device=getattr(args, "device", None), labellers=labellers_for(models), **library))
 
 
 def _sample(args: argparse.Namespace, seed: int | None = None, prompt: str | None = None):
-    from .service import BUILTIN_NAME, SampleSpec, canonical_model_name
+    from .registry import canonical_model_name
+    from .specs import BUILTIN_NAME, SampleSpec
 
     return SampleSpec(
         model=canonical_model_name(args.model or BUILTIN_NAME, _models()),
@@ -47,7 +51,7 @@ def _sample(args: argparse.Namespace, seed: int | None = None, prompt: str | Non
 
 
 def _basis_spec(args: argparse.Namespace, **overrides):
-    from .service import BasisSpec
+    from .specs import BasisSpec
 
     sample = _sample(args, overrides.pop("seed", None), overrides.pop("prompt", None))
     # getattr: `compare` has no --timestep (it passes one per spec), and pop's default is evaluated eagerly
@@ -118,7 +122,8 @@ def _parse_directions(items: list[str]) -> dict[int, float]:
 
 
 def _edit(args: argparse.Namespace) -> None:
-    from .edit import check_strength, combine
+    from .edit import combine
+    from .specs import check_strength
     from .store import load_basis, load_direction
 
     out = _check_out(args.out, (".png",))
@@ -159,7 +164,7 @@ def _edit(args: argparse.Namespace) -> None:
         image = service.edit_vector(_basis_spec(args), vector, check_strength(args.strength), args.mode, substeps=args.substeps)
     else:
         strength = _saved_strength(service, args.saved) if args.saved_strength is None else args.saved_strength
-        image = service.edit_saved(_basis_spec(args), args.saved, strength, mode=args.mode, transport=args.transport, substeps=args.substeps)
+        image = service.library.edit(_basis_spec(args), args.saved, strength, mode=args.mode, transport=args.transport, substeps=args.substeps)
     out.parent.mkdir(parents=True, exist_ok=True)
     image.save(out)
     print(f"wrote {out}")
@@ -167,15 +172,15 @@ def _edit(args: argparse.Namespace) -> None:
 
 def _saved_strength(service, name: str) -> float:
     """edit --saved's default strength: the one the direction was saved with (1 for one basis direction)."""
-    provenance = next((saved.provenance for saved in service.saved_directions() if saved.name == name), {})
+    provenance = next((saved.provenance for saved in service.library.list() if saved.name == name), {})
     return provenance.get("strength", 1.0)  # an unknown name: edit_saved says so
 
 
 def _list_directions(args: argparse.Namespace) -> None:
     service = _service(args)
-    saved = service.saved_directions()
+    saved = service.library.list()
     if not saved:
-        print(f"no saved directions in {service.library.root}")
+        print(f"no saved directions in {service.library.files.root}")
     for direction in saved:
         p = direction.provenance
         if "index" in p:
@@ -198,12 +203,12 @@ def _save_direction(args: argparse.Namespace) -> None:
         made_of = {"strengths": _parse_directions(items)}
     else:
         raise InputError("give --direction I (one basis direction) or --direction I=S pairs (a slider edit)")
-    saved = _service(args).save_direction(args.name, _basis_spec(args), overwrite=args.overwrite, **made_of)
+    saved = _service(args).library.save(args.name, _basis_spec(args), overwrite=args.overwrite, **made_of)
     print(f"saved {saved.name!r} to {saved.path}")
 
 
 def _delete_direction(args: argparse.Namespace) -> None:
-    print(f"deleted {args.name!r} ({_service(args).delete_direction(args.name)})")
+    print(f"deleted {args.name!r} ({_service(args).library.delete(args.name)})")
 
 
 def _transport(args: argparse.Namespace) -> None:
@@ -257,32 +262,6 @@ def _find(args: argparse.Namespace) -> None:
     print(f"wrote {out} (the concept's projection onto the top-{result.basis.k} span keeps {alignment.captured:.1%} of it)")
 
 
-def _train(args: argparse.Namespace) -> None:
-    from .catpeople.train import TrainConfig, train
-
-    config = TrainConfig(
-        out=args.out,
-        resolution=args.resolution,
-        minutes=args.minutes,
-        batch_size=args.batch_size,
-        device=args.device,
-        weights_dtype=args.weights_dtype,
-        seed=args.seed,
-        init=args.init,
-        compile=args.compile,
-        snr_gamma=args.snr_gamma,
-    )
-    print(f"saved {train(config)}")
-
-
-def _train_estimator(args: argparse.Namespace) -> None:
-    from .catpeople.estimator import train_estimator
-
-    estimator = train_estimator(args.resolution, args.minutes, args.batch_size, args.device, args.seed, init=args.init, lr=args.lr)
-    estimator.save(args.out)
-    print(f"saved {args.out} (face threshold {estimator.face_threshold:.5f})")
-
-
 # ------------------------------------------------------------------------------ parser
 def _sample_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="diffusers pipeline directory or hub id (default: the built-in cat-people model)")
@@ -293,17 +272,8 @@ def _sample_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when present)")
 
 
-def _training_args(p: argparse.ArgumentParser, minutes: float, batch_size: int) -> None:
-    p.add_argument("--out", required=True)
-    p.add_argument("--resolution", type=int, default=64)
-    p.add_argument("--minutes", type=float, default=minutes, help="wall-clock budget")
-    p.add_argument("--batch-size", type=int, default=batch_size)
-    p.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda, ...")
-    p.add_argument("--seed", type=int, default=0)
-
-
 def _basis_args(p: argparse.ArgumentParser, edit_prompt: bool = True) -> None:
-    from .service import DEFAULT_K, DEFAULT_TIMESTEP
+    from .specs import DEFAULT_K, DEFAULT_TIMESTEP
 
     p.add_argument("--timestep", type=_timestep, default=None,
                    help=f"training timestep (integer) or fraction of T (e.g. 0.6; default: the model's eigenface.json, else {DEFAULT_TIMESTEP})")
@@ -318,7 +288,7 @@ def _library_arg(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from .edit import EDIT_MODES
-    from .service import DEFAULT_K
+    from .specs import DEFAULT_K
 
     parser = argparse.ArgumentParser(prog="eigenface", description="Find and steer the semantic directions of a diffusion model's h-space.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -396,19 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     _library_arg(q)
     q.set_defaults(func=_delete_direction)
 
-    p = sub.add_parser("train", help="train a cat-people diffusion model (diffusers layout, resumable)")
-    _training_args(p, minutes=10.0, batch_size=128)
-    p.add_argument("--weights-dtype", choices=["float32", "float16"], default="float32")
-    p.add_argument("--init", default=None, help="start from this pipeline's U-Net weights (fine-tuning)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the U-Net (worth it on a GPU for runs over a few minutes)")
-    p.add_argument("--snr-gamma", type=float, default=None, help="Min-SNR-gamma loss weighting (e.g. 5; default: plain epsilon MSE)")
-    p.set_defaults(func=_train)
-
-    p = sub.add_parser("train-estimator", help="train the cat-people factor estimator")
-    _training_args(p, minutes=2.0, batch_size=256)
-    p.add_argument("--init", default=None, help="an estimator directory to fine-tune (default: start afresh)")
-    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (cosine over the time budget); lower it to fine-tune")
-    p.set_defaults(func=_train_estimator)
+    catpeople_commands.register(sub)
     return parser
 
 
@@ -419,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except InputError as exc:
+    except EigenfaceError as exc:
         print(f"eigenface: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return 0

@@ -34,7 +34,7 @@ import torch  # noqa: E402
 
 from backend.edit import combine, direct_edit  # noqa: E402
 from backend.sampling import DEFAULT_GUIDANCE, denoise, initial_noise, sub_schedule  # noqa: E402
-from backend.service import to_pil  # noqa: E402
+from backend.images import to_pil  # noqa: E402
 from bench.bench_basis import BenchModel, Point, add_common_arguments, start_run, bench_model, bench_point, environment, environment_lines, measure  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}

@@ -17,7 +17,9 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from backend.service import BasisSpec, EigenfaceService, SampleSpec, ServiceConfig, name_by_factor  # noqa: E402
+from backend.catpeople.semantics import name_by_factor  # noqa: E402
+from backend.service import EigenfaceService, ServiceConfig  # noqa: E402
+from backend.specs import BasisSpec, SampleSpec  # noqa: E402
 
 
 def main() -> None:

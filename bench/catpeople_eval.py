@@ -195,7 +195,7 @@ def pixel_statistics(images: torch.Tensor) -> dict[str, list[float]]:
 
 def section_samples(report: Report, service, estimator: FactorEstimator, sizes: Sizes, docs: Path) -> dict:
     from backend.sampling import DEFAULT_STEPS
-    from backend.service import image_grid, to_pil
+    from backend.images import image_grid, to_pil
 
     report.section("samples")
     model = service.model("catpeople")
@@ -350,7 +350,7 @@ def _short(label: str) -> str:
 
 
 def section_semantic(report: Report, service, estimator: FactorEstimator, sizes: Sizes, docs: Path) -> dict:
-    from backend.service import BasisSpec, SampleSpec
+    from backend.specs import BasisSpec, SampleSpec
 
     report.section("semantic")
     s, h = sizes.strength, sizes.heldout_strength
@@ -471,7 +471,7 @@ def section_semantic(report: Report, service, estimator: FactorEstimator, sizes:
 
 
 def section_atlas(report: Report, service, estimator: FactorEstimator, sizes: Sizes, docs: Path, semantic: dict | None, seed: int | None, strength: float) -> None:
-    from backend.service import BUILTIN_NAME, BasisSpec, SampleSpec
+    from backend.specs import BUILTIN_NAME, BasisSpec, SampleSpec
 
     report.section("atlas")
     if seed is None:
@@ -504,7 +504,7 @@ def section_atlas(report: Report, service, estimator: FactorEstimator, sizes: Si
 
 
 def section_sweep(report: Report, service, estimator: FactorEstimator, sizes: Sizes, semantic: dict | None) -> None:
-    from backend.service import BasisSpec, SampleSpec
+    from backend.specs import BasisSpec, SampleSpec
 
     report.section("sweep")
     strengths = sorted(set(sizes.sweep_strengths))
@@ -616,7 +616,8 @@ def main(argv: list[str] | None = None) -> int:
 
     service = None
     if set(sections) & {"samples", "denoising", "semantic", "atlas", "sweep"}:
-        from backend.service import BUILTIN_NAME, EigenfaceService, ServiceConfig
+        from backend.service import EigenfaceService, ServiceConfig
+        from backend.specs import BUILTIN_NAME
 
         start = time.perf_counter()
         service = EigenfaceService(ServiceConfig(models={BUILTIN_NAME: args.model_path}) if args.model_path else ServiceConfig())

@@ -48,7 +48,8 @@ from backend.catpeople.estimator import FactorEstimator, factor_distance  # noqa
 from backend.catpeople.render import FACTORS  # noqa: E402
 from backend.errors import InputError  # noqa: E402
 from backend.plots import heatmap  # noqa: E402
-from backend.service import BUILTIN_NAME, BasisSpec, EigenfaceService, SampleSpec, ServiceConfig  # noqa: E402
+from backend.service import EigenfaceService, ServiceConfig  # noqa: E402
+from backend.specs import BUILTIN_NAME, BasisSpec, SampleSpec  # noqa: E402
 
 #: Raw regressor outputs of the linear factors may overshoot [0, 1] by this much and still count
 #: as "in range" (estimate() clamps them, so the range check must look at the raw outputs).

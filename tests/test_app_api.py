@@ -8,7 +8,7 @@ from PIL import Image
 
 gradio_client = pytest.importorskip("gradio_client")
 
-from backend.service import SampleSpec  # noqa: E402
+from backend.specs import SampleSpec  # noqa: E402
 from tests.fixtures import app_service, launched  # noqa: E402
 
 SETTINGS = ("tiny", "", 3, 0.6, 4, 10)  # model, prompt, seed, timestep, k, steps

@@ -162,7 +162,7 @@ def test_label_from_response():
 
 
 def test_pil_round_trip_and_random_directions():
-    from backend.service import to_pil
+    from backend.images import to_pil
 
     images, _ = render_dataset(2, seed=1)
     back = pil_to_tensor(to_pil(images))
@@ -200,12 +200,12 @@ class _FakeService:
         return self._basis
 
     def generate(self, sample):
-        from backend.service import to_pil
+        from backend.images import to_pil
 
         return to_pil(render(self.base))[0]
 
     def render_edits(self, spec, edits, mode="direct", *, batch_size=16):
-        from backend.service import to_pil
+        from backend.images import to_pil
 
         factors = self.base.repeat(len(edits), 1)
         for row, (direction, strength) in enumerate(edits):
@@ -218,7 +218,7 @@ class _FakeService:
 
 def test_labels_and_ratio_on_a_stand_in_service(estimator):
     from backend.catpeople.semantics import factor_response, label_directions, semantic_ratio
-    from backend.service import BasisSpec, SampleSpec
+    from backend.specs import BasisSpec, SampleSpec
 
     service, spec = _FakeService(), BasisSpec(SampleSpec(seed=0), k=8)
     labels = label_directions(service, spec, estimator, strength=0.5)
@@ -252,7 +252,7 @@ def semantic(service, estimator):
     head position and hue together and leaves random edits noisy enough to read as factor change
     (the sweep in bench/results/catpeople_eval.md)."""
     from backend.catpeople.semantics import semantic_ratio
-    from backend.service import BUILTIN_NAME
+    from backend.specs import BUILTIN_NAME
 
     strength = service.settings(BUILTIN_NAME).strength
     return semantic_ratio(service, seeds=[0, 1], k=4, n_random=3, strength=strength, estimator=estimator)
@@ -270,7 +270,7 @@ def test_top_directions_are_semantic(semantic):
 def test_factor_response_matches_the_ratio_run(service, estimator, semantic):
     """factor_response re-renders what semantic_ratio measured (same sample, basis, strengths)."""
     from backend.catpeople.semantics import factor_response
-    from backend.service import BUILTIN_NAME, BasisSpec, SampleSpec
+    from backend.specs import BUILTIN_NAME, BasisSpec, SampleSpec
 
     spec = BasisSpec(SampleSpec(seed=0), k=4)  # the model's own timestep; basis cached by the fixture
     s = service.settings(BUILTIN_NAME).strength

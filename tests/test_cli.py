@@ -364,10 +364,10 @@ def _library_service(library: Path):
 
 
 def test_directions_save_list_and_edit_saved(capsys, ddpm, basis0, original, library, tmp_path):
-    from backend.service import BasisSpec, SampleSpec
+    from backend.specs import BasisSpec, SampleSpec
 
     service = _library_service(library)
-    smile = {d.name: d for d in service.saved_directions()}["smile"].provenance
+    smile = {d.name: d for d in service.library.list()}["smile"].provenance
     assert (smile["model"], smile["seed"], smile["timestep"], smile["k"], smile["sliders"]) == (ddpm, 0, 500, 2, {"0": 0.3, "1": -0.2})
 
     capsys.readouterr()
@@ -386,7 +386,7 @@ def test_directions_save_list_and_edit_saved(capsys, ddpm, basis0, original, lib
     assert main(["edit", "--model", ddpm, *STEPS, "--timestep", "500", "--saved", "smile", "--library", str(library), "--out", str(edited)]) == 0
     assert capsys.readouterr().out.strip() == f"wrote {edited}"
     spec0 = BasisSpec(SampleSpec(model=ddpm, seed=0, steps=4), timestep="500", k=2)
-    assert np.array_equal(_pixels(edited), np.asarray(service.edit_saved(spec0, "smile", smile["strength"])).astype(int))
+    assert np.array_equal(_pixels(edited), np.asarray(service.library.edit(spec0, "smile", smile["strength"])).astype(int))
     sliders = tmp_path / "sliders.png"
     _ok(["edit", "--model", ddpm, *STEPS, "--timestep", "500", "--basis", str(basis0 / "basis.safetensors"), "--direction", "0=0.3", "--direction", "1=-0.2", "--out", str(sliders)])
     assert np.abs(_pixels(edited) - _pixels(sliders)).max() <= 1
@@ -397,7 +397,7 @@ def test_directions_save_list_and_edit_saved(capsys, ddpm, basis0, original, lib
     _ok(["edit", "--model", ddpm, *STEPS, "--seed", "1", "--timestep", "500", "--k", "2", "--saved", "d1", "--saved-strength", "-0.4", "--transport",
          "--library", str(library), "--out", str(moved)])
     spec1 = BasisSpec(SampleSpec(model=ddpm, seed=1, steps=4), timestep="500", k=2)
-    assert np.array_equal(_pixels(moved), np.asarray(service.edit_saved(spec1, "d1", -0.4, transport=True)).astype(int))
+    assert np.array_equal(_pixels(moved), np.asarray(service.library.edit(spec1, "d1", -0.4, transport=True)).astype(int))
     as_saved = tmp_path / "as_saved.png"
     _ok(["edit", "--model", ddpm, *STEPS, "--seed", "1", "--timestep", "500", "--saved", "d1", "--saved-strength", "-0.4", "--library", str(library), "--out", str(as_saved)])
     assert not np.array_equal(_pixels(as_saved), _pixels(moved))
@@ -405,7 +405,7 @@ def test_directions_save_list_and_edit_saved(capsys, ddpm, basis0, original, lib
 
 def test_directions_delete(capsys, tmp_path):
     library = tmp_path / "lib"
-    _library_service(library).library.save("gone", torch.randn(3, 8, 8), {"index": 0})
+    _library_service(library).library.files.save("gone", torch.randn(3, 8, 8), {"index": 0})
     _ok(["directions", "delete", "gone", "--library", str(library)])
     assert capsys.readouterr().out.strip() == f"deleted 'gone' ({library / 'gone.safetensors'})"
     assert main(["directions", "delete", "gone", "--library", str(library)]) != 0
@@ -426,7 +426,7 @@ def test_a_model_typed_as_any_path_is_one_model(capsys, monkeypatch, ddpm, libra
 
 def test_canonical_model_name(tmp_path, monkeypatch):
     from backend.models import BUILTIN_MODEL
-    from backend.service import canonical_model_name
+    from backend.registry import canonical_model_name
 
     models = {"catpeople": str(BUILTIN_MODEL)}
     monkeypatch.chdir(BUILTIN_MODEL.parent.parent)

@@ -8,7 +8,8 @@ import torch
 from backend.basis import Basis
 from backend.concepts import align
 from backend.errors import InputError
-from backend.service import BasisSpec, EigenfaceService, SampleSpec, ServiceConfig
+from backend.service import EigenfaceService, ServiceConfig
+from backend.specs import BasisSpec, SampleSpec
 
 
 def _basis(k: int = 4, x_shape=(2, 3, 3), h_shape=(5, 2)) -> Basis:

@@ -13,7 +13,8 @@ import sys
 import pytest
 import torch
 
-from backend.service import BasisSpec, EigenfaceService, SampleSpec, ServiceConfig
+from backend.service import EigenfaceService, ServiceConfig
+from backend.specs import BasisSpec, SampleSpec
 from ui import device
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="ZeroGPU workers are forked processes")

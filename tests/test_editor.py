@@ -1,6 +1,7 @@
 """The page's editor layer: atlas rows carry the directions' names once they have been computed."""
 
-from backend.service import EigenfaceService, ServiceConfig, name_by_factor
+from backend.catpeople.semantics import name_by_factor
+from backend.service import EigenfaceService, ServiceConfig
 from ui.editor import Editor
 
 

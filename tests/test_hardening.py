@@ -10,7 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from backend.errors import InputError
-from backend.service import BasisSpec, EigenfaceService, SampleSpec, ServiceConfig
+from backend.service import EigenfaceService, ServiceConfig
+from backend.specs import BasisSpec, SampleSpec
 
 STEPS = 3
 
@@ -74,7 +75,7 @@ def test_wrong_vectors_are_refused(service):
 def test_out_of_memory_backs_off_to_smaller_chunks(service, monkeypatch):
     """A device that holds at most 3 directions at once: the basis is still computed, in chunks of
     at most 3, the same as on a roomy device, and later bases start at the size that fit."""
-    import backend.service as service_module
+    import backend.hspace as service_module
 
     real = service_module.local_basis
     chunks = []
@@ -98,7 +99,7 @@ def test_out_of_memory_backs_off_to_smaller_chunks(service, monkeypatch):
 
 
 def test_out_of_memory_at_one_direction_is_a_clear_error_and_the_service_recovers(service, monkeypatch):
-    import backend.service as service_module
+    import backend.hspace as service_module
 
     real = service_module.local_basis
     spec = BasisSpec(SampleSpec(model="ddpm", seed=11, steps=STEPS), 0.6, 3)

@@ -203,13 +203,13 @@ def test_sd_trajectory_depends_on_prompt_and_guidance(sd):
 
 
 def test_encode_prompt(sd, ddpm):
-    from backend.errors import InputError
+    from backend.errors import ModelError
 
     cond = sd.encode_prompt("a photo of a cat")
     assert cond.cond.shape == cond.uncond.shape == (1, 77, 32) and not cond.truncated
     assert torch.equal(cond.uncond, sd.encode_prompt("").cond)
     assert sd.encode_prompt("cat " * 100).truncated
-    with pytest.raises(InputError, match="unconditional"):
+    with pytest.raises(ModelError, match="unconditional"):
         ddpm.encode_prompt("a cat")
 
 
@@ -258,30 +258,30 @@ def test_unets_needing_more_than_a_prompt_are_refused_at_load(tmp_path, extra):
     supply: refused when loaded, with the config entry named, instead of failing mid-render."""
     from diffusers import DDPMPipeline, DDPMScheduler
 
-    from backend.errors import InputError
+    from backend.errors import ModelError
 
     DDPMPipeline(unet=_plain_unet(**extra), scheduler=DDPMScheduler()).save_pretrained(tmp_path / "m")
     key = next(iter(extra))
-    with pytest.raises(InputError, match=f"{key}="):
+    with pytest.raises(ModelError, match=f"{key}="):
         load_model(tmp_path / "m", device="cpu")
 
 
 def test_an_sdxl_style_unet_is_refused_at_load(tmp_path, tiny_sd_dir):
     """SDXL's U-Net wants size and pooled-text embeddings (added_cond_kwargs) at every call."""
-    from backend.errors import InputError
+    from backend.errors import ModelError
 
     xl = _resaved_sd(tiny_sd_dir, tmp_path / "xl", addition_embed_type="text_time", addition_time_embed_dim=8,
                      projection_class_embeddings_input_dim=32 + 6 * 8)
-    with pytest.raises(InputError, match="addition_embed_type='text_time'"):
+    with pytest.raises(ModelError, match="addition_embed_type='text_time'"):
         load_model(xl, device="cpu")
 
 
 def test_image_conditioned_unets_are_refused_at_load(tmp_path, tiny_sd_dir):
     """An inpainting U-Net (9 channels in: latents, mask and masked image; 4 out) needs an image
     Eigenface does not have; it used to fail mid-render on the channel mismatch."""
-    from backend.errors import InputError
+    from backend.errors import ModelError
 
-    with pytest.raises(InputError, match="takes 9 input channels but predicts 4"):
+    with pytest.raises(ModelError, match="takes 9 input channels but predicts 4"):
         load_model(_resaved_sd(tiny_sd_dir, tmp_path / "inpaint", in_channels=9), device="cpu")
 
 
@@ -304,14 +304,14 @@ def test_a_transformer_pipeline_is_refused_at_load(tmp_path):
     """DiT (like PixArt, SD3, Flux) denoises with a transformer: no U-Net, so no h-space."""
     from diffusers import AutoencoderKL, DDIMScheduler, DiTPipeline, DiTTransformer2DModel
 
-    from backend.errors import InputError
+    from backend.errors import ModelError
 
     transformer = DiTTransformer2DModel(sample_size=8, patch_size=2, in_channels=4, out_channels=8, num_layers=1, attention_head_dim=8,
                                         num_attention_heads=2, num_embeds_ada_norm=10, norm_num_groups=8)
     vae = AutoencoderKL(block_out_channels=(16, 32), norm_num_groups=8, layers_per_block=1, latent_channels=4,
                         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2)
     DiTPipeline(transformer=transformer, vae=vae, scheduler=DDIMScheduler()).save_pretrained(tmp_path / "dit", safe_serialization=True)
-    with pytest.raises(InputError, match="unsupported pipeline DiTPipeline .* no U-Net"):
+    with pytest.raises(ModelError, match="unsupported pipeline DiTPipeline .* no U-Net"):
         load_model(tmp_path / "dit", device="cpu")
 
 
@@ -319,8 +319,8 @@ def test_a_model_without_a_beta_schedule_is_refused_at_load(tmp_path):
     """A score-SDE (variance-exploding) checkpoint would be sampled as if it were a DDPM."""
     from diffusers import ScoreSdeVePipeline, ScoreSdeVeScheduler
 
-    from backend.errors import InputError
+    from backend.errors import ModelError
 
     ScoreSdeVePipeline(unet=_plain_unet(), scheduler=ScoreSdeVeScheduler()).save_pretrained(tmp_path / "ve")
-    with pytest.raises(InputError, match="ScoreSdeVeScheduler"):
+    with pytest.raises(ModelError, match="ScoreSdeVeScheduler"):
         load_model(tmp_path / "ve", device="cpu")

@@ -16,7 +16,9 @@ import backend.service as service_module
 from backend.basis import Basis
 from backend.errors import InputError
 from backend.geometry import principal_angles
-from backend.service import BasisSpec, EigenfaceService, SampleSpec, ServiceConfig, parse_timestep
+from backend.cache import record_computed
+from backend.service import EigenfaceService, ServiceConfig
+from backend.specs import BasisSpec, SampleSpec, parse_timestep
 from tests.fixtures import save_tiny_ddpm, save_tiny_ldm, save_tiny_pixel_text
 
 STEPS = 4
@@ -421,91 +423,91 @@ def library_service(make_service, tmp_path) -> EigenfaceService:
 def test_save_the_slider_edit_and_apply_it(library_service, recorded_denoise):
     s = library_service
     result = s.discover(DDPM_BASIS)
-    saved = s.save_direction("wide smile", DDPM_BASIS, {0: 0.3, 2: -0.4})
-    assert saved.path.parent == s.library.root and saved.path.name == "wide smile.safetensors"
+    saved = s.library.save("wide smile", DDPM_BASIS, {0: 0.3, 2: -0.4})
+    assert saved.path.parent == s.library.files.root and saved.path.name == "wide smile.safetensors"
     p = saved.provenance
     assert (p["model"], p["seed"], p["steps"], p["timestep"], p["k"], p["shape"]) == ("ddpm", 0, STEPS, 500, K, [3, 16, 16])
     assert p["sliders"] == {"0": 0.3, "2": -0.4} and p["strength"] == pytest.approx(0.5)
-    vector, provenance = s.library.load("wide smile")
+    vector, provenance = s.library.files.load("wide smile")
     assert provenance == p and float(vector.norm()) == pytest.approx(1.0, abs=1e-5)
-    assert [d.name for d in s.saved_directions()] == ["wide smile"]
+    assert [d.name for d in s.library.list()] == ["wide smile"]
 
     # At its own image, the saved direction at the saved strength is the slider edit again.
-    s.edit_saved(DDPM_BASIS, "wide smile", 0.5)
+    s.library.edit(DDPM_BASIS, "wide smile", 0.5)
     s.edit(DDPM_BASIS, {0: 0.3, 2: -0.4})
     torch.testing.assert_close(recorded_denoise[0][0], recorded_denoise[1][0], atol=1e-5, rtol=1e-5)
     # On top of the sliders: one summed move.
-    s.edit_saved(DDPM_BASIS, "wide smile", 0.5, {1: 0.2})
+    s.library.edit(DDPM_BASIS, "wide smile", 0.5, {1: 0.2})
     expected = math.sqrt(768) * (0.3 * result.basis.v[0] + 0.2 * result.basis.v[1] - 0.4 * result.basis.v[2])
     torch.testing.assert_close(recorded_denoise[2][0][0] - result.x_t, expected, atol=1e-5, rtol=1e-5)
 
 
 def test_save_one_direction(library_service):
     s = library_service
-    saved = s.save_direction("d1", DDPM_BASIS, index=1)
+    saved = s.library.save("d1", DDPM_BASIS, index=1)
     assert saved.provenance["index"] == 1 and "sliders" not in saved.provenance
-    torch.testing.assert_close(s.library.load("d1")[0], s.discover(DDPM_BASIS).basis.v[1])
+    torch.testing.assert_close(s.library.files.load("d1")[0], s.discover(DDPM_BASIS).basis.v[1])
 
 
 @pytest.mark.parametrize(
     "call, message",
     [
-        (lambda s: s.save_direction("z", DDPM_BASIS, {0: 0.0}), "every slider is at zero"),
-        (lambda s: s.save_direction("z", DDPM_BASIS, []), "every slider is at zero"),
-        (lambda s: s.save_direction("z", DDPM_BASIS), "either"),
-        (lambda s: s.save_direction("z", DDPM_BASIS, {0: 0.3}, index=0), "either"),
-        (lambda s: s.save_direction("z", DDPM_BASIS, index=K), "direction index"),
-        (lambda s: s.save_direction("../z", DDPM_BASIS, index=0), "direction names"),
-        (lambda s: s.save_direction("z/y", DDPM_BASIS, index=0), "direction names"),
-        (lambda s: s.save_direction("z", DDPM_BASIS, {0: float("nan")}), "finite"),
-        (lambda s: s.edit_saved(DDPM_BASIS, "missing", 0.3), "no saved direction"),
-        (lambda s: s.edit_saved(DDPM_BASIS, "../../etc/passwd", 0.3), "direction names"),
+        (lambda s: s.library.save("z", DDPM_BASIS, {0: 0.0}), "every slider is at zero"),
+        (lambda s: s.library.save("z", DDPM_BASIS, []), "every slider is at zero"),
+        (lambda s: s.library.save("z", DDPM_BASIS), "either"),
+        (lambda s: s.library.save("z", DDPM_BASIS, {0: 0.3}, index=0), "either"),
+        (lambda s: s.library.save("z", DDPM_BASIS, index=K), "direction index"),
+        (lambda s: s.library.save("../z", DDPM_BASIS, index=0), "direction names"),
+        (lambda s: s.library.save("z/y", DDPM_BASIS, index=0), "direction names"),
+        (lambda s: s.library.save("z", DDPM_BASIS, {0: float("nan")}), "finite"),
+        (lambda s: s.library.edit(DDPM_BASIS, "missing", 0.3), "no saved direction"),
+        (lambda s: s.library.edit(DDPM_BASIS, "../../etc/passwd", 0.3), "direction names"),
     ],
 )
 def test_saving_refuses_bad_input(library_service, call, message):
     with pytest.raises(InputError, match=message):
         call(library_service)
-    assert library_service.saved_directions() == []
+    assert library_service.library.list() == []
 
 
 def test_an_unsavable_name_is_refused_before_the_basis_is_computed(library_service):
     spec = BasisSpec(SampleSpec(model="ddpm", seed=97, steps=DDPM_BASIS.sample.steps), DDPM_BASIS.timestep, K)
     misses = library_service.cache.misses
     with pytest.raises(InputError, match="direction names"):
-        library_service.save_direction("../z", spec, index=0)
+        library_service.library.save("../z", spec, index=0)
     assert library_service.cache.misses == misses  # no trajectory, no basis
 
 
 def test_an_existing_name_is_kept_unless_overwritten(library_service):
     s = library_service
-    s.save_direction("mine", DDPM_BASIS, index=0)
+    s.library.save("mine", DDPM_BASIS, index=0)
     with pytest.raises(InputError, match="already exists"):
-        s.save_direction("mine", DDPM_BASIS, index=1)
-    torch.testing.assert_close(s.library.load("mine")[0], s.discover(DDPM_BASIS).basis.v[0])
-    s.save_direction("mine", DDPM_BASIS, index=1, overwrite=True)
-    torch.testing.assert_close(s.library.load("mine")[0], s.discover(DDPM_BASIS).basis.v[1])
+        s.library.save("mine", DDPM_BASIS, index=1)
+    torch.testing.assert_close(s.library.files.load("mine")[0], s.discover(DDPM_BASIS).basis.v[0])
+    s.library.save("mine", DDPM_BASIS, index=1, overwrite=True)
+    torch.testing.assert_close(s.library.files.load("mine")[0], s.discover(DDPM_BASIS).basis.v[1])
 
 
 def test_a_direction_of_another_model_is_refused(library_service):
     s = library_service
-    s.save_direction("pixels", DDPM_BASIS, index=0)
+    s.library.save("pixels", DDPM_BASIS, index=0)
     with pytest.raises(InputError, match="saved on model 'ddpm'; this image is from 'sd'"):
-        s.edit_saved(SD_BASIS, "pixels", 0.3)
-    s.library.save("no record", torch.randn(4, 8, 8), {})  # e.g. copied in by hand: only the shape can be checked
+        s.library.edit(SD_BASIS, "pixels", 0.3)
+    s.library.files.save("no record", torch.randn(4, 8, 8), {})  # e.g. copied in by hand: only the shape can be checked
     with pytest.raises(InputError, match=r"has shape \(4, 8, 8\), but 'ddpm' samples have shape \(3, 16, 16\)"):
-        s.edit_saved(DDPM_BASIS, "no record", 0.3)
-    assert s.edit_saved(SD_BASIS, "no record", 0.3).size == (16, 16)
+        s.library.edit(DDPM_BASIS, "no record", 0.3)
+    assert s.library.edit(SD_BASIS, "no record", 0.3).size == (16, 16)
     with pytest.raises(InputError, match="cannot be transported"):
-        s.edit_saved(SD_BASIS, "no record", 0.3, transport=True)
+        s.library.edit(SD_BASIS, "no record", 0.3, transport=True)
 
 
 def test_transport_carries_a_saved_direction_into_another_image(library_service, recorded_denoise):
     s = library_service
     other = BasisSpec(SampleSpec(model="ddpm", seed=1, steps=STEPS), timestep=0.5, k=K)
-    s.save_direction("d0", DDPM_BASIS, index=0)
+    s.library.save("d0", DDPM_BASIS, index=0)
     target = s.discover(other)
-    s.edit_saved(other, "d0", 0.3)
-    s.edit_saved(other, "d0", 0.3, transport=True)
+    s.library.edit(other, "d0", 0.3)
+    s.library.edit(other, "d0", 0.3, transport=True)
     as_saved, moved = (x[0][0] - target.x_t for x in recorded_denoise)
     torch.testing.assert_close(as_saved, 0.3 * math.sqrt(768) * s.discover(DDPM_BASIS).basis.v[0], atol=1e-5, rtol=1e-5)
     unit = moved / moved.norm()
@@ -517,9 +519,9 @@ def test_transport_carries_a_saved_direction_into_another_image(library_service,
 
 def test_library_location_comes_from_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("EIGENFACE_LIBRARY", str(tmp_path / "env-lib"))
-    assert EigenfaceService(ServiceConfig(models={})).library.root == tmp_path / "env-lib"
+    assert EigenfaceService(ServiceConfig(models={})).library.files.root == tmp_path / "env-lib"
     monkeypatch.delenv("EIGENFACE_LIBRARY")
-    assert EigenfaceService(ServiceConfig(models={})).library.root == Path("~/.cache/eigenface/directions").expanduser()
+    assert EigenfaceService(ServiceConfig(models={})).library.files.root == Path("~/.cache/eigenface/directions").expanduser()
 
 
 # ------------------------------------------------------------------------------ text concepts through the service
@@ -551,29 +553,29 @@ class BrightestChannel:
 def test_labels_are_computed_once_and_cached_with_the_basis(make_service):
     labeller = BrightestChannel()
     s = make_service(labellers={"ddpm": labeller})
-    assert s.has_labeller("ddpm") and not s.has_labeller("sd")
+    assert s.labels.available("ddpm") and not s.labels.available("sd")
     s.discover(DDPM_BASIS)
-    assert s.labels(DDPM_BASIS, compute=False) is None
-    labels = s.labels(DDPM_BASIS)
+    assert s.labels.names(DDPM_BASIS, compute=False) is None
+    labels = s.labels.names(DDPM_BASIS)
     assert len(labels) == K and set(labels) <= {"R", "G", "B"}
-    assert s.labels(DDPM_BASIS) == labels and s.labels(DDPM_BASIS, compute=False) == labels and labeller.calls == 1
-    assert s.labels(BasisSpec(DDPM, timestep=500, k=K)) == labels  # the same schedule point, the same basis
-    assert s.labels(SD_BASIS, compute=False) is None
+    assert s.labels.names(DDPM_BASIS) == labels and s.labels.names(DDPM_BASIS, compute=False) == labels and labeller.calls == 1
+    assert s.labels.names(BasisSpec(DDPM, timestep=500, k=K)) == labels  # the same schedule point, the same basis
+    assert s.labels.names(SD_BASIS, compute=False) is None
     with pytest.raises(InputError, match="cannot name its directions"):
-        s.labels(SD_BASIS)
+        s.labels.names(SD_BASIS)
 
 
 def test_the_builtin_model_gets_the_factor_labeller(tiny_ddpm_dir, tmp_path):
     from backend.catpeople.render import FACTORS
     from backend.models import BUILTIN_MODEL
-    from backend.service import name_by_factor
+    from backend.catpeople.semantics import labellers_for, name_by_factor
 
-    assert EigenfaceService(ServiceConfig(library_dir=str(tmp_path))).has_labeller("catpeople")
-    renamed = EigenfaceService(ServiceConfig(models={"cats": str(BUILTIN_MODEL), "catpeople": str(tiny_ddpm_dir)}))
-    assert renamed.has_labeller("cats") and not renamed.has_labeller("catpeople")  # by what it is, not by name
+    assert labellers_for({"catpeople": str(BUILTIN_MODEL)}) == {"catpeople": name_by_factor}
+    renamed = labellers_for({"cats": str(BUILTIN_MODEL), "catpeople": str(tiny_ddpm_dir)})
+    assert list(renamed) == ["cats"]  # by what it is, not by name
     # The labeller itself (renders edits, reads the factors with the shipped estimator) runs on any model.
     s = EigenfaceService(ServiceConfig(models={"ddpm": str(tiny_ddpm_dir)}, device="cpu", labellers={"ddpm": name_by_factor}))
-    for label in s.labels(BasisSpec(DDPM, timestep=0.5, k=2)):
+    for label in s.labels.names(BasisSpec(DDPM, timestep=0.5, k=2)):
         assert label in FACTORS or (label.startswith("mixed (top: ") and label[12:-1] in FACTORS)
 
 
@@ -582,7 +584,7 @@ def test_record_computed_collects_only_this_threads_new_entries(make_service):
     s = make_service()
     spec = BasisSpec(SampleSpec(model="ddpm", seed=11, steps=STEPS), timestep=0.5, k=2)
     other = BasisSpec(SampleSpec(model="ddpm", seed=12, steps=STEPS), timestep=0.5, k=2)
-    with s.record_computed() as entries:
+    with record_computed() as entries:
         s.discover(spec)
         worker = threading.Thread(target=s.discover, args=(other,))
         worker.start()
@@ -591,7 +593,8 @@ def test_record_computed_collects_only_this_threads_new_entries(make_service):
     assert [key[0] for key, _ in entries] == ["trajectory", "basis"]
     assert all(key[1] == spec.sample for key, _ in entries)
     fresh = make_service()
-    fresh.adopt_computed(entries)
+    for key, value in entries:
+        fresh.cache.put(key, value)
     assert fresh.discover(spec).cached and fresh.cache.misses == 0
 
 
@@ -609,7 +612,7 @@ def test_a_model_brings_its_edit_settings(tuned_ddpm, tiny_ddpm_dir):
 
     service = EigenfaceService(ServiceConfig(models={"tuned": str(tuned_ddpm), "plain": str(tiny_ddpm_dir)}, device="cpu"))
     assert service.settings("tuned") == EditSettings(timestep=0.3, strength=0.2)
-    assert "tuned" not in service._models  # read from the directory: building the page loads no weights
+    assert not service.models.is_loaded("tuned")  # read from the directory: building the page loads no weights
     assert service.settings("plain") == EditSettings() == EditSettings(timestep=0.6, strength=0.5, seed=0)
     # No timestep in the spec: the model's own; the same point as asking for it explicitly.
     own = service.discover(BasisSpec(SampleSpec(model="tuned", steps=10), k=2))
@@ -628,13 +631,14 @@ def test_a_model_brings_its_edit_settings(tuned_ddpm, tiny_ddpm_dir):
      ('{"timestep": 0.3, "colour": 1}', None)],
 )
 def test_bad_settings_files_are_refused_clearly(tmp_path, text, message):
+    from backend.errors import ModelError
     from backend.models import EditSettings
 
     (tmp_path / "eigenface.json").write_text(text)
     if message is None:  # unknown keys are left for newer versions
         assert EditSettings.read(tmp_path).timestep == 0.3
         return
-    with pytest.raises(InputError, match=message):
+    with pytest.raises(ModelError, match=message):
         EditSettings.read(tmp_path)
 
 

@@ -14,7 +14,7 @@ from typing import Any, Callable, TypeVar
 import gradio as gr
 
 from backend.basis import MAX_K
-from backend.errors import InputError
+from backend.errors import EigenfaceError
 
 log = logging.getLogger("eigenface.app")
 
@@ -59,7 +59,7 @@ def guard(fn: F) -> F:
             return fn(*args, **kwargs)
         except gr.Error:
             raise
-        except InputError as exc:
+        except EigenfaceError as exc:
             raise gr.Error(str(exc), print_exception=False) from None
         except Exception:
             log.exception("handler %s failed", getattr(fn, "__qualname__", fn))

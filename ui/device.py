@@ -2,7 +2,7 @@
 
 On a ZeroGPU Space every ``@spaces.GPU`` call runs in a forked worker: whatever it adds to
 the service's cache dies with the worker. So the worker records the entries it computes
-(:meth:`EigenfaceService.record_computed`), returns them (CPU tensors only) with the result,
+(:func:`backend.cache.record_computed`), returns them (CPU tensors only) with the result,
 and the serving process adopts them into its own cache; the next call forks from a process
 that has them. Elsewhere the decorator is inert and this is a plain method call.
 """
@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from backend.cache import leaves
+from backend.cache import leaves, record_computed
 from backend.service import EigenfaceService
 
 from .common import ZERO_GPU, gpu
@@ -27,7 +27,8 @@ def call(service: EigenfaceService, method: str, *args: Any, **kwargs: Any) -> A
     if ZERO_GPU:
         kwargs.pop("progress", None)  # a callback cannot reach back across the fork
     result, entries = _on_device(id(service), method, args, kwargs, ZERO_GPU)
-    service.adopt_computed(entries)
+    for key, value in entries:
+        service.cache.put(key, value)
     return result
 
 
@@ -36,11 +37,18 @@ def _on_device(service_id: int, method: str, args: tuple, kwargs: dict, record: 
     """The call's result and, if ``record`` (in a worker process), the cache entries it computed."""
     service = _SERVICES[service_id]
     if not record:
-        return getattr(service, method)(*args, **kwargs), []
-    with service.record_computed() as entries:
-        result = getattr(service, method)(*args, **kwargs)
+        return _method(service, method)(*args, **kwargs), []
+    with record_computed() as entries:
+        result = _method(service, method)(*args, **kwargs)
     return result, [(key, value) for key, value in entries if _on_cpu(value)]
 
 
 def _on_cpu(value: Any) -> bool:
     return all(leaf.device.type == "cpu" for leaf in leaves(value) if isinstance(leaf, torch.Tensor))
+
+def _method(service: EigenfaceService, path: str) -> Any:
+    """``service.a.b`` for the path "a.b" (the service's parts: labels, library)."""
+    target: Any = service
+    for name in path.split("."):
+        target = getattr(target, name)
+    return target

@@ -96,7 +96,7 @@ class Editor:
         return self.service.settings(model)
 
     def can_name(self, model: str) -> bool:
-        return self.service.has_labeller(model)
+        return self.service.labels.available(model)
 
     # ----------------------------------------------------------------------------- compute
     def discover(self, state: EditState, progress: Progress | None = None) -> Found:
@@ -133,8 +133,8 @@ class Editor:
         (on ZeroGPU every device call is a GPU allocation).
         """
         if not compute:
-            return self.service.labels(state.basis_spec(), compute=False)
-        return device.call(self.service, "labels", state.basis_spec())
+            return self.service.labels.names(state.basis_spec(), compute=False)
+        return device.call(self.service, "labels.names", state.basis_spec())
 
     # ----------------------------------------------------------------------------- steering
     def save_direction(self, state: EditState, source: Any, name: Any) -> SavedDirection:
@@ -142,13 +142,13 @@ class Editor:
         name = _text("name", name).strip()
         source = _text("what to save", source).strip()
         if source == SAVE_SLIDERS:
-            return device.call(self.service, "save_direction", name, state.basis_spec(), state.strengths())
+            return device.call(self.service, "library.save", name, state.basis_spec(), state.strengths())
         if not source.isdigit():
             raise InputError(f"what to save must be 'sliders' or a direction index, got {source!r}")
-        return device.call(self.service, "save_direction", name, state.basis_spec(), index=int(source))
+        return device.call(self.service, "library.save", name, state.basis_spec(), index=int(source))
 
     def saved_directions(self) -> list[SavedDirection]:
-        return self.service.saved_directions()
+        return self.service.library.list()
 
     def apply_saved(self, state: EditState, name: Any, strength: Any, transport: Any = False) -> Image.Image:
         """The state's slider edit plus a saved direction at ``strength``."""
@@ -158,7 +158,7 @@ class Editor:
         if not isinstance(transport, bool):
             raise InputError(f"transport must be true or false, got {transport!r}")
         strength = as_number("strength", strength)
-        return device.call(self.service, "edit_saved", state.basis_spec(), name, strength, state.strengths(), state.mode, transport=transport)
+        return device.call(self.service, "library.edit", state.basis_spec(), name, strength, state.strengths(), state.mode, transport=transport)
 
     def find_concept(self, state: EditState, concept: Any) -> Alignment:
         return device.call(self.service, "find_concept", state.basis_spec(), _text("concept", "" if concept is None else concept))[0]

@@ -21,7 +21,8 @@ from backend.basis import MAX_K
 from backend.edit import EDIT_MODES
 from backend.errors import InputError
 from backend.sampling import DEFAULT_STEPS
-from backend.service import DEFAULT_K, EigenfaceService
+from backend.service import EigenfaceService
+from backend.specs import DEFAULT_K
 from backend.state import EditState
 
 from .common import MAX_UI_SEED, N_SLIDERS, RANDOM_SEED_MAX, SLIDER_MAX, SLIDER_MIN, SLIDER_STEP, guard

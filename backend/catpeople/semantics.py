@@ -13,29 +13,29 @@ reads them back from any image. That turns "is this direction semantic?" into nu
 
 Every change is an absolute difference of estimated factors in [0, 1], circular for ``hue``
 (:func:`~backend.catpeople.estimator.factor_distance`), averaged over the strengths given.
-Only public :class:`~backend.service.EigenfaceService` calls render, so the cache and the
-input checks of the service apply unchanged.
+Everything renders through the :class:`~backend.specs.Renderer` protocol (the service), so the
+cache and the input checks of the service apply unchanged, and this module never imports it.
+:func:`labellers_for` is how a host registers the labeller for the built-in model.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
-import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 
 from ..errors import InputError
+from ..images import pil_to_tensor
+from ..registry import is_builtin
+from ..specs import BUILTIN_NAME, BasisSpec, Labeller, Renderer, SampleSpec
 from .estimator import FactorEstimator, factor_distance
 from .render import FACTORS, NUM_FACTORS
-
-if TYPE_CHECKING:  # the service imports diffusers; keep this module importable without it
-    from ..service import BasisSpec, EigenfaceService
 
 #: The estimator shipped with the built-in model.
 DEFAULT_ESTIMATOR = Path(__file__).resolve().parents[2] / "assets" / "estimator"
@@ -56,14 +56,6 @@ def _load_estimator(directory: str) -> FactorEstimator:
 def default_estimator() -> FactorEstimator:
     """The shipped factor estimator (loaded once per process)."""
     return _load_estimator(str(DEFAULT_ESTIMATOR))
-
-
-def pil_to_tensor(images: Image.Image | Sequence[Image.Image]) -> Tensor:
-    """PIL image(s) -> float tensor (B, 3, H, W) in [0, 1], as the estimator takes them."""
-    if isinstance(images, Image.Image):
-        images = [images]
-    arrays = [np.array(image.convert("RGB"), dtype=np.float32) / 255.0 for image in images]
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
 # ------------------------------------------------------------------------------- responses
@@ -101,8 +93,8 @@ def _check_strengths(strengths: Iterable[float]) -> tuple[float, ...]:
 
 
 def edit_responses(
-    service: "EigenfaceService",
-    spec: "BasisSpec",
+    service: Renderer,
+    spec: BasisSpec,
     directions: Sequence[int | Tensor],
     strengths: Sequence[float] = (-DEFAULT_STRENGTH, DEFAULT_STRENGTH),
     *,
@@ -133,8 +125,8 @@ def edit_responses(
 
 
 def factor_response(
-    service: "EigenfaceService",
-    spec: "BasisSpec",
+    service: Renderer,
+    spec: BasisSpec,
     direction_index: int | None = None,
     vector: Tensor | None = None,
     strengths: Sequence[float] = (-DEFAULT_STRENGTH, DEFAULT_STRENGTH),
@@ -211,8 +203,8 @@ def label_magnitudes(strength: float) -> tuple[float, float]:
 
 
 def label_directions(
-    service: "EigenfaceService",
-    spec: "BasisSpec",
+    service: Renderer,
+    spec: BasisSpec,
     estimator: FactorEstimator | None = None,
     strength: float = DEFAULT_STRENGTH,
     dominance: float = DEFAULT_DOMINANCE,
@@ -318,8 +310,8 @@ def random_directions(shape: Sequence[int], n: int, seed: int) -> Tensor:
 
 
 def seed_semantics(
-    service: "EigenfaceService",
-    spec: "BasisSpec",
+    service: Renderer,
+    spec: BasisSpec,
     n_random: int,
     strength: float = DEFAULT_STRENGTH,
     *,
@@ -349,7 +341,7 @@ def seed_semantics(
 
 
 def semantic_ratio(
-    service: "EigenfaceService",
+    service: Renderer,
     seeds: Sequence[int],
     k: int = 8,
     n_random: int = 8,
@@ -368,10 +360,6 @@ def semantic_ratio(
     at +-``strength`` along each of its k directions and along ``n_random`` random directions.
     ``progress`` (optional) is called with each seed's :class:`SeedSemantics` as it finishes.
     """
-    import time
-
-    from ..service import BUILTIN_NAME, BasisSpec, SampleSpec
-
     start = time.perf_counter()
     results = []
     for seed in seeds:
@@ -381,3 +369,17 @@ def semantic_ratio(
         if progress is not None:
             progress(result)
     return SemanticRatio(tuple(results), k, n_random, strength, timestep, time.perf_counter() - start)
+
+
+def name_by_factor(service: Renderer, spec: BasisSpec) -> list[str]:
+    """The built-in model's labeller: each direction is named after the cat-people factor its
+    edits move most at half and at the full recommended strength (eigenface.json), or
+    "mixed (top: ...)" when no factor dominates at both."""
+    strength = service.settings(spec.sample.model).strength
+    return [label.label if label.label != MIXED else f"{MIXED} (top: {label.top})" for label in label_directions(service, spec, strength=strength)]
+
+
+def labellers_for(models: Mapping[str, str]) -> dict[str, Labeller]:
+    """The labeller for every model name that points at the built-in model: its factors are known;
+    other models have no ground truth to name directions by."""
+    return {name: name_by_factor for name, source in models.items() if is_builtin(source)}

@@ -638,7 +638,7 @@ def main(argv: list[str] | None = None) -> int:
     device = str(model.device)
     if model.device.type == "cuda":
         device += f" ({torch.cuda.get_device_name(model.device)})"
-    jvp_mode = service._jvp_mode(model)
+    jvp_mode = service.config.jvp_mode
     log(f"model loaded in {load_s:.1f} s on {device}, jvp {jvp_mode}")
 
     report = Report()

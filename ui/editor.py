@@ -1,7 +1,7 @@
 """What the page's handlers do, without the page: inputs -> EditState -> service -> images/files.
 
 The sections in ``ui/`` turn these results into component updates; the tests can call them
-directly. Every service call goes through :func:`ui.device.call` (ZeroGPU-safe).
+directly. Every computing service call goes through :class:`ui.device.Device` (ZeroGPU-safe).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from backend.service import EigenfaceService
 from backend.state import EditState, as_number
 from backend.store import SavedDirection
 
-from . import device
+from .device import Device
 from .common import ATLAS_COLUMNS, MAX_UI_SEED, PREVIEW_STEPS, SLIDER_MAX, SLIDER_MIN
 
 #: Cached atlases (a labelled grid image each) kept per process.
@@ -57,6 +57,7 @@ class Found:
 class Editor:
     def __init__(self, service: EigenfaceService, export_dir: str | Path | None = None):
         self.service = service
+        self.device = Device(service.cache)
         self.export_dir = Path(export_dir) if export_dir else Path(tempfile.mkdtemp(prefix="eigenface-export-"))
         self.export_dir.mkdir(parents=True, exist_ok=True)
         self._atlases: OrderedDict[tuple, Image.Image] = OrderedDict()
@@ -106,12 +107,12 @@ class Editor:
         def report(p: BasisProgress) -> None:
             progress((p.iteration, p.max_iters), desc=f"Finding directions (round {p.iteration} of at most {p.max_iters})", unit="rounds")
 
-        result = device.call(self.service, "discover", state.basis_spec(), progress=report if progress is not None else None)
+        result = self.device.call(self.service.discover, state.basis_spec(), progress=report if progress is not None else None)
         sigma = tuple(float(s) for s in result.basis.sigma.tolist())
         return Found(state.settings(), sigma, int(result.timestep), float(result.seconds), bool(result.cached), tuple(result.warnings))
 
     def original(self, state: EditState) -> Image.Image:
-        return device.call(self.service, "generate", state.sample_spec())
+        return self.device.call(self.service.generate, state.sample_spec())
 
     def render(self, state: EditState, preview: bool = False) -> Image.Image:
         """The edited image; with every slider at zero, exactly the generated one."""
@@ -124,7 +125,7 @@ class Editor:
         kwargs: dict[str, Any] = {"preview_steps": PREVIEW_STEPS} if preview else {}
         if preview and mode == "guidance":
             kwargs["substeps"] = 4
-        return device.call(self.service, "edit", state.basis_spec(), strengths, mode, **kwargs)
+        return self.device.call(self.service.edit, state.basis_spec(), strengths, mode, **kwargs)
 
     def labels(self, state: EditState, compute: bool = True) -> tuple[str, ...] | None:
         """Names of the state's directions (None: not computed yet, with ``compute=False``).
@@ -134,7 +135,7 @@ class Editor:
         """
         if not compute:
             return self.service.labels.names(state.basis_spec(), compute=False)
-        return device.call(self.service, "labels.names", state.basis_spec())
+        return self.device.call(self.service.labels.names, state.basis_spec())
 
     # ----------------------------------------------------------------------------- steering
     def save_direction(self, state: EditState, source: Any, name: Any) -> SavedDirection:
@@ -142,10 +143,10 @@ class Editor:
         name = _text("name", name).strip()
         source = _text("what to save", source).strip()
         if source == SAVE_SLIDERS:
-            return device.call(self.service, "library.save", name, state.basis_spec(), state.strengths())
+            return self.device.call(self.service.library.save, name, state.basis_spec(), state.strengths())
         if not source.isdigit():
             raise InputError(f"what to save must be 'sliders' or a direction index, got {source!r}")
-        return device.call(self.service, "library.save", name, state.basis_spec(), index=int(source))
+        return self.device.call(self.service.library.save, name, state.basis_spec(), index=int(source))
 
     def saved_directions(self) -> list[SavedDirection]:
         return self.service.library.list()
@@ -158,18 +159,18 @@ class Editor:
         if not isinstance(transport, bool):
             raise InputError(f"transport must be true or false, got {transport!r}")
         strength = as_number("strength", strength)
-        return device.call(self.service, "library.edit", state.basis_spec(), name, strength, state.strengths(), state.mode, transport=transport)
+        return self.device.call(self.service.library.edit, state.basis_spec(), name, strength, state.strengths(), state.mode, transport=transport)
 
     def find_concept(self, state: EditState, concept: Any) -> Alignment:
-        return device.call(self.service, "find_concept", state.basis_spec(), _text("concept", "" if concept is None else concept))[0]
+        return self.device.call(self.service.find_concept, state.basis_spec(), _text("concept", "" if concept is None else concept))[0]
 
     def apply_concept(self, state: EditState, concept: Any, strength: Any) -> Image.Image:
         """The state's slider edit plus a move toward (strength > 0) or away from a text concept."""
         concept = _text("concept", "" if concept is None else concept)
-        return device.call(self.service, "edit_concept", state.basis_spec(), concept, as_number("strength", strength), state.strengths(), state.mode)
+        return self.device.call(self.service.edit_concept, state.basis_spec(), concept, as_number("strength", strength), state.strengths(), state.mode)
 
     def strip(self, state: EditState, index: int, strengths: Sequence[float]) -> list[Image.Image]:
-        return device.call(self.service, "strip", state.basis_spec(), index, [float(s) for s in strengths], state.mode)
+        return self.device.call(self.service.strip, state.basis_spec(), index, [float(s) for s in strengths], state.mode)
 
     def atlas(self, found: Found, mode: str, strength: float, progress: Progress | None = None) -> Image.Image:
         """One labelled row per direction, edits from -strength to +strength (cached)."""

@@ -34,7 +34,7 @@ def test_the_page_starts_from_each_models_settings(tiny_ddpm_dir, tmp_path):
     (tuned / "eigenface.json").write_text('{"timestep": 0.35, "strength": 0.25, "seed": 7}')
     service = EigenfaceService(ServiceConfig(models={"tuned": str(tuned), "tiny": str(tiny_ddpm_dir)}, device="cpu"))
     editor = Editor(service, tmp_path)
-    explore = ExploreHandlers(editor, None)
+    explore = ExploreHandlers(editor)
     prompt, timestep, status = explore.model_changed("tiny", None, 0, 4, 10)
     assert timestep == 0.6
     assert explore.model_changed("tuned", None, 0, 4, 10)[1] == 0.35

@@ -14,11 +14,12 @@ import gradio as gr
 
 from backend.errors import InputError
 from backend.service import EigenfaceService
+from backend.state import EditState
 from backend.store import SavedDirection
 
 from .common import SLIDER_MAX, SLIDER_MIN, SLIDER_STEP, guard
 from .editor import SAVE_SLIDERS, Editor, Found
-from .explore import Explore, current
+from .sliders import SliderPool
 
 NO_IMAGE = "Press **Find directions** first: there is no image to steer yet."
 TEXT_WAITING = "Press **Find directions** first; then type a concept (e.g. *smiling*) and press **Find**."
@@ -92,10 +93,8 @@ class SteerHandlers:
         return image, f"Slider edit + {abs(strength):g} {side} **{concept}**."
 
 
-def _state(found: Found | None, mode: str, values: Sequence[float]):
-    if found is None:
-        raise InputError(NO_IMAGE)
-    return current(found, mode, values)
+def _state(found: Found | None, mode: str, values: Sequence[float]) -> EditState:
+    return SliderPool.state(found, mode, values, NO_IMAGE)
 
 
 def no_text(model: str) -> str:
@@ -160,31 +159,31 @@ def build_steer(service: EigenfaceService) -> Steer:
 
 
 # ================================================================================= events
-def refresh_step(h: SteerHandlers, steer: Steer, ex: Explore) -> dict:
+def refresh_step(h: SteerHandlers, steer: Steer, pool: SliderPool) -> dict:
     """A ``.then`` step (keywords) run whenever the displayed basis or mode changes."""
     return dict(
-        fn=h.basis_shown, inputs=[ex.found],
+        fn=h.basis_shown, inputs=[pool.found],
         outputs=[steer.source, steer.saved_strength, steer.concept, steer.find, steer.concept_strength, steer.concept_note, steer.image, steer.concept_found, steer.note],
         show_progress="hidden",
     )
 
 
-def wire_steer(h: SteerHandlers, steer: Steer, ex: Explore) -> None:
+def wire_steer(h: SteerHandlers, steer: Steer, pool: SliderPool) -> None:
     steer.save.click(
-        h.save, [ex.found, ex.mode, steer.source, steer.name, *ex.sliders], [steer.note, steer.saved],
+        h.save, [pool.found, pool.mode, steer.source, steer.name, *pool.sliders], [steer.note, steer.saved],
         api_name="steer_save", api_visibility="private", concurrency_id="render",
     )
     steer.refresh.click(h.refresh, None, steer.saved, api_name="steer_refresh", api_visibility="private", queue=False)
     gr.on(
         [steer.saved.input, steer.saved_strength.release, steer.transport.input], h.apply_saved,
-        [ex.found, ex.mode, steer.saved, steer.saved_strength, steer.transport, *ex.sliders], [steer.image, steer.note],
+        [pool.found, pool.mode, steer.saved, steer.saved_strength, steer.transport, *pool.sliders], [steer.image, steer.note],
         api_name="steer_apply", api_visibility="private", trigger_mode="always_last", concurrency_id="render", show_progress_on=[steer.image],
     )
     gr.on(
-        [steer.find.click, steer.concept.submit], h.find_concept, [ex.found, steer.concept], [steer.concept_note, steer.concept_found, steer.concept_strength],
+        [steer.find.click, steer.concept.submit], h.find_concept, [pool.found, steer.concept], [steer.concept_note, steer.concept_found, steer.concept_strength],
         api_name="steer_find_concept", api_visibility="private", concurrency_id="render",
     )
     steer.concept_strength.release(
-        h.apply_concept, [ex.found, ex.mode, steer.concept_found, steer.concept_strength, *ex.sliders], [steer.image, steer.note],
+        h.apply_concept, [pool.found, pool.mode, steer.concept_found, steer.concept_strength, *pool.sliders], [steer.image, steer.note],
         api_name="steer_apply_concept", api_visibility="private", trigger_mode="always_last", concurrency_id="render", show_progress_on=[steer.image],
     )

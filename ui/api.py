@@ -10,8 +10,11 @@ component sends a client an image file.
 No ``from __future__ import annotations`` here: ``gr.api`` reads the return annotations as types.
 """
 
+import functools
+import inspect
 import json
 from dataclasses import dataclass
+from typing import Any, Callable, Literal, Mapping
 
 import gradio as gr
 
@@ -19,7 +22,7 @@ from backend.errors import InputError
 from backend.state import EditState
 
 from .common import guard
-from .editor import Editor
+from .editor import SAVE_SLIDERS, Editor
 
 
 # ================================================================================= handlers
@@ -103,6 +106,10 @@ class Api:
 
 #: Endpoints answering an image: events of hidden buttons.
 IMAGE_ENDPOINTS = ("render", "apply_direction", "apply_concept")
+#: The page's basis settings, in the order of every endpoint's first parameters.
+SETTINGS = ("model", "prompt", "seed", "timestep", "k", "steps")
+#: Defaults of the other parameters (the values of the hidden inputs the image endpoints use).
+HIDDEN_DEFAULTS = {"sliders": "[]", "source": SAVE_SLIDERS, "name": "", "concept": ""}
 #: Endpoints answering JSON text, served by ``gr.api``: name -> concurrency group (None: not queued).
 JSON_ENDPOINTS = {"name_directions": "batch", "save_direction": "render", "saved_directions": None, "find_concept": "render"}
 
@@ -131,8 +138,24 @@ def wire_api(h: ApiHandlers, api: Api, controls: list[gr.components.Component], 
     }
     for name, inputs in images.items():
         api.triggers[name].click(getattr(h, name), inputs, api.image, api_name=name, preprocess=False, concurrency_id="render")
+    # The JSON endpoints document the same defaults and model choices as the page's components.
+    defaults = {**{name: c.value for name, c in zip(SETTINGS, controls)}, **HIDDEN_DEFAULTS}
+    models = Literal[tuple(value for _, value in controls[0].choices)]  # type: ignore[valid-type]
     for name, concurrency in JSON_ENDPOINTS.items():
         options = {"concurrency_id": concurrency} if concurrency else {"queue": False}
         if concurrency == "batch":
             options["concurrency_limit"] = 1
-        gr.api(getattr(h, name), api_name=name, **options)
+        gr.api(documented(getattr(h, name), defaults, model=models), api_name=name, **options)
+
+
+def documented(fn: Callable[..., str], defaults: Mapping[str, Any], **types: Any) -> Callable[..., str]:
+    """``fn`` whose signature, as ``gr.api`` reads it, has ``defaults`` and the given parameter types."""
+
+    @functools.wraps(fn)
+    def endpoint(*args: Any) -> str:
+        return fn(*args)
+
+    signature = inspect.signature(fn)
+    endpoint.__signature__ = signature.replace(parameters=[p.replace(default=defaults.get(p.name, p.default)) for p in signature.parameters.values()])  # type: ignore[attr-defined]
+    endpoint.__annotations__ = {**fn.__annotations__, **{name: t for name, t in types.items() if name in signature.parameters}}
+    return endpoint

@@ -1,8 +1,9 @@
 """The main section: settings, "Find directions", the image, one slider per direction.
 
 Handlers first, then the layout (:func:`build_explore`), then the events (:func:`wire_explore`).
-The public API of the page lives here too: ``find_directions`` is the button's own event, with
-explicit inputs, so a ``gradio_client`` call and a click run the same code.
+The public ``find_directions`` endpoint is the button's own event, with explicit inputs, so a
+``gradio_client`` call and a click run the same code. The sliders themselves are the
+:class:`~ui.sliders.SliderPool`'s; their events (preview, settle, reset) are wired here.
 """
 
 from __future__ import annotations

@@ -8,13 +8,10 @@ meaning exactly the slider edit they encode.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
-
 import gradio as gr
 
 from backend.errors import InputError
 from backend.service import EigenfaceService
-from backend.state import EditState
 from backend.store import SavedDirection
 
 from .common import SLIDER_MAX, SLIDER_MIN, SLIDER_STEP, guard
@@ -49,7 +46,7 @@ class SteerHandlers:
     @guard
     def save(self, found: Found | None, mode: str, source: str, name: str, *values: float):
         """Save the slider edit or one direction under a name; the new name is selected."""
-        saved = self.editor.save_direction(_state(found, mode, values), source, name)
+        saved = self.editor.save_direction(SliderPool.state(found, mode, values, NO_IMAGE), source, name)
         what = "the slider edit" if "sliders" in saved.provenance else f"direction {saved.provenance['index']}"
         note = f"Saved {what} as **{saved.name}**. Choose it above to apply it to any image of this model."
         return note, gr.update(choices=self.choices(), value=saved.name)
@@ -66,7 +63,7 @@ class SteerHandlers:
         """The slider edit plus the chosen saved direction at the chosen strength."""
         if not name:
             return gr.skip(), "Choose a saved direction."
-        state = _state(found, mode, values)
+        state = SliderPool.state(found, mode, values, NO_IMAGE)
         image = self.editor.apply_saved(state, name, strength, transport)
         how = ", carried into this image's directions" if transport else ""
         return image, f"Slider edit + saved direction **{name}** at {strength:+g}{how}."
@@ -74,7 +71,7 @@ class SteerHandlers:
     @guard
     def find_concept(self, found: Found | None, concept: str):
         """Rank the directions by a text concept; the slider then moves along their combination."""
-        state = _state(found, "direct", ())
+        state = SliderPool.state(found, "direct", (), NO_IMAGE)
         concept = (concept or "").strip()
         alignment = self.editor.find_concept(state, concept)
         top = ", ".join(f"{int(i)} ({float(alignment.scores[i]):+.2f})" for i in alignment.order[:3])
@@ -88,13 +85,9 @@ class SteerHandlers:
     def apply_concept(self, found: Found | None, mode: str, concept: str | None, strength: float, *values: float):
         if not concept:
             raise InputError("Type a concept and press Find first.")
-        image = self.editor.apply_concept(_state(found, mode, values), concept, strength)
+        image = self.editor.apply_concept(SliderPool.state(found, mode, values, NO_IMAGE), concept, strength)
         side = "toward" if strength >= 0 else "away from"
         return image, f"Slider edit + {abs(strength):g} {side} **{concept}**."
-
-
-def _state(found: Found | None, mode: str, values: Sequence[float]) -> EditState:
-    return SliderPool.state(found, mode, values, NO_IMAGE)
 
 
 def no_text(model: str) -> str:

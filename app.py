@@ -28,14 +28,8 @@ from backend.models import BUILTIN_MODEL  # noqa: E402
 from backend.service import DEFAULT_LIBRARY, EigenfaceService, ServiceConfig  # noqa: E402
 from backend.specs import BUILTIN_NAME  # noqa: E402
 from backend.state import EditState, check_model_name  # noqa: E402
-from ui.api import ApiHandlers, build_api, wire_api  # noqa: E402
-from ui.atlas import AtlasHandlers, build_atlas, refresh_step, wire_atlas  # noqa: E402
 from ui.common import CSS, ZERO_GPU  # noqa: E402
-from ui.editor import Editor  # noqa: E402
-from ui.explore import ExploreHandlers, build_explore, wire_explore  # noqa: E402
-from ui.export import ExportHandlers, build_export, wire_export  # noqa: E402
-from ui.steer import SteerHandlers, build_steer, wire_steer  # noqa: E402
-from ui.steer import refresh_step as steer_refresh_step  # noqa: E402  (the atlas has a refresh_step too)
+from ui.page import Page  # noqa: E402
 
 TITLE = "Eigenface"
 INTRO = (
@@ -51,39 +45,9 @@ DEFAULT_CONCURRENCY = 2
 
 def build_demo(service: EigenfaceService, concurrency: int = DEFAULT_CONCURRENCY) -> gr.Blocks:
     """The page and its API for a service (whose allow-list is the model dropdown)."""
-    editor = Editor(service)
-    first = service.model_names[0]
-    settings = service.settings(first)
-    default = EditState(model=first, seed=settings.seed, timestep=settings.timestep)  # what a plain page load shows
-    explore_h = ExploreHandlers(editor, default)
-    atlas_h = AtlasHandlers(editor)
-    steer_h = SteerHandlers(editor)
-    export_h = ExportHandlers(editor, explore_h)
-    api_h = ApiHandlers(editor)
-
     with gr.Blocks(title=TITLE, delete_cache=(1800, 3600)) as demo:
         gr.Markdown(INTRO)
-        explore = build_explore(service)
-        steer = build_steer(service)
-        atlas = build_atlas(service)
-        export = build_export(service)
-        api = build_api(service)
-
-        after_basis = [refresh_step(atlas_h, atlas, explore), steer_refresh_step(steer_h, steer, explore)]
-        then_after = wire_explore(explore_h, explore, after_basis=after_basis)
-        wire_atlas(atlas_h, atlas, explore)
-        wire_steer(steer_h, steer, explore)
-        wire_export(export_h, export, explore, then_after)
-        explore.model.input(  # the GIF's strength follows the model like the atlas's
-            atlas_h.strength_for, explore.model, export.gif_strength, api_name="gif_model_strength", api_visibility="private", queue=False,
-        )
-        wire_api(api_h, api, explore)
-        opened = demo.load(
-            explore_h.on_load, None, [explore.page_url, *explore.restore_outputs()],
-            api_name="on_load", api_visibility="private", concurrency_id="basis", concurrency_limit=1, show_progress_on=[explore.image],
-        )
-        then_after(opened, "on_load")  # a link may have restored a basis
-        demo.load(steer_h.refresh, None, steer.saved, api_name="saved_on_load", api_visibility="private", queue=False)
+        Page(demo, service)
     demo.queue(default_concurrency_limit=concurrency, max_size=64)
     return demo
 

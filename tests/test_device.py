@@ -23,10 +23,14 @@ SPEC = BasisSpec(SampleSpec(model="ddpm", seed=4, steps=4), timestep=0.5, k=2)
 
 
 def _forked(fn):
-    """``fn`` run the way ``spaces.GPU`` runs it: in a forked child, the result pickled back
-    (plain pickle: a copy, not torch's shared-memory handles, which die with the child)."""
+    """``fn`` run the way ``spaces.GPU`` runs it: in a forked child, the arguments and the result
+    pickled across (plain pickle: a copy, not torch's shared-memory handles, which die with the
+    child). The arguments must pickle small: the service, models and all, never travels."""
 
     def run(*args):
+        sent = pickle.dumps(args)
+        assert len(sent) < 4096, "the call carried more than a function, its owner's id and small arguments"
+        args = pickle.loads(sent)
         context = multiprocessing.get_context("fork")
         receive, send = context.Pipe(duplex=False)
 
@@ -55,20 +59,20 @@ def zero_gpu(monkeypatch):
 
 def test_worker_entries_reach_the_serving_cache(zero_gpu, tiny_ddpm_dir):
     service = EigenfaceService(ServiceConfig(models={"ddpm": str(tiny_ddpm_dir)}, device="cpu"))
-    result = device.call(service, "discover", SPEC, progress=lambda p: None)  # the callback is dropped, not sent
+    result = device.Device(service.cache).call(service.discover, SPEC, progress=lambda p: None)  # the callback is dropped, not sent
     assert not result.cached and result.basis.k == 2
     assert service.cache.misses == 0  # nothing was computed in this process...
     again = service.discover(SPEC)  # ...yet the basis is here, with the trajectory it came from
     assert again.cached and service.cache.misses == 0
     assert torch.equal(again.basis.v, result.basis.v) and torch.equal(again.x_t, result.x_t)
     # a second call through the worker is served from the cache the fork inherited
-    assert device.call(service, "discover", SPEC).cached
+    assert device.Device(service.cache).call(service.discover, SPEC).cached
 
 
 def test_without_zero_gpu_calls_run_in_process(tiny_ddpm_dir):
     service = EigenfaceService(ServiceConfig(models={"ddpm": str(tiny_ddpm_dir)}, device="cpu"))
     rounds = []
-    result = device.call(service, "discover", SPEC, progress=rounds.append)
+    result = device.Device(service.cache).call(service.discover, SPEC, progress=rounds.append)
     assert not result.cached and len(rounds) == result.basis.iterations and service.cache.misses == 2
 
 

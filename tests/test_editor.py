@@ -34,7 +34,7 @@ def test_the_page_starts_from_each_models_settings(tiny_ddpm_dir, tmp_path):
     (tuned / "eigenface.json").write_text('{"timestep": 0.35, "strength": 0.25, "seed": 7}')
     service = EigenfaceService(ServiceConfig(models={"tuned": str(tuned), "tiny": str(tiny_ddpm_dir)}, device="cpu"))
     editor = Editor(service, tmp_path)
-    explore = ExploreHandlers(editor, None)
+    explore = ExploreHandlers(editor)
     prompt, timestep, status = explore.model_changed("tiny", None, 0, 4, 10)
     assert timestep == 0.6
     assert explore.model_changed("tuned", None, 0, 4, 10)[1] == 0.35
@@ -44,3 +44,20 @@ def test_the_page_starts_from_each_models_settings(tiny_ddpm_dir, tmp_path):
     values = {c.elem_id or c.label: c.value for c in demo.blocks.values() if isinstance(c, (gr.Slider, gr.Number))}
     assert values["Edit timestep (fraction of T)"] == 0.35 and values["Seed"] == 7
     assert values["Atlas strength s"] == values["GIF: strength (−s … +s)"] == 0.25
+
+
+def test_the_slider_pool_is_the_one_way_back_to_an_edit_state():
+    """Every event that needs the edit on screen rebuilds it here: the first k values, None as 0."""
+    import pytest
+
+    from backend.errors import InputError
+    from backend.state import EditState
+    from ui.editor import Found
+    from ui.sliders import SliderPool
+
+    found = Found(EditState(model="tiny", seed=3, timestep=0.6, k=2), sigma=(2.0, 1.0), timestep=600, seconds=0.1, cached=False)
+    state = SliderPool.state(found, "guidance", [0.4, None, 0.7])
+    assert state == EditState(model="tiny", seed=3, timestep=0.6, k=2, mode="guidance", sliders=(0.4, 0.0))
+    assert SliderPool.state(found, "direct").sliders == () and state.strengths() == {0: 0.4}
+    with pytest.raises(InputError, match="nothing here yet"):
+        SliderPool.state(None, "direct", (), "nothing here yet")

@@ -1,25 +1,28 @@
 """Endpoints for programs (``gradio_client``) that the page itself does not click.
 
 Each takes every setting as an explicit input (no session state), so a script can reproduce
-any edit: the page's visible settings plus hidden inputs (slider values as JSON, a preview
-flag, a name, a strength...) and hidden outputs (an image, or JSON text). They call the same
-:class:`~ui.editor.Editor` methods as the page's own events.
+any edit, and calls the same :class:`~ui.editor.Editor` methods as the page's own events.
+Endpoints that answer JSON text are plain typed functions served by ``gr.api``. The three that
+answer an image are events of hidden components (the page's settings plus hidden inputs:
+slider values as JSON, a preview flag, a name, a strength...), because only an image
+component sends a client an image file.
+
+No ``from __future__ import annotations`` here: ``gr.api`` reads the return annotations as types.
 """
 
-from __future__ import annotations
-
+import functools
+import inspect
 import json
 from dataclasses import dataclass
+from typing import Any, Callable, Literal, Mapping
 
 import gradio as gr
 
 from backend.errors import InputError
-from backend.service import EigenfaceService
 from backend.state import EditState
 
 from .common import guard
 from .editor import SAVE_SLIDERS, Editor
-from .explore import Explore
 
 
 # ================================================================================= handlers
@@ -46,20 +49,20 @@ class ApiHandlers:
         return self.editor.render(self._state(model, prompt, seed, timestep, k, steps, mode, sliders), preview=preview)
 
     @guard
-    def name_directions(self, model, prompt, seed, timestep, k, steps):
+    def name_directions(self, model: str, prompt: str, seed: int, timestep: float, k: int, steps: int) -> str:
         """A name for each of the k directions (JSON list): the factor it moves most, or
         "mixed (top: ...)". Only models with known factors (the built-in one) can do this."""
         return json.dumps(list(self.editor.labels(self._state(model, prompt, seed, timestep, k, steps))))
 
     @guard
-    def save_direction(self, model, prompt, seed, timestep, k, steps, sliders, source, name):
+    def save_direction(self, model: str, prompt: str, seed: int, timestep: float, k: int, steps: int, sliders: str, source: str, name: str) -> str:
         """Save the slider edit (source "sliders") or one direction (source: its index, "3") under
         a name (letters, digits, space, - _ .); returns the saved provenance as JSON."""
         saved = self.editor.save_direction(self._state(model, prompt, seed, timestep, k, steps, "direct", sliders), source, name)
         return json.dumps({"name": saved.name, **saved.provenance})
 
     @guard
-    def saved_directions(self):
+    def saved_directions(self) -> str:
         """Every saved direction with its provenance (JSON list)."""
         return json.dumps([{"name": saved.name, **saved.provenance} for saved in self.editor.saved_directions()])
 
@@ -70,7 +73,7 @@ class ApiHandlers:
         return self.editor.apply_saved(self._state(model, prompt, seed, timestep, k, steps, mode, sliders), name, strength, transport)
 
     @guard
-    def find_concept(self, model, prompt, seed, timestep, k, steps, concept):
+    def find_concept(self, model: str, prompt: str, seed: int, timestep: float, k: int, steps: int, concept: str) -> str:
         """How a text concept decomposes on the k directions (JSON): each direction's signed score,
         the directions by decreasing |score|, and the fraction of the concept's change they capture."""
         alignment = self.editor.find_concept(self._state(model, prompt, seed, timestep, k, steps), concept)
@@ -89,51 +92,70 @@ class ApiHandlers:
 # ================================================================================= layout
 @dataclass
 class Api:
+    """Hidden inputs and outputs of the image endpoints (their settings are the page's own)."""
+
     triggers: dict[str, gr.Button]
     sliders: gr.Textbox
     preview: gr.Checkbox
     name: gr.Textbox
-    source: gr.Textbox
     strength: gr.Number
     transport: gr.Checkbox
     concept: gr.Textbox
     image: gr.Image
-    text: gr.Textbox
 
 
-ENDPOINTS = ("render", "name_directions", "save_direction", "saved_directions", "apply_direction", "find_concept", "apply_concept")
+#: Endpoints answering an image: events of hidden buttons.
+IMAGE_ENDPOINTS = ("render", "apply_direction", "apply_concept")
+#: The page's basis settings, in the order of every endpoint's first parameters.
+SETTINGS = ("model", "prompt", "seed", "timestep", "k", "steps")
+#: Defaults of the other parameters (the values of the hidden inputs the image endpoints use).
+HIDDEN_DEFAULTS = {"sliders": "[]", "source": SAVE_SLIDERS, "name": "", "concept": ""}
+#: Endpoints answering JSON text, served by ``gr.api``: name -> concurrency group (None: not queued).
+JSON_ENDPOINTS = {"name_directions": "batch", "save_direction": "render", "saved_directions": None, "find_concept": "render"}
 
 
-def build_api(service: EigenfaceService) -> Api:
+def build_api() -> Api:
     with gr.Group(visible=False):
-        triggers = {name: gr.Button(name, visible=False) for name in ENDPOINTS}
+        triggers = {name: gr.Button(name, visible=False) for name in IMAGE_ENDPOINTS}
         sliders = gr.Textbox("[]", label="Slider values (JSON)", visible=False)
         preview = gr.Checkbox(False, label="Preview", visible=False)
         name = gr.Textbox("", label="Direction name", visible=False)
-        source = gr.Textbox(SAVE_SLIDERS, label="What to save", visible=False)
         strength = gr.Number(0.0, label="Strength", visible=False)
         transport = gr.Checkbox(False, label="Transport", visible=False)
         concept = gr.Textbox("", label="Concept", visible=False)
         image = gr.Image(label="Rendered image", type="pil", format="png", visible=False)
-        text = gr.Textbox(label="Result (JSON)", visible=False)
-    return Api(triggers, sliders, preview, name, source, strength, transport, concept, image, text)
+    return Api(triggers, sliders, preview, name, strength, transport, concept, image)
 
 
 # ================================================================================= events
-def wire_api(h: ApiHandlers, api: Api, ex: Explore) -> None:
-    settings = [*ex.controls]
-    edit = [*ex.controls, ex.mode, api.sliders]
-    wiring = {
-        "render": ([*edit, api.preview], api.image, "render"),
-        "name_directions": (settings, api.text, "batch"),
-        "save_direction": ([*settings, api.sliders, api.source, api.name], api.text, "render"),
-        "saved_directions": ([], api.text, None),
-        "apply_direction": ([*edit, api.name, api.strength, api.transport], api.image, "render"),
-        "find_concept": ([*settings, api.concept], api.text, "render"),
-        "apply_concept": ([*edit, api.concept, api.strength], api.image, "render"),
+def wire_api(h: ApiHandlers, api: Api, controls: list[gr.components.Component], mode: gr.Radio) -> None:
+    """``controls``: the page's basis settings in API order (model ... steps); ``mode``: its edit mode."""
+    edit = [*controls, mode, api.sliders]
+    images = {
+        "render": [*edit, api.preview],
+        "apply_direction": [*edit, api.name, api.strength, api.transport],
+        "apply_concept": [*edit, api.concept, api.strength],
     }
-    for name, (inputs, output, concurrency) in wiring.items():
+    for name, inputs in images.items():
+        api.triggers[name].click(getattr(h, name), inputs, api.image, api_name=name, preprocess=False, concurrency_id="render")
+    # The JSON endpoints document the same defaults and model choices as the page's components.
+    defaults = {**{name: c.value for name, c in zip(SETTINGS, controls)}, **HIDDEN_DEFAULTS}
+    models = Literal[tuple(value for _, value in controls[0].choices)]  # type: ignore[valid-type]
+    for name, concurrency in JSON_ENDPOINTS.items():
         options = {"concurrency_id": concurrency} if concurrency else {"queue": False}
         if concurrency == "batch":
             options["concurrency_limit"] = 1
-        api.triggers[name].click(getattr(h, name), inputs, output, api_name=name, preprocess=False, **options)
+        gr.api(documented(getattr(h, name), defaults, model=models), api_name=name, **options)
+
+
+def documented(fn: Callable[..., str], defaults: Mapping[str, Any], **types: Any) -> Callable[..., str]:
+    """``fn`` whose signature, as ``gr.api`` reads it, has ``defaults`` and the given parameter types."""
+
+    @functools.wraps(fn)
+    def endpoint(*args: Any) -> str:
+        return fn(*args)
+
+    signature = inspect.signature(fn)
+    endpoint.__signature__ = signature.replace(parameters=[p.replace(default=defaults.get(p.name, p.default)) for p in signature.parameters.values()])  # type: ignore[attr-defined]
+    endpoint.__annotations__ = {**fn.__annotations__, **{name: t for name, t in types.items() if name in signature.parameters}}
+    return endpoint

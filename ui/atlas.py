@@ -13,7 +13,7 @@ from backend.service import EigenfaceService
 
 from .common import ATLAS_COLUMNS, SLIDER_MAX, SLIDER_STEP, guard
 from .editor import Editor, Found
-from .explore import Explore
+from .sliders import SliderPool
 
 NO_BASIS = "Press **Find directions** first; the atlas shows the directions of the current image."
 
@@ -81,19 +81,18 @@ def build_atlas(service: EigenfaceService) -> Atlas:
 
 
 # ================================================================================= events
-def refresh_step(h: AtlasHandlers, atlas: Atlas, ex: Explore) -> dict:
+def refresh_step(h: AtlasHandlers, atlas: Atlas, pool: SliderPool) -> dict:
     """A ``.then`` step (keywords) that refreshes the atlas if it is open."""
     return dict(
-        fn=h.refresh, inputs=[ex.found, ex.mode, atlas.strength, atlas.is_open], outputs=[atlas.image, atlas.note],
+        fn=h.refresh, inputs=[pool.found, pool.mode, atlas.strength, atlas.is_open], outputs=[atlas.image, atlas.note],
         concurrency_id="batch", concurrency_limit=1, show_progress_on=[atlas.image],
     )
 
 
-def wire_atlas(h: AtlasHandlers, atlas: Atlas, ex: Explore) -> None:
+def wire_atlas(h: AtlasHandlers, atlas: Atlas, pool: SliderPool) -> None:
     atlas.accordion.expand(
-        h.opened, [ex.found, ex.mode, atlas.strength], [atlas.image, atlas.note, atlas.is_open],
+        h.opened, [pool.found, pool.mode, atlas.strength], [atlas.image, atlas.note, atlas.is_open],
         api_name="atlas_open", api_visibility="private", concurrency_id="batch", concurrency_limit=1, show_progress_on=[atlas.image],
     )
     atlas.accordion.collapse(h.closed, None, atlas.is_open, api_name="atlas_close", api_visibility="private", queue=False)
-    atlas.strength.release(**refresh_step(h, atlas, ex), api_name="atlas_strength", api_visibility="private", trigger_mode="always_last")
-    ex.model.input(h.strength_for, ex.model, atlas.strength, api_name="atlas_model_strength", api_visibility="private", queue=False)
+    atlas.strength.release(**refresh_step(h, atlas, pool), api_name="atlas_strength", api_visibility="private", trigger_mode="always_last")

@@ -4,51 +4,65 @@ On a ZeroGPU Space every ``@spaces.GPU`` call runs in a forked worker: whatever 
 the service's cache dies with the worker. So the worker records the entries it computes
 (:func:`backend.cache.record_computed`), returns them (CPU tensors only) with the result,
 and the serving process adopts them into its own cache; the next call forks from a process
-that has them. Elsewhere the decorator is inert and this is a plain method call.
+that has them. Elsewhere the decorator is inert and this is a plain call.
+
+Calls are typed: ``device.call(service.discover, spec)`` checks like ``service.discover(spec)``.
+A bound method crosses to the worker as its plain function plus the id of its object (the
+service or one of its parts), which the forked worker finds in its copy of :data:`_OWNERS`:
+the object itself (models and all) is never pickled.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import inspect
+import weakref
+from typing import Any, Callable, ParamSpec, TypeVar
 
 import torch
 
-from backend.cache import leaves, record_computed
-from backend.service import EigenfaceService
+from backend.cache import ByteLRU, leaves, record_computed
 
 from .common import ZERO_GPU, gpu
 
-_SERVICES: dict[int, EigenfaceService] = {}
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: The objects whose bound methods have been called, by id (inherited by every forked worker).
+_OWNERS: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
 
 
-def call(service: EigenfaceService, method: str, *args: Any, **kwargs: Any) -> Any:
-    """``getattr(service, method)(*args, **kwargs)``, on the GPU worker when there is one."""
-    _SERVICES[id(service)] = service
-    if ZERO_GPU:
-        kwargs.pop("progress", None)  # a callback cannot reach back across the fork
-    result, entries = _on_device(id(service), method, args, kwargs, ZERO_GPU)
-    for key, value in entries:
-        service.cache.put(key, value)
-    return result
+class Device:
+    """Calls into a service whose cache is ``cache``, on the GPU worker when there is one."""
+
+    def __init__(self, cache: ByteLRU):
+        self.cache = cache
+
+    def call(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        """``fn(*args, **kwargs)``; ``fn`` is a bound method of the service or its parts, or a
+        module-level function. Entries a ZeroGPU worker computed land in ``self.cache``."""
+        if ZERO_GPU:
+            kwargs.pop("progress", None)  # a callback cannot reach back across the fork
+        owner_id = None
+        if inspect.ismethod(fn):
+            _OWNERS[id(fn.__self__)] = fn.__self__
+            owner_id, fn = id(fn.__self__), fn.__func__
+        result, entries = _on_device(owner_id, fn, args, kwargs, ZERO_GPU)
+        for key, value in entries:
+            self.cache.put(key, value)
+        return result
 
 
 @gpu(duration=120)
-def _on_device(service_id: int, method: str, args: tuple, kwargs: dict, record: bool) -> tuple[Any, list[tuple[Any, Any]]]:
+def _on_device(owner_id: int | None, fn: Callable[..., Any], args: tuple, kwargs: dict, record: bool) -> tuple[Any, list[tuple[Any, Any]]]:
     """The call's result and, if ``record`` (in a worker process), the cache entries it computed."""
-    service = _SERVICES[service_id]
+    if owner_id is not None:
+        args = (_OWNERS[owner_id], *args)
     if not record:
-        return _method(service, method)(*args, **kwargs), []
+        return fn(*args, **kwargs), []
     with record_computed() as entries:
-        result = _method(service, method)(*args, **kwargs)
+        result = fn(*args, **kwargs)
     return result, [(key, value) for key, value in entries if _on_cpu(value)]
 
 
 def _on_cpu(value: Any) -> bool:
     return all(leaf.device.type == "cpu" for leaf in leaves(value) if isinstance(leaf, torch.Tensor))
-
-def _method(service: EigenfaceService, path: str) -> Any:
-    """``service.a.b`` for the path "a.b" (the service's parts: labels, library)."""
-    target: Any = service
-    for name in path.split("."):
-        target = getattr(target, name)
-    return target

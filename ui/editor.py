@@ -1,7 +1,7 @@
 """What the page's handlers do, without the page: inputs -> EditState -> service -> images/files.
 
 The sections in ``ui/`` turn these results into component updates; the tests can call them
-directly. Every service call goes through :func:`ui.device.call` (ZeroGPU-safe).
+directly. Every computing service call goes through :class:`ui.device.Device` (ZeroGPU-safe).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
 from backend.basis import BasisProgress
 from backend.concepts import Alignment
@@ -27,7 +27,8 @@ from backend.service import EigenfaceService
 from backend.state import EditState, as_number
 from backend.store import SavedDirection
 
-from . import device
+from .device import Device
+from .grid import label_font, labelled_grid, signed
 from .common import ATLAS_COLUMNS, MAX_UI_SEED, PREVIEW_STEPS, SLIDER_MAX, SLIDER_MIN
 
 #: Cached atlases (a labelled grid image each) kept per process.
@@ -57,6 +58,7 @@ class Found:
 class Editor:
     def __init__(self, service: EigenfaceService, export_dir: str | Path | None = None):
         self.service = service
+        self.device = Device(service.cache)
         self.export_dir = Path(export_dir) if export_dir else Path(tempfile.mkdtemp(prefix="eigenface-export-"))
         self.export_dir.mkdir(parents=True, exist_ok=True)
         self._atlases: OrderedDict[tuple, Image.Image] = OrderedDict()
@@ -106,12 +108,12 @@ class Editor:
         def report(p: BasisProgress) -> None:
             progress((p.iteration, p.max_iters), desc=f"Finding directions (round {p.iteration} of at most {p.max_iters})", unit="rounds")
 
-        result = device.call(self.service, "discover", state.basis_spec(), progress=report if progress is not None else None)
+        result = self.device.call(self.service.discover, state.basis_spec(), progress=report if progress is not None else None)
         sigma = tuple(float(s) for s in result.basis.sigma.tolist())
         return Found(state.settings(), sigma, int(result.timestep), float(result.seconds), bool(result.cached), tuple(result.warnings))
 
     def original(self, state: EditState) -> Image.Image:
-        return device.call(self.service, "generate", state.sample_spec())
+        return self.device.call(self.service.generate, state.sample_spec())
 
     def render(self, state: EditState, preview: bool = False) -> Image.Image:
         """The edited image; with every slider at zero, exactly the generated one."""
@@ -124,7 +126,7 @@ class Editor:
         kwargs: dict[str, Any] = {"preview_steps": PREVIEW_STEPS} if preview else {}
         if preview and mode == "guidance":
             kwargs["substeps"] = 4
-        return device.call(self.service, "edit", state.basis_spec(), strengths, mode, **kwargs)
+        return self.device.call(self.service.edit, state.basis_spec(), strengths, mode, **kwargs)
 
     def labels(self, state: EditState, compute: bool = True) -> tuple[str, ...] | None:
         """Names of the state's directions (None: not computed yet, with ``compute=False``).
@@ -134,7 +136,7 @@ class Editor:
         """
         if not compute:
             return self.service.labels.names(state.basis_spec(), compute=False)
-        return device.call(self.service, "labels.names", state.basis_spec())
+        return self.device.call(self.service.labels.names, state.basis_spec())
 
     # ----------------------------------------------------------------------------- steering
     def save_direction(self, state: EditState, source: Any, name: Any) -> SavedDirection:
@@ -142,10 +144,10 @@ class Editor:
         name = _text("name", name).strip()
         source = _text("what to save", source).strip()
         if source == SAVE_SLIDERS:
-            return device.call(self.service, "library.save", name, state.basis_spec(), state.strengths())
+            return self.device.call(self.service.library.save, name, state.basis_spec(), state.strengths())
         if not source.isdigit():
             raise InputError(f"what to save must be 'sliders' or a direction index, got {source!r}")
-        return device.call(self.service, "library.save", name, state.basis_spec(), index=int(source))
+        return self.device.call(self.service.library.save, name, state.basis_spec(), index=int(source))
 
     def saved_directions(self) -> list[SavedDirection]:
         return self.service.library.list()
@@ -158,18 +160,18 @@ class Editor:
         if not isinstance(transport, bool):
             raise InputError(f"transport must be true or false, got {transport!r}")
         strength = as_number("strength", strength)
-        return device.call(self.service, "library.edit", state.basis_spec(), name, strength, state.strengths(), state.mode, transport=transport)
+        return self.device.call(self.service.library.edit, state.basis_spec(), name, strength, state.strengths(), state.mode, transport=transport)
 
     def find_concept(self, state: EditState, concept: Any) -> Alignment:
-        return device.call(self.service, "find_concept", state.basis_spec(), _text("concept", "" if concept is None else concept))[0]
+        return self.device.call(self.service.find_concept, state.basis_spec(), _text("concept", "" if concept is None else concept))[0]
 
     def apply_concept(self, state: EditState, concept: Any, strength: Any) -> Image.Image:
         """The state's slider edit plus a move toward (strength > 0) or away from a text concept."""
         concept = _text("concept", "" if concept is None else concept)
-        return device.call(self.service, "edit_concept", state.basis_spec(), concept, as_number("strength", strength), state.strengths(), state.mode)
+        return self.device.call(self.service.edit_concept, state.basis_spec(), concept, as_number("strength", strength), state.strengths(), state.mode)
 
     def strip(self, state: EditState, index: int, strengths: Sequence[float]) -> list[Image.Image]:
-        return device.call(self.service, "strip", state.basis_spec(), index, [float(s) for s in strengths], state.mode)
+        return self.device.call(self.service.strip, state.basis_spec(), index, [float(s) for s in strengths], state.mode)
 
     def atlas(self, found: Found, mode: str, strength: float, progress: Progress | None = None) -> Image.Image:
         """One labelled row per direction, edits from -strength to +strength (cached)."""
@@ -189,9 +191,9 @@ class Editor:
             if progress is not None:
                 progress((i, state.k), desc=f"Atlas: direction {i}", unit="directions")
             rows.append(self.strip(state, i, values))
-        sigma = "σ" if _font(12)[1] else "sigma"
+        sigma = "σ" if label_font(12)[1] else "sigma"
         titles = [f"{i}  {sigma}={s:.3g}" if names is None else f"{i}: {names[i]}  {sigma}={s:.3g}" for i, s in enumerate(found.sigma)]
-        grid = labelled_grid(rows, titles, [_signed(v) for v in values])
+        grid = labelled_grid(rows, titles, [signed(v) for v in values])
         with self._atlas_lock:
             self._atlases[key] = grid
             while len(self._atlases) > ATLAS_CACHE_ENTRIES:
@@ -245,45 +247,7 @@ class Editor:
                 pass
 
 
-# --------------------------------------------------------------------------------- helpers
-def labelled_grid(rows: Sequence[Sequence[Image.Image]], row_labels: Sequence[str], column_labels: Sequence[str], min_tile: int = 96) -> Image.Image:
-    """Rows of equal-size tiles on white, with a label left of each row and above each column."""
-    w, h = rows[0][0].size
-    scale = max(1, math.ceil(min_tile / w))
-    tw, th = w * scale, h * scale
-    size = max(12, th // 7)
-    font, _ = _font(size)
-    longest = max((font.getlength(text) for text in row_labels), default=0)
-    margin_left, margin_top, gap = max(int(size * 7.5), int(longest) + 12), int(size * 1.8), max(2, tw // 32)
-    columns = max(len(r) for r in rows)
-    grid = Image.new("RGB", (margin_left + columns * (tw + gap), margin_top + len(rows) * (th + gap)), "white")
-    draw = ImageDraw.Draw(grid)
-    for c, text in enumerate(column_labels):
-        draw.text((margin_left + c * (tw + gap) + tw // 2, margin_top // 2), text, fill="black", font=font, anchor="mm")
-    for r, row in enumerate(rows):
-        y = margin_top + r * (th + gap)
-        draw.text((6, y + th // 2), row_labels[r] if r < len(row_labels) else str(r), fill="black", font=font, anchor="lm")
-        for c, tile in enumerate(row):
-            grid.paste(tile.resize((tw, th), Image.Resampling.LANCZOS), (margin_left + c * (tw + gap), y))
-    return grid
-
-
-def _font(size: int) -> tuple[ImageFont.ImageFont | ImageFont.FreeTypeFont, bool]:
-    """A font for labels, and whether it has Greek letters (Pillow's built-in one has none)."""
-    try:
-        return ImageFont.truetype("DejaVuSans.ttf", size), True
-    except OSError:
-        pass
-    try:
-        return ImageFont.load_default(size=size), False
-    except TypeError:  # Pillow < 10.1: the fixed bitmap font
-        return ImageFont.load_default(), False
-
-
-def _signed(value: float) -> str:
-    return "0" if abs(value) < 1e-9 else f"{value:+.2g}"
-
-
+# --------------------------------------------------------------------------------- inputs
 def _text(name: str, value: Any) -> str:
     if not isinstance(value, str):
         raise InputError(f"{name} must be text, got {type(value).__name__}")

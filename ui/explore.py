@@ -1,8 +1,9 @@
 """The main section: settings, "Find directions", the image, one slider per direction.
 
 Handlers first, then the layout (:func:`build_explore`), then the events (:func:`wire_explore`).
-The public API of the page lives here too: ``find_directions`` is the button's own event, with
-explicit inputs, so a ``gradio_client`` call and a click run the same code.
+The public ``find_directions`` endpoint is the button's own event, with explicit inputs, so a
+``gradio_client`` call and a click run the same code. The sliders themselves are the
+:class:`~ui.sliders.SliderPool`'s; their events (preview, settle, reset) are wired here.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ import random
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, replace
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import gradio as gr
 
@@ -25,17 +26,18 @@ from backend.service import EigenfaceService
 from backend.specs import DEFAULT_K
 from backend.state import EditState
 
-from .common import MAX_UI_SEED, N_SLIDERS, RANDOM_SEED_MAX, SLIDER_MAX, SLIDER_MIN, SLIDER_STEP, guard
+from .common import MAX_UI_SEED, N_SLIDERS, RANDOM_SEED_MAX, guard
 from .editor import Editor, Found
+from .sliders import SliderPool, relabelled, shown, zeroed
+from .status import NO_DIRECTIONS, found_status, share_link, stale_status
 
 
 # ================================================================================= handlers
 class ExploreHandlers:
     """Each method is one event's function; ``*values`` are the 64 pool sliders."""
 
-    def __init__(self, editor: Editor, default: EditState):
+    def __init__(self, editor: Editor):
         self.editor = editor
-        self.default = default
         self._settled: OrderedDict[str, EditState] = OrderedDict()  # per browser session
         self._settled_lock = threading.Lock()
 
@@ -74,15 +76,12 @@ class ExploreHandlers:
         if found is None:
             return (gr.skip(),) * (4 + N_SLIDERS)
         original = self.editor.original(found.state)
-        state = replace(found.state, mode=mode)
+        state = SliderPool.state(found, mode)
         labels = self.editor.labels(found.state, compute=False)
         return (
-            found_status(found), (original, original), share_link(page_url, state), self.name_button(found),
-            *slider_updates(found, (), labels),
+            found_status(found), (original, original), share_link(page_url, state), gr.update(visible=self.editor.can_name(found.state.model)),
+            *shown(found, (), labels),
         )
-
-    def name_button(self, found: Found) -> dict:
-        return gr.update(visible=self.editor.can_name(found.state.model))
 
     @guard
     def name_directions(self, found: Found | None, progress=gr.Progress()):
@@ -94,7 +93,7 @@ class ExploreHandlers:
         labels = self.editor.labels(found.state)
         seconds = time.perf_counter() - start
         status = found_status(found) + f"\n\nSliders named by the factor each direction moves most ({seconds:.1f} s)."
-        return (status, *(gr.update(label=slider_label(i, found.sigma[i], labels)) if i < found.state.k else gr.skip() for i in range(N_SLIDERS)))
+        return (status, *relabelled(found, labels))
 
     @guard
     def preview(self, request: gr.Request, found: Found | None, mode: str, *values: float):
@@ -102,7 +101,7 @@ class ExploreHandlers:
         already there (a drag's last `input` can arrive after its `release`)."""
         if found is None:
             return gr.skip()
-        state = current(found, mode, values)
+        state = SliderPool.state(found, mode, values)
         if self._last_settled(request) == state:
             return gr.skip()
         return self.editor.render(state, preview=True)
@@ -112,7 +111,7 @@ class ExploreHandlers:
         """Full-quality image for the current sliders (slider release, mode change)."""
         if found is None:
             return gr.skip(), gr.skip(), gr.skip()
-        state = current(found, mode, values)
+        state = SliderPool.state(found, mode, values)
         self._settle(request, state)
         image = self.editor.render(state)
         return image, (self.editor.original(state), image), share_link(page_url, state)
@@ -120,11 +119,11 @@ class ExploreHandlers:
     @guard
     def reset_all(self, request: gr.Request, found: Found | None, mode: str, page_url: str):
         if found is None:
-            return (gr.skip(),) * 3 + tuple(gr.update(value=0) for _ in range(N_SLIDERS))
-        state = replace(found.state, mode=mode)
+            return (gr.skip(),) * 3 + tuple(zeroed())
+        state = SliderPool.state(found, mode)
         self._settle(request, state)
         original = self.editor.original(state)
-        return (original, (original, original), share_link(page_url, state), *(gr.update(value=0) for _ in range(N_SLIDERS)))
+        return (original, (original, original), share_link(page_url, state), *zeroed())
 
     @guard
     def model_changed(self, model: str, found: Found | None, seed, k, steps):
@@ -141,120 +140,8 @@ class ExploreHandlers:
     def random_seed(self):
         return random.randint(0, RANDOM_SEED_MAX)
 
-    # ---------------------------------------------------------------- restoring an edit
-    @guard
-    def on_load(self, request: gr.Request, progress=gr.Progress()):
-        """Page load: restore the edit in the URL query if there is one, else show the default image."""
-        page_url = _page_url(request)
-        params = dict(request.query_params) if request is not None else {}
-        if any(key in params for key in ("model", "seed", "t", "k", "steps", "mode", "s", "prompt")):
-            try:
-                state = self.check(EditState.from_query(params))
-            except InputError as exc:  # a broken link still opens the page, with a warning
-                gr.Warning(f"Could not open the edit in this link: {exc}", title="Link not restored")
-            else:
-                return (page_url, *self.restore(state, page_url, progress))
-        state = self.default
-        skip = (gr.skip(),) * len(RESTORE_FIELDS)
-        updates = dict(zip(RESTORE_FIELDS, skip))
-        updates["prompt"] = gr.update(visible=self.editor.conditional(state.model))
-        updates["image"] = self.editor.original(state)
-        updates["status"] = NO_DIRECTIONS
-        return (page_url, *(updates[name] for name in RESTORE_FIELDS), *(gr.skip() for _ in range(N_SLIDERS)))
-
-    def check(self, state: EditState) -> EditState:
-        """A saved edit (file or link) this server and page can show; else InputError."""
-        self.editor.state(state.model, state.prompt, state.seed, state.timestep, state.k, state.steps, state.mode)  # allow-list
-        if state.prompt and not self.editor.conditional(state.model):
-            raise InputError(f"model {state.model!r} is unconditional: it takes no prompt")
-        return self.editor.for_page(state)
-
-    def restore(self, state: EditState, page_url: str, progress=None) -> tuple:
-        """Everything the page shows for a checked edit: controls, basis, sliders, image."""
-        found = self.editor.discover(state, progress)
-        image = self.editor.render(state)
-        original = self.editor.original(state)
-        conditional = self.editor.conditional(state.model)
-        values = {
-            "name": self.name_button(found),
-            "model": state.model,
-            "prompt": gr.update(value=state.prompt, visible=conditional),
-            "seed": state.seed,
-            "timestep": state.timestep,
-            "k": state.k,
-            "steps": state.steps,
-            "mode": state.mode,
-            "found": found,
-            "image": image,
-            "compare": (original, image),
-            "status": found_status(found),
-            "share": share_link(page_url, state),
-        }
-        return (*(values[name] for name in RESTORE_FIELDS), *slider_updates(found, state.sliders, self.editor.labels(state, compute=False)))
-
-
 #: Browser sessions whose last full-quality edit is remembered (to drop late previews).
 MAX_SESSIONS = 4096
-#: The order of the outputs of :meth:`ExploreHandlers.restore` (then the 64 sliders).
-RESTORE_FIELDS = ("model", "prompt", "seed", "timestep", "k", "steps", "mode", "found", "image", "compare", "status", "share", "name")
-NO_DIRECTIONS = "Press **Find directions** to compute this image's directions."
-
-
-def current(found: Found, mode: str, values: Sequence[float]) -> EditState:
-    """The displayed basis with the page's mode and the first k slider values."""
-    return replace(found.state, mode=mode, sliders=tuple(float(v or 0.0) for v in values[: found.state.k]))
-
-
-def slider_updates(found: Found, values: Sequence[float], labels: Sequence[str] | None = None) -> list[dict]:
-    values = list(values) + [0.0] * (N_SLIDERS - len(values))
-    return [
-        gr.update(visible=True, value=values[i], label=slider_label(i, found.sigma[i], labels))
-        if i < found.state.k
-        else gr.update(visible=False, value=0)
-        for i in range(N_SLIDERS)
-    ]
-
-
-def slider_label(index: int, sigma: float, labels: Sequence[str] | None = None) -> str:
-    """"3 · ears · σ=1.2" once the directions are named, "direction 3 · σ=1.2" before."""
-    if labels:
-        return f"{index} · {labels[index]} · σ={sigma:.3g}"
-    return f"direction {index} · σ={sigma:.3g}"
-
-
-def found_status(found: Found) -> str:
-    s = found.state
-    how = "from the cache" if found.cached else f"in {found.seconds:.1f} s"
-    text = f"**{s.k} directions** of seed {s.seed} at t = {s.timestep:g} T (timestep {found.timestep}), found {how}. Move a slider; several combine."
-    for warning in found.warnings:
-        text += f"\n\n⚠️ {warning}"
-    return text
-
-
-def stale_status(found: Found | None, model, prompt, seed, timestep, k, steps) -> str:
-    if found is None:
-        return NO_DIRECTIONS
-    s = found.state
-    try:
-        same = (s.model, s.prompt, s.seed, s.k, s.steps) == (model, prompt or "", int(seed), int(k), int(steps)) and abs(s.timestep - float(timestep)) < 1e-9
-    except (TypeError, ValueError):
-        same = False
-    if same:
-        return found_status(found)
-    return f"Settings changed: press **Find directions** to apply them. The sliders still belong to seed {s.seed}, t = {s.timestep:g}, k = {s.k}."
-
-
-def share_link(page_url: str, state: EditState) -> str:
-    return f"{page_url}?{state.to_query()}"
-
-
-def _page_url(request: gr.Request | None) -> str:
-    """The page's address without its query, as the browser sent it (works behind proxies)."""
-    if request is None:
-        return ""
-    headers = {key.lower(): value for key, value in dict(request.headers).items()}
-    referer = headers.get("referer", "")
-    return referer.split("?", 1)[0].split("#", 1)[0]
 
 
 # ================================================================================= layout
@@ -272,22 +159,26 @@ class Explore:
     status: gr.Markdown
     image: gr.Image
     compare: gr.ImageSlider
-    sliders: list[gr.Slider]
+    pool: SliderPool
     reset_all: gr.Button
     name: gr.Button
     share: gr.Textbox
     sigma_json: gr.Textbox
-    found: gr.State
     page_url: gr.State
+
+    @property
+    def found(self) -> gr.State:
+        return self.pool.found
 
     @property
     def controls(self) -> list[gr.components.Component]:
         """The basis settings, in the public API's order."""
         return [self.model, self.prompt, self.seed, self.timestep, self.k, self.steps]
 
-    def restore_outputs(self) -> list:
-        """Outputs of :meth:`ExploreHandlers.restore`, in its order."""
-        return [getattr(self, name) for name in RESTORE_FIELDS] + self.sliders
+    @property
+    def shown(self) -> list[gr.components.Component]:
+        """Outputs of :meth:`ExploreHandlers.show_directions`, in its order."""
+        return [self.status, self.compare, self.share, self.name, *self.pool.sliders]
 
 
 def build_explore(service: EigenfaceService) -> Explore:
@@ -316,68 +207,55 @@ def build_explore(service: EigenfaceService) -> Explore:
         with gr.Column(scale=1, min_width=320):
             gr.Markdown("### Directions")
             with gr.Column(elem_id="eigen-sliders"):
-                sliders = [
-                    gr.Slider(SLIDER_MIN, SLIDER_MAX, value=0, step=SLIDER_STEP, label=f"direction {i}", visible=False, elem_id=f"direction-{i}")
-                    for i in range(N_SLIDERS)
-                ]
+                pool = SliderPool.build(mode)
             with gr.Row():
                 reset_all = gr.Button("Reset all sliders", elem_id="reset-all", min_width=120)
                 name = gr.Button("Name the sliders", visible=False, elem_id="name-directions", min_width=120)
     sigma_json = gr.Textbox(visible=False, label="σ (JSON)")
-    return Explore(model, prompt, seed, random_seed, timestep, k, steps, mode, find, status, image, compare, sliders, reset_all, name, share, sigma_json, gr.State(None), gr.State(""))
+    return Explore(model, prompt, seed, random_seed, timestep, k, steps, mode, find, status, image, compare, pool, reset_all, name, share, sigma_json, gr.State(""))
 
 
 # ================================================================================= events
-def wire_explore(h: ExploreHandlers, ex: Explore, after_basis: Sequence[dict] = ()):
-    """Wire the section's events. ``after_basis``: extra ``.then`` steps (keyword dicts, e.g. the
-    atlas refresh) to run whenever the displayed basis or mode changes.
+def wire_explore(h: ExploreHandlers, ex: Explore, after_basis: Callable[[Any, str], Any]) -> None:
+    """Wire the section's events. ``after_basis(dependency, prefix)`` appends the page's steps
+    (atlas and steering refresh) to an event that changed the displayed basis or mode."""
+    share, sliders = ex.share, ex.pool.sliders
 
-    Returns ``then_after(dependency, prefix)``, which appends the ``after_basis`` steps to
-    another section's event (loading an edit file).
-    """
-    share = ex.share
-    shown = [ex.status, ex.compare, share, ex.name, *ex.sliders]
-
-    def chain(dep, prefix: str):
-        dep = dep.then(h.show_directions, [ex.found, ex.mode, ex.page_url], shown, api_name=f"{prefix}_show", api_visibility="private", show_progress="hidden")
-        then_after(dep, prefix)
-
-    def then_after(dep, prefix: str):
-        for i, step in enumerate(after_basis):
-            dep = dep.then(**step, api_name=f"{prefix}_after_{i}", api_visibility="private")
+    def find_then_show(dep, prefix: str) -> None:
+        dep = dep.then(h.show_directions, [ex.found, ex.mode, ex.page_url], ex.shown, api_name=f"{prefix}_show", api_visibility="private", show_progress="hidden")
+        after_basis(dep, prefix)
 
     find = ex.find.click(
         h.find_directions, ex.controls, [ex.image, ex.sigma_json, ex.found],
         api_name="find_directions", preprocess=False, concurrency_id="basis", concurrency_limit=1, show_progress_on=[ex.image],
     )
-    chain(find, "find")
+    find_then_show(find, "find")
     seeded = ex.random_seed.click(h.random_seed, None, ex.seed, api_name="random_seed", api_visibility="private", queue=False).then(
         h.find_directions, ex.controls, [ex.image, ex.sigma_json, ex.found],
         api_name="random_seed_find", api_visibility="private", preprocess=False, concurrency_id="basis", concurrency_limit=1, show_progress_on=[ex.image],
     )
-    chain(seeded, "random")
+    find_then_show(seeded, "random")
 
-    sliders_in = [ex.found, ex.mode, *ex.sliders]
     preview = gr.on(
-        [s.input for s in ex.sliders], h.preview, sliders_in, ex.image,
+        [s.input for s in sliders], h.preview, ex.pool.inputs, ex.image,
         api_name="preview", api_visibility="private", trigger_mode="always_last", show_progress="hidden", concurrency_id="render",
     )
-    settle_in = [ex.found, ex.mode, ex.page_url, *ex.sliders]
+    settle_in = [ex.found, ex.mode, ex.page_url, *sliders]
     gr.on(
-        [s.release for s in ex.sliders], h.settle, settle_in, [ex.image, ex.compare, share],
+        [s.release for s in sliders], h.settle, settle_in, [ex.image, ex.compare, share],
         api_name="settle", api_visibility="private", trigger_mode="always_last", show_progress="hidden", concurrency_id="render", cancels=[preview],
     )
     moded = ex.mode.input(
         h.settle, settle_in, [ex.image, ex.compare, share],
         api_name="mode_changed", api_visibility="private", trigger_mode="always_last", concurrency_id="render", cancels=[preview], show_progress_on=[ex.image],
     )
-    then_after(moded, "mode")
+    after_basis(moded, "mode")
     ex.reset_all.click(
-        h.reset_all, [ex.found, ex.mode, ex.page_url], [ex.image, ex.compare, share, *ex.sliders],
+        h.reset_all, [ex.found, ex.mode, ex.page_url], [ex.image, ex.compare, share, *sliders],
         api_name="reset_all", api_visibility="private", cancels=[preview], concurrency_id="render",
     )
     ex.name.click(
-        h.name_directions, ex.found, [ex.status, *ex.sliders],
+        h.name_directions, ex.found, [ex.status, *sliders],
         api_name="name_sliders", api_visibility="private", concurrency_id="batch", concurrency_limit=1, show_progress_on=[ex.status],
     )
     ex.model.input(h.model_changed, [ex.model, ex.found, ex.seed, ex.k, ex.steps], [ex.prompt, ex.timestep, ex.status], api_name="model_changed", api_visibility="private")
@@ -385,4 +263,3 @@ def wire_explore(h: ExploreHandlers, ex: Explore, after_basis: Sequence[dict] = 
         [ex.prompt.input, ex.seed.input, ex.timestep.input, ex.k.input, ex.steps.input], h.notice, [ex.found, *ex.controls], ex.status,
         api_name="notice", api_visibility="private", trigger_mode="always_last", show_progress="hidden", queue=False,
     )
-    return then_after

@@ -8,8 +8,6 @@ meaning exactly the slider edit they encode.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
-
 import gradio as gr
 
 from backend.errors import InputError
@@ -18,7 +16,7 @@ from backend.store import SavedDirection
 
 from .common import SLIDER_MAX, SLIDER_MIN, SLIDER_STEP, guard
 from .editor import SAVE_SLIDERS, Editor, Found
-from .explore import Explore, current
+from .sliders import SliderPool
 
 NO_IMAGE = "Press **Find directions** first: there is no image to steer yet."
 TEXT_WAITING = "Press **Find directions** first; then type a concept (e.g. *smiling*) and press **Find**."
@@ -48,7 +46,7 @@ class SteerHandlers:
     @guard
     def save(self, found: Found | None, mode: str, source: str, name: str, *values: float):
         """Save the slider edit or one direction under a name; the new name is selected."""
-        saved = self.editor.save_direction(_state(found, mode, values), source, name)
+        saved = self.editor.save_direction(SliderPool.state(found, mode, values, NO_IMAGE), source, name)
         what = "the slider edit" if "sliders" in saved.provenance else f"direction {saved.provenance['index']}"
         note = f"Saved {what} as **{saved.name}**. Choose it above to apply it to any image of this model."
         return note, gr.update(choices=self.choices(), value=saved.name)
@@ -65,7 +63,7 @@ class SteerHandlers:
         """The slider edit plus the chosen saved direction at the chosen strength."""
         if not name:
             return gr.skip(), "Choose a saved direction."
-        state = _state(found, mode, values)
+        state = SliderPool.state(found, mode, values, NO_IMAGE)
         image = self.editor.apply_saved(state, name, strength, transport)
         how = ", carried into this image's directions" if transport else ""
         return image, f"Slider edit + saved direction **{name}** at {strength:+g}{how}."
@@ -73,7 +71,7 @@ class SteerHandlers:
     @guard
     def find_concept(self, found: Found | None, concept: str):
         """Rank the directions by a text concept; the slider then moves along their combination."""
-        state = _state(found, "direct", ())
+        state = SliderPool.state(found, "direct", (), NO_IMAGE)
         concept = (concept or "").strip()
         alignment = self.editor.find_concept(state, concept)
         top = ", ".join(f"{int(i)} ({float(alignment.scores[i]):+.2f})" for i in alignment.order[:3])
@@ -87,15 +85,9 @@ class SteerHandlers:
     def apply_concept(self, found: Found | None, mode: str, concept: str | None, strength: float, *values: float):
         if not concept:
             raise InputError("Type a concept and press Find first.")
-        image = self.editor.apply_concept(_state(found, mode, values), concept, strength)
+        image = self.editor.apply_concept(SliderPool.state(found, mode, values, NO_IMAGE), concept, strength)
         side = "toward" if strength >= 0 else "away from"
         return image, f"Slider edit + {abs(strength):g} {side} **{concept}**."
-
-
-def _state(found: Found | None, mode: str, values: Sequence[float]):
-    if found is None:
-        raise InputError(NO_IMAGE)
-    return current(found, mode, values)
 
 
 def no_text(model: str) -> str:
@@ -160,31 +152,31 @@ def build_steer(service: EigenfaceService) -> Steer:
 
 
 # ================================================================================= events
-def refresh_step(h: SteerHandlers, steer: Steer, ex: Explore) -> dict:
+def refresh_step(h: SteerHandlers, steer: Steer, pool: SliderPool) -> dict:
     """A ``.then`` step (keywords) run whenever the displayed basis or mode changes."""
     return dict(
-        fn=h.basis_shown, inputs=[ex.found],
+        fn=h.basis_shown, inputs=[pool.found],
         outputs=[steer.source, steer.saved_strength, steer.concept, steer.find, steer.concept_strength, steer.concept_note, steer.image, steer.concept_found, steer.note],
         show_progress="hidden",
     )
 
 
-def wire_steer(h: SteerHandlers, steer: Steer, ex: Explore) -> None:
+def wire_steer(h: SteerHandlers, steer: Steer, pool: SliderPool) -> None:
     steer.save.click(
-        h.save, [ex.found, ex.mode, steer.source, steer.name, *ex.sliders], [steer.note, steer.saved],
+        h.save, [pool.found, pool.mode, steer.source, steer.name, *pool.sliders], [steer.note, steer.saved],
         api_name="steer_save", api_visibility="private", concurrency_id="render",
     )
     steer.refresh.click(h.refresh, None, steer.saved, api_name="steer_refresh", api_visibility="private", queue=False)
     gr.on(
         [steer.saved.input, steer.saved_strength.release, steer.transport.input], h.apply_saved,
-        [ex.found, ex.mode, steer.saved, steer.saved_strength, steer.transport, *ex.sliders], [steer.image, steer.note],
+        [pool.found, pool.mode, steer.saved, steer.saved_strength, steer.transport, *pool.sliders], [steer.image, steer.note],
         api_name="steer_apply", api_visibility="private", trigger_mode="always_last", concurrency_id="render", show_progress_on=[steer.image],
     )
     gr.on(
-        [steer.find.click, steer.concept.submit], h.find_concept, [ex.found, steer.concept], [steer.concept_note, steer.concept_found, steer.concept_strength],
+        [steer.find.click, steer.concept.submit], h.find_concept, [pool.found, steer.concept], [steer.concept_note, steer.concept_found, steer.concept_strength],
         api_name="steer_find_concept", api_visibility="private", concurrency_id="render",
     )
     steer.concept_strength.release(
-        h.apply_concept, [ex.found, ex.mode, steer.concept_found, steer.concept_strength, *ex.sliders], [steer.image, steer.note],
+        h.apply_concept, [pool.found, pool.mode, steer.concept_found, steer.concept_strength, *pool.sliders], [steer.image, steer.note],
         api_name="steer_apply_concept", api_visibility="private", trigger_mode="always_last", concurrency_id="render", show_progress_on=[steer.image],
     )

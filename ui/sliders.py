@@ -1,0 +1,79 @@
+"""The slider pool: one slider per possible direction, the basis they belong to, and the one
+place where the page turns slider values back into an :class:`~backend.state.EditState`.
+
+Gradio cannot add components to a live page, so the pool holds :data:`~ui.common.N_SLIDERS`
+sliders and shows the first k. Every event that needs "the edit on screen" takes
+:attr:`SliderPool.inputs` (basis, mode, every slider) and calls :meth:`SliderPool.state`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Sequence
+
+import gradio as gr
+
+from backend.errors import InputError
+from backend.state import EditState
+
+from .common import N_SLIDERS, SLIDER_MAX, SLIDER_MIN, SLIDER_STEP
+from .editor import Found
+
+#: What an event that needs the edit on screen says before any basis was found.
+NO_BASIS = "Press Find directions first: there is no edit yet."
+
+
+@dataclass
+class SliderPool:
+    sliders: list[gr.Slider]
+    found: gr.State  # the Found the sliders belong to; None before the first Find directions
+    mode: gr.Radio  # the edit mode the sliders are rendered with
+
+    @classmethod
+    def build(cls, mode: gr.Radio) -> SliderPool:
+        """The sliders, placed where this is called (all hidden until a basis is shown)."""
+        sliders = [
+            gr.Slider(SLIDER_MIN, SLIDER_MAX, value=0, step=SLIDER_STEP, label=f"direction {i}", visible=False, elem_id=f"direction-{i}")
+            for i in range(N_SLIDERS)
+        ]
+        return cls(sliders, gr.State(None), mode)
+
+    @property
+    def inputs(self) -> list[gr.components.Component]:
+        """Event inputs that carry the edit on screen: basis, mode, then every slider."""
+        return [self.found, self.mode, *self.sliders]
+
+    @staticmethod
+    def state(found: Found | None, mode: str, values: Sequence[float] = (), missing: str = NO_BASIS) -> EditState:
+        """The displayed basis with the page's mode and the first k slider values (none: the
+        unedited image). ``missing``: the message when there is no basis yet."""
+        if found is None:
+            raise InputError(missing)
+        return replace(found.state, mode=mode, sliders=tuple(float(v or 0.0) for v in values[: found.state.k]))
+
+
+def shown(found: Found, values: Sequence[float] = (), labels: Sequence[str] | None = None) -> list[dict]:
+    """Updates that show the basis's k sliders at ``values`` (default zero) and hide the rest."""
+    values = list(values) + [0.0] * (N_SLIDERS - len(values))
+    return [
+        gr.update(visible=True, value=values[i], label=slider_label(i, found.sigma[i], labels))
+        if i < found.state.k
+        else gr.update(visible=False, value=0)
+        for i in range(N_SLIDERS)
+    ]
+
+
+def relabelled(found: Found, labels: Sequence[str]) -> list:
+    """Updates that put the directions' names on the shown sliders (values untouched)."""
+    return [gr.update(label=slider_label(i, found.sigma[i], labels)) if i < found.state.k else gr.skip() for i in range(N_SLIDERS)]
+
+
+def zeroed() -> list[dict]:
+    return [gr.update(value=0) for _ in range(N_SLIDERS)]
+
+
+def slider_label(index: int, sigma: float, labels: Sequence[str] | None = None) -> str:
+    """"3 · ears · σ=1.2" once the directions are named, "direction 3 · σ=1.2" before."""
+    if labels:
+        return f"{index} · {labels[index]} · σ={sigma:.3g}"
+    return f"direction {index} · σ={sigma:.3g}"

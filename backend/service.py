@@ -33,8 +33,8 @@ from .hspace import model_basis
 from .images import image_grid, to_pil
 from .labels import DirectionNames
 from .library import Library
-from .models import BUILTIN_MODEL, Conditioning, DiffusionModel, EditSettings
-from .registry import ModelRegistry
+from .models import Conditioning, DiffusionModel, EditSettings
+from .registry import ModelRegistry, builtin_models
 from .sampling import Trajectory, denoise, sample_trajectory, sub_schedule
 from .specs import (
     BUILTIN_NAME,
@@ -64,7 +64,7 @@ DEFAULT_RENDER_BATCH = 16
 
 @dataclass
 class ServiceConfig:
-    models: Mapping[str, str] = field(default_factory=lambda: {BUILTIN_NAME: str(BUILTIN_MODEL)})
+    models: Mapping[str, str] = field(default_factory=builtin_models)
     allow_any_model: bool = False  # CLI: any path or hub id; app: the allow-list only
     cache_bytes: int = 1 << 30
     device: str | None = None
@@ -110,9 +110,14 @@ class EigenfaceService:
             raise InputError("prompt must be text")
         if spec.prompt and not model.conditional:
             raise InputError(f"model {spec.model!r} is unconditional: it takes no prompt")
-        if not math.isfinite(spec.guidance_scale) or not 0 <= spec.guidance_scale <= 50:
+        if spec.guidance_scale is not None and (not math.isfinite(spec.guidance_scale) or not 0 <= spec.guidance_scale <= 50):
             raise InputError(f"guidance_scale must be within [0, 50], got {spec.guidance_scale}")
         return model
+
+    @staticmethod
+    def guidance(model: DiffusionModel, spec: SampleSpec) -> float:
+        """The spec's guidance scale; None is the model's own (``eigenface.json``, else 7.5)."""
+        return model.settings.guidance_scale if spec.guidance_scale is None else spec.guidance_scale
 
     def resolve_timestep(self, model: DiffusionModel, timesteps: Sequence[int], value: int | float | str | None) -> int:
         """Index into the schedule of the point nearest a training timestep (int) or a fraction of T
@@ -144,7 +149,7 @@ class EigenfaceService:
     def trajectory(self, spec: SampleSpec) -> Trajectory:
         model = self.check_sample(spec)
         cond = self.conditioning(model, spec.prompt)
-        return self._cached(("trajectory", spec), lambda: sample_trajectory(model, spec.seed, spec.steps, cond, spec.guidance_scale))[0]
+        return self._cached(("trajectory", spec), lambda: sample_trajectory(model, spec.seed, spec.steps, cond, self.guidance(model, spec)))[0]
 
     def generate(self, spec: SampleSpec) -> Image.Image:
         model = self.check_sample(spec)
@@ -352,7 +357,7 @@ class EigenfaceService:
             except EditError as exc:
                 raise InputError(str(exc)) from None
         timesteps = sub_schedule(traj.timesteps, result.index, preview_steps)
-        x0 = denoise(model, torch.stack(xs), timesteps, cond, spec.sample.guidance_scale)
+        x0 = denoise(model, torch.stack(xs), timesteps, cond, self.guidance(model, spec.sample))
         return to_pil(model.decode(x0))
 
     def strip(self, spec: BasisSpec, index: int, strengths: Sequence[float], mode: str = "direct", *, preview_steps: int | None = None) -> list[Image.Image]:

@@ -56,7 +56,7 @@ from backend.catpeople.semantics import (  # noqa: E402
 )
 
 UNIFORM_MEAN, UNIFORM_STD = 0.5, 1 / math.sqrt(12)
-SHORT = {"nose": "nose", "ears": "ears", "smile": "smile", "eyes": "eyes", "hue": "hue", "head_x": "hx", "head_y": "hy", "background": "bg"}
+SHORT = {"nose": "nose", "ears": "ears", "smile": "smile", "eyes": "eyes", "hue": "hue", "head_x": "hx", "head_y": "hy", "background": "bg", "horse": "horse"}
 
 
 @dataclass

@@ -26,7 +26,7 @@ def test_the_page_starts_from_each_models_settings(tiny_ddpm_dir, tmp_path):
     import gradio as gr
 
     from app import build_demo
-    from tests.fixtures import save_tiny_ddpm
+    from tests.fixtures import save_tiny_ddpm, save_tiny_sd
     from ui.atlas import AtlasHandlers
     from ui.explore import ExploreHandlers
 
@@ -39,6 +39,14 @@ def test_the_page_starts_from_each_models_settings(tiny_ddpm_dir, tmp_path):
     assert timestep == 0.6
     assert explore.model_changed("tuned", None, 0, 4, 10)[1] == 0.35
     assert AtlasHandlers(editor).strength_for("tuned") == 0.25 and AtlasHandlers(editor).strength_for("tiny") == 0.5
+
+    # A text model's own prompt fills the prompt box when it is chosen; a pixel model's box is empty and hidden.
+    sd = tmp_path / "sd"
+    save_tiny_sd(sd)
+    (sd / "eigenface.json").write_text('{"prompt": "a cat"}')
+    with_text = ExploreHandlers(Editor(EigenfaceService(ServiceConfig(models={"sd": str(sd), "tiny": str(tiny_ddpm_dir)}, device="cpu")), tmp_path))
+    assert with_text.model_changed("sd", None, 0, 4, 10)[0] == {"__type__": "update", "visible": True, "value": "a cat"}
+    assert with_text.model_changed("tiny", None, 0, 4, 10)[0]["value"] == ""
 
     demo = build_demo(service)  # the first model's settings are the page's initial values
     values = {c.elem_id or c.label: c.value for c in demo.blocks.values() if isinstance(c, (gr.Slider, gr.Number))}

@@ -227,12 +227,12 @@ def wire_explore(h: ExploreHandlers, ex: Explore, after_basis: Callable[[Any, st
 
     find = ex.find.click(
         h.find_directions, ex.controls, [ex.image, ex.sigma_json, ex.found],
-        api_name="find_directions", preprocess=False, concurrency_id="basis", concurrency_limit=1, show_progress_on=[ex.image],
+        api_name="find_directions", preprocess=False, concurrency_id="basis", show_progress_on=[ex.image],
     )
     find_then_show(find, "find")
     seeded = ex.random_seed.click(h.random_seed, None, ex.seed, api_name="random_seed", api_visibility="private", queue=False).then(
         h.find_directions, ex.controls, [ex.image, ex.sigma_json, ex.found],
-        api_name="random_seed_find", api_visibility="private", preprocess=False, concurrency_id="basis", concurrency_limit=1, show_progress_on=[ex.image],
+        api_name="random_seed_find", api_visibility="private", preprocess=False, concurrency_id="basis", show_progress_on=[ex.image],
     )
     find_then_show(seeded, "random")
 
@@ -256,7 +256,7 @@ def wire_explore(h: ExploreHandlers, ex: Explore, after_basis: Callable[[Any, st
     )
     ex.name.click(
         h.name_directions, ex.found, [ex.status, *sliders],
-        api_name="name_sliders", api_visibility="private", concurrency_id="batch", concurrency_limit=1, show_progress_on=[ex.status],
+        api_name="name_sliders", api_visibility="private", concurrency_id="batch", show_progress_on=[ex.status],
     )
     ex.model.input(h.model_changed, [ex.model, ex.found, ex.seed, ex.k, ex.steps], [ex.prompt, ex.timestep, ex.status], api_name="model_changed", api_visibility="private")
     gr.on(

@@ -257,7 +257,7 @@ def load_json(text: str, what: str, expected: str = "are not valid JSON: ") -> A
 
 
 def _index(key: Any, k: int) -> int:
-    if isinstance(key, str) and re.fullmatch(r"\d{1,3}", key.strip()):
+    if isinstance(key, str) and re.fullmatch(r"[0-9]{1,3}", key.strip()):
         key = int(key)
     if isinstance(key, bool) or not isinstance(key, (int, np.integer)):
         raise InputError(f"a slider index must be a whole number, got {key!r}")
@@ -319,13 +319,15 @@ def _check_prompt(value: Any) -> str:
 
 
 def _int_from_text(name: str, text: str) -> int:
-    if not re.fullmatch(r"\d{1,19}", text):
+    if not re.fullmatch(r"[0-9]{1,19}", text):
         raise InputError(f"{name} must be a whole number, got {text[:40]!r}")
     return int(text)
 
 
 def _float_from_text(name: str, text: str) -> float:
     try:
+        if not text.isascii():  # float() reads "߁" as 1: a link holds ASCII digits only
+            raise ValueError(text)
         value = float(text)
     except ValueError:
         raise InputError(f"{name} must be a number, got {text[:40]!r}") from None
@@ -337,7 +339,7 @@ def _sliders_from_query(text: str) -> dict[int, float]:
     out: dict[int, float] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         index, sep, value = part.partition(":")
-        if not sep or not re.fullmatch(r"\d{1,3}", index.strip()):
+        if not sep or not re.fullmatch(r"[0-9]{1,3}", index.strip()):
             raise InputError(f"slider values in a link look like s=0:0.4,2:-0.3; got {part[:40]!r}")
         out[int(index)] = _float_from_text(f"strength of direction {index.strip()}", value.strip())
     return out

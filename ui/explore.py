@@ -18,12 +18,11 @@ from typing import Any, Callable
 
 import gradio as gr
 
-from backend.basis import MAX_K
 from backend.edit import EDIT_MODES
 from backend.errors import InputError
 from backend.sampling import DEFAULT_STEPS
 from backend.service import EigenfaceService
-from backend.specs import DEFAULT_K
+from backend.specs import DEFAULT_K, PAGE_RANGES
 from backend.state import EditState
 
 from .common import MAX_UI_SEED, N_SLIDERS, RANDOM_SEED_MAX, guard
@@ -191,9 +190,10 @@ def build_explore(service: EigenfaceService) -> Explore:
             with gr.Row(equal_height=True):
                 seed = gr.Number(settings.seed, precision=0, minimum=0, maximum=MAX_UI_SEED, label="Seed", scale=3, min_width=100)
                 random_seed = gr.Button("Random seed", scale=2, min_width=90, size="md")
-            timestep = gr.Slider(0.05, 1.0, value=settings.timestep, step=0.01, label="Edit timestep (fraction of T)", info="Early (high) = coarse semantics")
-            k = gr.Slider(1, MAX_K, value=DEFAULT_K, step=1, precision=0, label="Directions k")
-            steps = gr.Slider(2, 100, value=DEFAULT_STEPS, step=1, precision=0, label="DDIM steps")
+            t_range, k_range, steps_range = (PAGE_RANGES[name] for name in ("timestep", "k", "steps"))  # the API holds to these too
+            timestep = gr.Slider(t_range.low, t_range.high, value=settings.timestep, step=t_range.step, label="Edit timestep (fraction of T)", info="Early (high) = coarse semantics")
+            k = gr.Slider(k_range.low, k_range.high, value=DEFAULT_K, step=k_range.step, precision=0, label="Directions k")
+            steps = gr.Slider(steps_range.low, steps_range.high, value=DEFAULT_STEPS, step=steps_range.step, precision=0, label="DDIM steps")
             mode = gr.Radio(list(EDIT_MODES), value="direct", label="Edit mode", info="direct: one step · guidance: along the model's response · geodesic: follows the curved space (slow)")
             find = gr.Button("Find directions", variant="primary", elem_id="find-directions")
             status = gr.Markdown(NO_DIRECTIONS, elem_id="eigen-status")

@@ -35,12 +35,12 @@ JVP_EVALS = 2
 VJP_EVALS = 2
 #: Edits a labeller renders per direction (the built-in one: -s and +s).
 LABEL_RENDERS_PER_DIRECTION = 2
-#: The default per-request limit: every request the page offers at the page's default settings
-#: (a basis of k = 8 at 50 steps is priced at about 1 000, naming it about 1 500, the atlas
-#: about 1 200), and a basis of k = 64 at 100 steps (7 780) fits; a labelling or an atlas of
-#: k = 64 at 100 steps does not. On the 2-core CPU of BENCHMARKS.md, 10 000 evaluations of the
-#: built-in model are at most about a minute.
-DEFAULT_BUDGET = 10_000
+#: The default per-request limit, for a public Space: every request the page offers fits at the
+#: page's default settings (built-in model, k = 8, 20 steps, 0.3 T: a basis is priced at 980,
+#: naming its directions 1 076, the atlas 1 220, a geodesic edit 1 242), and so does a basis of
+#: k = 32; k = 64 (7 700 at 20 steps) and the old API maxima (k = 64, 1 000 steps: 8 680) do
+#: not. A host with a GPU, or patient visitors, raises it (``app.py --budget``).
+DEFAULT_BUDGET = 4_000
 
 
 class BudgetError(InputError):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.fixtures import make_tiny_clip_tokenizer, save_tiny_ddpm
+from backend.testing import make_tiny_clip_tokenizer, save_tiny_ddpm
 
 
 def _load(path: Path):

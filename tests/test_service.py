@@ -19,7 +19,7 @@ from backend.geometry import principal_angles
 from backend.cache import record_computed
 from backend.service import EigenfaceService, ServiceConfig
 from backend.specs import BasisSpec, SampleSpec, parse_timestep
-from tests.fixtures import save_tiny_ddpm, save_tiny_ldm, save_tiny_pixel_text
+from backend.testing import save_tiny_ddpm, save_tiny_ldm, save_tiny_pixel_text
 
 STEPS = 4
 K = 4

@@ -107,10 +107,10 @@ class Report:
         return "\n".join(line for n in names for line in self.sections.get(n, [])) + "\n"
 
 
-Sizes = TypeVar("Sizes")
+SizesT = TypeVar("SizesT")
 
 
-def with_field(sizes: Sizes, name: str, text: str) -> Sizes:
+def with_field(sizes: SizesT, name: str, text: str) -> SizesT:
     """A copy of a sizes dataclass with one field parsed from text (``1,2,3`` for a tuple, typed
     like the field's current items; ``0.5`` for a scalar): one parser for every eval's knobs."""
     known = [f.name for f in fields(sizes)]

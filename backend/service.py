@@ -27,7 +27,7 @@ from .basis import MAX_K, Basis, BasisProgress
 from .budget import Budget
 from .cache import ByteLRU
 from .concepts import Alignment, align, concept_change
-from .edit import EDIT_MODES, EditPoint, apply_edit, combine
+from .edit import EDIT_MODES, EditPoint, apply_edits, combine
 from .errors import EditError, InputError
 from .geometry import grassmann_distance, transport_direction
 from .hspace import model_basis
@@ -37,8 +37,8 @@ from .library import Library
 from .models import BUILTIN_MODEL, Conditioning, DiffusionModel, EditSettings
 from .quota import SAVE_INTERVAL_S, SAVES_PER_VISITOR, Quota
 from .registry import ModelRegistry
-from .slots import Kind, Slots
-from .sampling import Trajectory, denoise, sample_trajectory, sub_schedule
+from .sampling import Trajectory, render, sample_trajectory, sub_schedule
+from .slots import Slots
 from .specs import (
     BUILTIN_NAME,
     MAX_SEED,
@@ -141,11 +141,12 @@ class EigenfaceService:
         return model
 
     # ----------------------------------------------------------------------------- sampling
-    def _cached(self, key: Hashable, compute: Callable[[], Any], slot: Kind = "heavy") -> tuple[Any, bool]:
-        """The cached value, or ``compute()`` in a slot of its kind (a hit takes no slot)."""
+    def _cached(self, key: Hashable, compute: Callable[[], Any]) -> tuple[Any, bool]:
+        """The cached value, or ``compute()`` in the heavy slot (a hit takes no slot): what is
+        cached is what is expensive (trajectories, bases, concept alignments)."""
 
         def in_slot() -> Any:
-            with self.slots.hold(slot):
+            with self.slots.hold("heavy"):
                 return compute()
 
         return self.cache.get_or_compute(key, in_slot)
@@ -357,18 +358,11 @@ class EigenfaceService:
         jac_cond = self.conditioning(model, spec.edit_prompt or spec.sample.prompt)
         point = EditPoint(model, result.x_t, result.timestep, None if jac_cond is None else jac_cond.cond, result.basis, self.config.jvp_mode)
         with self.slots.hold("render"):  # the basis, if any, was found (in the heavy slot) before
-            xs = []
-            for direction, strength in edits:
-                if strength == 0.0:
-                    xs.append(result.x_t)
-                    continue
-                try:
-                    xs.append(apply_edit(point, direction, strength, mode, substeps).cpu())
-                except EditError as exc:
-                    raise InputError(str(exc)) from None
-            timesteps = sub_schedule(traj.timesteps, result.index, preview_steps)
-            x0 = denoise(model, torch.stack(xs), timesteps, cond, spec.sample.guidance_scale)
-            return to_pil(model.decode(x0))
+            try:
+                xs = apply_edits(point, edits, mode, substeps)
+            except EditError as exc:
+                raise InputError(str(exc)) from None
+            return to_pil(render(model, xs, sub_schedule(traj.timesteps, result.index, preview_steps), cond, spec.sample.guidance_scale))
 
     def strip(self, spec: BasisSpec, index: int, strengths: Sequence[float], mode: str = "direct", *, preview_steps: int | None = None) -> list[Image.Image]:
         """Edits along one direction at several strengths, rendered in batches (an atlas row)."""

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import socket
 import subprocess
@@ -54,6 +53,8 @@ from backend.models import BUILTIN_MODEL  # noqa: E402
 from backend.service import EigenfaceService, ServiceConfig  # noqa: E402
 from backend.state import EditState  # noqa: E402
 from backend.store import DirectionLibrary  # noqa: E402
+from backend.testing import save_tiny_ddpm  # noqa: E402
+from bench.common import environment, environment_lines, provenance  # noqa: E402
 from ui.common import PREVIEW_STEPS  # noqa: E402
 
 #: The RSS ceiling README.md documents: the idle server, plus its cache, plus each kept page
@@ -252,11 +253,10 @@ def main() -> None:
     parser.add_argument("--max-seconds", type=float, default=900)
     parser.add_argument("--out", default=None, help="append the markdown report to this file")
     args = parser.parse_args()
+    env = environment(torch.device("cpu"), None, "load_test.py")
 
     work = Path(tempfile.mkdtemp(prefix="eigenface-load-"))
     if args.model == "tiny":
-        from tests.fixtures import save_tiny_ddpm
-
         name, path = "tiny", str(save_tiny_ddpm(work / "tiny"))
         models_flag = f"tiny={path}"
     else:
@@ -330,9 +330,8 @@ def main() -> None:
     lines = [
         f"### Adversarial load test: {args.users} visitors + 2 abusive clients, model `{name}`, k={args.k}, {args.steps} DDIM steps",
         "",
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores (load average {os.getloadavg()[0]:.1f} at the end), torch {torch.__version__}, "
-        f"Python {platform.python_version()}; command: `python bench/load_test.py --model {args.model} --users {args.users} --requests {args.requests} "
-        f"--k {args.k} --steps {args.steps} --budget {args.budget} --sessions {args.sessions} --cache-mb {args.cache_mb} --churn {args.churn}`",
+        *environment_lines(env),
+        f"- load average at the end: {os.getloadavg()[0]:.1f}; {provenance()}",
         "",
         "| ordinary visitors' request | served | p50 s | p95 s | max s |",
         "| --- | --- | --- | --- | --- |",

@@ -25,7 +25,7 @@ from backend.errors import InputError
 from backend.quota import Quota
 from backend.service import EigenfaceService, ServiceConfig
 from backend.slots import Slots, visiting
-from backend.specs import BasisSpec, SampleSpec, cache_key
+from backend.specs import BasisSpec, SampleSpec
 from backend.state import EditState, parse_sliders
 from backend.store import DirectionLibrary
 from ui.editor import Editor

@@ -333,3 +333,14 @@ def test_link_errors_name_the_field(field, value):
         EditState.from_query({"model": "tiny", field: value})
     name = {"t": "t", "s": "slider"}.get(field, field)
     assert name in str(refused.value)
+
+
+def test_a_broken_allow_listed_model_does_not_show_the_hosts_path(tmp_path):
+    (tmp_path / "broken").mkdir()
+    app_mode = EigenfaceService(ServiceConfig(models={"broken": str(tmp_path / "broken")}, device="cpu"))
+    with pytest.raises(InputError, match="cannot be loaded on this server") as refused:
+        app_mode.model("broken")
+    assert str(tmp_path) not in str(refused.value)
+    cli_mode = EigenfaceService(ServiceConfig(models={}, allow_any_model=True, device="cpu"))
+    with pytest.raises(InputError, match="model_index.json"):  # whoever may name a path is told why
+        cli_mode.model(str(tmp_path / "broken"))

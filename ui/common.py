@@ -14,7 +14,10 @@ from typing import Any, Callable, TypeVar
 import gradio as gr
 
 from backend.basis import MAX_K
+from backend.cancel import Cancelled
 from backend.errors import EigenfaceError
+
+from .sessions import REQUESTS
 
 log = logging.getLogger("eigenface.app")
 
@@ -49,6 +52,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 def guard(fn: F) -> F:
     """Handler wrapper: bad input -> a toast with its message; anything else -> logged, generic toast.
 
+    The handler runs as one of :data:`ui.sessions.REQUESTS`: it stops when its client leaves
+    or the same page sends a newer request to the same handler (:class:`Cancelled`).
+
     ``functools.wraps`` keeps the signature, so Gradio still sees ``gr.Progress`` and
     ``gr.Request`` parameters.
     """
@@ -56,9 +62,12 @@ def guard(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            with REQUESTS.running(fn.__qualname__):
+                return fn(*args, **kwargs)
         except gr.Error:
             raise
+        except Cancelled as exc:
+            raise gr.Error(f"Stopped: {exc}.", print_exception=False) from None
         except EigenfaceError as exc:
             raise gr.Error(str(exc), print_exception=False) from None
         except Exception:

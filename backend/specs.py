@@ -32,6 +32,8 @@ MAX_STEPS = 1000
 BUILTIN_NAME = "catpeople"
 #: Largest |strength| accepted: ten times the noise's own scale is already far off the data.
 MAX_STRENGTH = 10.0
+#: Denoising steps of the quick image shown while a slider is being dragged (the page and the load test's check).
+PREVIEW_STEPS = 5
 
 
 @dataclass(frozen=True)

@@ -51,11 +51,11 @@ from PIL import Image  # noqa: E402
 
 from backend.models import BUILTIN_MODEL  # noqa: E402
 from backend.service import EigenfaceService, ServiceConfig  # noqa: E402
+from backend.specs import PREVIEW_STEPS  # noqa: E402
 from backend.state import EditState  # noqa: E402
 from backend.store import DirectionLibrary  # noqa: E402
 from backend.testing import save_tiny_ddpm  # noqa: E402
 from bench.common import environment, environment_lines, provenance  # noqa: E402
-from ui.common import PREVIEW_STEPS  # noqa: E402
 
 #: The RSS ceiling README.md documents: the idle server, plus its cache, plus each kept page
 #: session, plus what requests in flight hold (activations, images, Gradio's buffers).

@@ -26,8 +26,6 @@ N_SLIDERS = MAX_K
 #: Slider range and step, in the service's strength unit (RMS change of x_t per element).
 #: Past about |0.6| the images get noisy; the range still allows a look at what happens.
 SLIDER_MIN, SLIDER_MAX, SLIDER_STEP = -1.0, 1.0, 0.05
-#: Denoising steps of the quick image shown while a slider is being dragged.
-PREVIEW_STEPS = 5
 #: Atlas rows: this many edits from -s to +s along each direction.
 ATLAS_COLUMNS = 5
 #: Largest seed the page takes: browsers hold numbers as doubles, exact up to 2**53.

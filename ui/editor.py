@@ -26,14 +26,14 @@ from backend.concepts import Alignment
 from backend.errors import InputError
 from backend.models import EditSettings
 from backend.service import EigenfaceService
-from backend.specs import PAGE_RANGES
+from backend.specs import PAGE_RANGES, PREVIEW_STEPS
 from backend.state import EditState, as_number
 from backend.store import SavedDirection
 
 from .device import Device
 from .sessions import current_session
 from .grid import label_font, labelled_grid, signed
-from .common import ATLAS_COLUMNS, MAX_UI_SEED, PREVIEW_STEPS, SLIDER_MAX, SLIDER_MIN
+from .common import ATLAS_COLUMNS, MAX_UI_SEED, SLIDER_MAX, SLIDER_MIN
 
 #: Cached atlases (a labelled grid image each) kept per process.
 ATLAS_CACHE_ENTRIES = 32

@@ -34,6 +34,7 @@ from .images import image_grid, to_pil
 from .labels import DirectionNames
 from .library import Library
 from .models import BUILTIN_MODEL, Conditioning, DiffusionModel, EditSettings
+from .precompute import PathPrecompute
 from .registry import ModelRegistry
 from .sampling import Trajectory, denoise, sample_trajectory, sub_schedule
 from .specs import (
@@ -85,6 +86,7 @@ class EigenfaceService:
         self.cache = ByteLRU(self.config.cache_bytes)
         self.labels = DirectionNames(self, self.config.labellers, self.cache)
         self.library = Library(self, self.config.library_dir)
+        self.paths = PathPrecompute(self, self.cache, chunk_size=self.config.basis_chunk_size)
         self._chunks: dict[str, int] = {}  # per model: the basis chunk size that fit after an out-of-memory
         self._chunks_lock = threading.Lock()
 
@@ -295,7 +297,9 @@ class EigenfaceService:
             direction, strength = combine(torch.cat(rows), torch.cat(weights))
         else:
             direction, strength = torch.zeros(model.sample_shape), 0.0
-        return self._render_batch(spec, result, [(direction, strength)], mode, substeps, preview_steps)[0]
+        moved = values.nonzero().flatten().tolist()
+        slider = (moved[0], float(values[moved[0]])) if len(moved) == 1 and not extra else None
+        return self._render_batch(spec, result, [(direction, strength)], mode, substeps, preview_steps, [slider])[0]
 
     def edit_vector(self, spec: BasisSpec, vector: Tensor, strength: float, mode: str = "direct", *, substeps: int | None = None, preview_steps: int | None = None) -> Image.Image:
         """The image after moving x_t by ``strength`` along any direction of the sample shape."""
@@ -323,34 +327,56 @@ class EigenfaceService:
         edits = pairs(edits, "edits")
         uses_basis = mode == "geodesic" or any(not isinstance(d, Tensor) for d, _ in edits)
         result = self.discover(spec) if uses_basis else self.point(spec)
-        moves = []
+        moves, sliders = [], []
         for d, strength in edits:
+            strength = check_strength(strength)
             if isinstance(d, Tensor):
-                v = unit(check_vector(d, model.sample_shape))
+                moves.append((unit(check_vector(d, model.sample_shape)), strength))
+                sliders.append(None)
             else:
-                v = result.basis.v[check_int("direction index", d, 0, result.basis.k - 1)]
-            moves.append((v, check_strength(strength)))
+                index = check_int("direction index", d, 0, result.basis.k - 1)
+                moves.append((result.basis.v[index], strength))
+                sliders.append((index, strength))
         images: list[Image.Image] = []
         for first in range(0, len(moves), batch_size):
-            images += self._render_batch(spec, result, moves[first : first + batch_size], mode, substeps, preview_steps)
+            part = slice(first, first + batch_size)
+            images += self._render_batch(spec, result, moves[part], mode, substeps, preview_steps, sliders[part])
         return images
 
-    def _render_batch(self, spec: BasisSpec, result: BasisResult, edits: Sequence[tuple[Tensor, float]], mode: str, substeps: int | None, preview_steps: int | None) -> list[Image.Image]:
-        """Checked unit directions and strengths -> edited x_t's, denoised together."""
+    def edit_point(self, spec: BasisSpec, result: BasisResult) -> EditPoint:
+        """Where ``spec``'s edits start: x_t, its basis, and the Jacobian's conditioning."""
+        model = self.check_sample(spec.sample)
+        jac_cond = self.conditioning(model, spec.edit_prompt or spec.sample.prompt)
+        return EditPoint(model, result.x_t, result.timestep, None if jac_cond is None else jac_cond.cond, result.basis, self.config.jvp_mode)
+
+    def _render_batch(
+        self, spec: BasisSpec, result: BasisResult, edits: Sequence[tuple[Tensor, float]], mode: str, substeps: int | None, preview_steps: int | None,
+        sliders: Sequence[tuple[int, float] | None],
+    ) -> list[Image.Image]:
+        """Checked unit directions and strengths -> edited x_t's, denoised together.
+
+        ``sliders``: per edit, (basis index, signed strength) when it moves one basis direction.
+        In geodesic mode without explicit substeps, such an edit is read off the basis's cached
+        paths (:attr:`paths`) when they are ready; any other geodesic edit is shot afresh, in
+        steps as long as the paths' grid steps once there are paths, so the two agree.
+        """
         model = self.check_sample(spec.sample)
         traj = self.trajectory(spec.sample)
         cond = self.conditioning(model, spec.sample.prompt)
-        jac_cond = self.conditioning(model, spec.edit_prompt or spec.sample.prompt)
-        point = EditPoint(model, result.x_t, result.timestep, None if jac_cond is None else jac_cond.cond, result.basis, self.config.jvp_mode)
+        point = self.edit_point(spec, result)
+        paths = self.paths.cached(spec, result) if mode == "geodesic" and substeps is None and result.basis.k else None
         xs = []
-        for direction, strength in edits:
+        for (direction, strength), slider in zip(edits, sliders, strict=True):
             if strength == 0.0:
                 xs.append(result.x_t)
-                continue
-            try:
-                xs.append(apply_edit(point, direction, strength, mode, substeps).cpu())
-            except EditError as exc:
-                raise InputError(str(exc)) from None
+            elif paths is not None and slider is not None and paths.covers(*slider):
+                xs.append(paths.at(*slider))
+            else:
+                steps = substeps if paths is None else math.ceil(strength / paths.spacing() - 1e-9)
+                try:
+                    xs.append(apply_edit(point, direction, strength, mode, steps).cpu())
+                except EditError as exc:
+                    raise InputError(str(exc)) from None
         timesteps = sub_schedule(traj.timesteps, result.index, preview_steps)
         x0 = denoise(model, torch.stack(xs), timesteps, cond, spec.sample.guidance_scale)
         return to_pil(model.decode(x0))

@@ -23,6 +23,7 @@ from backend.basis import BasisProgress
 from backend.concepts import Alignment
 from backend.errors import InputError
 from backend.models import EditSettings
+from backend.precompute import PathStatus
 from backend.service import EigenfaceService
 from backend.state import EditState, as_number
 from backend.store import SavedDirection
@@ -127,6 +128,22 @@ class Editor:
         if preview and mode == "guidance":
             kwargs["substeps"] = 4
         return self.device.call(self.service.edit, state.basis_spec(), strengths, mode, **kwargs)
+
+    def start_paths(self, state: EditState, session: str) -> PathStatus:
+        """Precompute the state's geodesic paths in the background (see backend.precompute)."""
+        return self.service.paths.start(session, state.basis_spec(), call=self.device.call)
+
+    def path_status(self, session: str) -> PathStatus:
+        return self.service.paths.status(session)
+
+    def instant(self, state: EditState) -> bool:
+        """Whether the state's image comes without a geodesic shoot: any mode but geodesic, no
+        slider moved, or one slider read off the cached paths."""
+        strengths = state.strengths()
+        if state.mode != "geodesic" or not strengths:
+            return True
+        spec = state.basis_spec()
+        return self.service.paths.covers(spec, self.service.discover(spec), strengths)
 
     def labels(self, state: EditState, compute: bool = True) -> tuple[str, ...] | None:
         """Names of the state's directions (None: not computed yet, with ``compute=False``).

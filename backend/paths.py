@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
 
 from .basis import Products
-from .edit import EditPoint, strength_scale
+from .edit import EditPoint, apply_edits, strength_scale
 from .errors import EditError
 from .geometry import geodesic_shoots
 from .hspace import jacobian_context
@@ -66,9 +66,11 @@ class CachedPaths:
         """Whether direction ``index`` at ``strength`` lies on a cached path."""
         return 0 <= index < self.k and self.ends[index][0] <= strength <= self.ends[index][1]
 
-    def spacing(self) -> float:
-        """The smallest grid step of any path (strength units): the step a fresh shot takes to match the grid."""
-        return min(min(-lo, hi) for lo, hi in self.ends) / self.steps
+    def substeps(self, strength: float) -> int:
+        """Substeps for a fresh geodesic shot of ``strength`` in steps no longer than the grid's
+        shortest, so that a shot along one direction lands on its path's grid points."""
+        spacing = min(min(-lo, hi) for lo, hi in self.ends) / self.steps
+        return max(1, math.ceil(abs(strength) / spacing - 1e-9))
 
     def at(self, index: int, strength: float) -> Tensor:
         """x_t at ``strength`` along direction ``index``: linear between the two nearest grid points.
@@ -120,3 +122,21 @@ def precompute_paths(
         raise EditError(f"geodesic paths failed: {exc}") from None
     points = torch.stack([shot.points for shot in shots]).cpu()  # (2k, steps + 1, *x_shape)
     return CachedPaths(minus=points[basis.k :], plus=points[: basis.k], ends=tuple(ends), seconds=shots[0].seconds)
+
+
+def edits_on_paths(point: EditPoint, paths: CachedPaths, edits: Sequence[tuple[Tensor, float]], sliders: Sequence[tuple[int, float] | None]) -> Tensor:
+    """Geodesic edits of ``point`` stacked like :func:`~backend.edit.apply_edits`, read off the
+    cached paths where one moves a single basis direction within its range.
+
+    ``sliders``: per edit, (basis index, signed strength) when it moves one basis direction,
+    else None. Every other edit (several sliders, a saved or text direction, past a range
+    end) is shot afresh in the grid's step (:meth:`CachedPaths.substeps`), so a shot along
+    one direction agrees with its path.
+    """
+    xs = []
+    for (direction, strength), slider in zip(edits, sliders, strict=True):
+        if strength != 0.0 and slider is not None and paths.covers(*slider):
+            xs.append(paths.at(*slider))
+        else:
+            xs.append(apply_edits(point, [(direction, strength)], "geodesic", paths.substeps(strength))[0])
+    return torch.stack(xs)

@@ -26,7 +26,7 @@ from torch import Tensor
 from .basis import MAX_K, Basis, BasisProgress
 from .cache import ByteLRU
 from .concepts import Alignment, align, concept_change
-from .edit import EDIT_MODES, EditPoint, apply_edit, combine
+from .edit import EDIT_MODES, EditPoint, apply_edits, combine
 from .errors import EditError, InputError
 from .geometry import grassmann_distance, transport_direction
 from .hspace import model_basis
@@ -34,9 +34,10 @@ from .images import image_grid, to_pil
 from .labels import DirectionNames
 from .library import Library
 from .models import BUILTIN_MODEL, Conditioning, DiffusionModel, EditSettings
+from .paths import edits_on_paths
 from .precompute import PathPrecompute
 from .registry import ModelRegistry
-from .sampling import Trajectory, denoise, sample_trajectory, sub_schedule
+from .sampling import Trajectory, render, sample_trajectory, sub_schedule
 from .specs import (
     BUILTIN_NAME,
     MAX_SEED,
@@ -356,30 +357,19 @@ class EigenfaceService:
         """Checked unit directions and strengths -> edited x_t's, denoised together.
 
         ``sliders``: per edit, (basis index, signed strength) when it moves one basis direction.
-        In geodesic mode without explicit substeps, such an edit is read off the basis's cached
-        paths (:attr:`paths`) when they are ready; any other geodesic edit is shot afresh, in
-        steps as long as the paths' grid steps once there are paths, so the two agree.
+        Geodesic edits without explicit substeps go through the basis's cached paths
+        (:attr:`paths`) once they are ready (:func:`~backend.paths.edits_on_paths`).
         """
         model = self.check_sample(spec.sample)
         traj = self.trajectory(spec.sample)
         cond = self.conditioning(model, spec.sample.prompt)
         point = self.edit_point(spec, result)
         paths = self.paths.cached(spec, result) if mode == "geodesic" and substeps is None and result.basis.k else None
-        xs = []
-        for (direction, strength), slider in zip(edits, sliders, strict=True):
-            if strength == 0.0:
-                xs.append(result.x_t)
-            elif paths is not None and slider is not None and paths.covers(*slider):
-                xs.append(paths.at(*slider))
-            else:
-                steps = substeps if paths is None else math.ceil(strength / paths.spacing() - 1e-9)
-                try:
-                    xs.append(apply_edit(point, direction, strength, mode, steps).cpu())
-                except EditError as exc:
-                    raise InputError(str(exc)) from None
-        timesteps = sub_schedule(traj.timesteps, result.index, preview_steps)
-        x0 = denoise(model, torch.stack(xs), timesteps, cond, spec.sample.guidance_scale)
-        return to_pil(model.decode(x0))
+        try:
+            xs = apply_edits(point, edits, mode, substeps) if paths is None else edits_on_paths(point, paths, edits, sliders)
+        except EditError as exc:
+            raise InputError(str(exc)) from None
+        return to_pil(render(model, xs, sub_schedule(traj.timesteps, result.index, preview_steps), cond, spec.sample.guidance_scale))
 
     def strip(self, spec: BasisSpec, index: int, strengths: Sequence[float], mode: str = "direct", *, preview_steps: int | None = None) -> list[Image.Image]:
         """Edits along one direction at several strengths, rendered in batches (an atlas row)."""

@@ -37,7 +37,7 @@ import torch  # noqa: E402
 from backend.precompute import direction_ends  # noqa: E402
 from backend.service import EigenfaceService  # noqa: E402
 from backend.specs import BUILTIN_NAME, BasisSpec, SampleSpec  # noqa: E402
-from bench.bench_basis import environment, environment_lines  # noqa: E402
+from bench.common import environment, environment_lines  # noqa: E402
 
 #: The issue's validity bar: an end image scores within this factor of the unedited one.
 WITHIN = 1.2

@@ -122,7 +122,7 @@ class Editor:
         if not strengths:
             return self.original(state)
         mode = state.mode
-        if preview and mode == "geodesic":
+        if preview and not self.instant(state):
             mode = "direct"  # the straight step stands in while dragging; release shows the geodesic
         kwargs: dict[str, Any] = {"preview_steps": PREVIEW_STEPS} if preview else {}
         if preview and mode == "guidance":

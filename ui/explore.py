@@ -180,6 +180,11 @@ class ExploreHandlers:
 #: Browser sessions whose last full-quality edit is remembered (to drop late previews).
 MAX_SESSIONS = 4096
 MODE_INFO = "direct: one step · guidance: along the model's response · geodesic: follows the curved space"
+#: The page's edit mode until a person picks another: geodesic edits at the slider ends re-render
+#: as faces better and carry less speckle than direct ones (BENCHMARKS.md, bench/bench_paths.py
+#: --sections quality), and with the paths cached they cost what a direct edit costs. Links and
+#: files keep the mode they name; the CLI keeps direct.
+DEFAULT_MODE = "geodesic"
 #: How often the page asks for the precompute's progress while it runs.
 PATHS_POLL_S = 0.5
 
@@ -248,7 +253,7 @@ def build_explore(service: EigenfaceService) -> Explore:
             timestep = gr.Slider(0.05, 1.0, value=settings.timestep, step=0.01, label="Edit timestep (fraction of T)", info="Early (high) = coarse semantics")
             k = gr.Slider(1, MAX_K, value=DEFAULT_K, step=1, precision=0, label="Directions k")
             steps = gr.Slider(2, 100, value=DEFAULT_STEPS, step=1, precision=0, label="DDIM steps")
-            mode = gr.Radio(list(EDIT_MODES), value="direct", label="Edit mode", info=f"{MODE_INFO} (slow)", elem_id="edit-mode")
+            mode = gr.Radio(list(EDIT_MODES), value=DEFAULT_MODE, label="Edit mode", info=f"{MODE_INFO} (slow)", elem_id="edit-mode")
             find = gr.Button("Find directions", variant="primary", elem_id="find-directions")
             status = gr.Markdown(NO_DIRECTIONS, elem_id="eigen-status")
             paths = gr.Markdown("", elem_id="eigen-paths")

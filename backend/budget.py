@@ -17,19 +17,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from .basis import default_block_size
+from .basis import MAX_ITERS, default_block_size
 from .cache import ByteLRU
-from .edit import DEFAULT_SUBSTEPS
+from .edit import DEFAULT_SUBSTEPS, GEODESIC_BASIS_ITERS
 from .errors import InputError
 from .models import DiffusionModel
 from .registry import ModelRegistry
 from .sampling import schedule, sub_schedule
 from .specs import BasisSpec, SampleSpec, cache_key, timestep_index
 
-#: Most rounds of a basis (``basis.local_basis``'s ``max_iters``): the price assumes no early convergence.
-BASIS_ROUNDS = 30
-#: Rounds of each basis update along a geodesic edit (``edit.geodesic_edit``'s ``basis_iters``).
-GEODESIC_ROUNDS = 2
 #: Evaluations per basis column and round: a finite-difference JVP (two forwards) and a VJP.
 JVP_EVALS = 2
 VJP_EVALS = 2
@@ -110,7 +106,8 @@ class Budget:
         timesteps, index = self._index(spec)
         if cache_key("basis", spec, timesteps[index]) in self.cache:
             return cost
-        return cost + Cost({"basis": BASIS_ROUNDS * self._block(spec) * (JVP_EVALS + VJP_EVALS)})
+        rounds = MAX_ITERS  # no early convergence assumed: the price is an upper bound
+        return cost + Cost({"basis": rounds * self._block(spec) * (JVP_EVALS + VJP_EVALS)})
 
     def _block(self, spec: BasisSpec) -> int:
         return default_block_size(spec.k, self._model(spec.sample).device)
@@ -123,7 +120,7 @@ class Budget:
         substeps = substeps or DEFAULT_SUBSTEPS.get(mode, 1)
         moves = {
             "guidance": substeps * 2,  # eps(x + v) and eps(x), batched
-            "geodesic": substeps * GEODESIC_ROUNDS * self._block(spec) * (JVP_EVALS + VJP_EVALS),
+            "geodesic": substeps * GEODESIC_BASIS_ITERS * self._block(spec) * (JVP_EVALS + VJP_EVALS),
         }.get(mode, 0) * images
         return cost + Cost({"edits": moves, "rendering": denoising}, "k, the DDIM steps, the edit timestep or the number of images")
 

@@ -79,6 +79,7 @@ def _generate(args: argparse.Namespace) -> None:
 
 
 def _discover(args: argparse.Namespace) -> None:
+    from .ranges import Calibration
     from .store import save_basis
 
     out = Path(args.out)
@@ -101,7 +102,7 @@ def _discover(args: argparse.Namespace) -> None:
         "seconds": round(result.seconds, 4),
         "sigma": [round(float(s), 6) for s in result.basis.sigma],
     }
-    save_basis(out, result.basis, result.x_t, meta)
+    save_basis(out, result.basis, result.x_t, meta, Calibration(result.ranges, result.travel))
     grid.save(out / "grid.png")
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
@@ -124,7 +125,7 @@ def _parse_directions(items: list[str]) -> dict[int, float]:
 def _edit(args: argparse.Namespace) -> None:
     from .edit import combine
     from .specs import check_strength
-    from .store import load_basis, load_direction
+    from .store import load_basis, load_calibration, load_direction
 
     out = _check_out(args.out, (".png",))
     if [args.basis, args.vector, args.saved].count(None) != 2:
@@ -147,7 +148,7 @@ def _edit(args: argparse.Namespace) -> None:
             if not 0 <= index < basis.k:
                 raise InputError(f"direction index {index} is out of range: the basis has {basis.k} directions (0..{basis.k - 1})")
             sliders[index] = check_strength(value, f"strength of direction {index}")
-        if not service.adopt_basis(spec, basis, x_t):
+        if not service.adopt_basis(spec, basis, x_t, load_calibration(args.basis, basis.k)):
             raise InputError(
                 f"{args.basis} was computed at another point (see its meta.json: seed, timestep, prompt, steps); "
                 "pass the same settings, or apply a direction elsewhere with transport and --vector"

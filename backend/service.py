@@ -34,6 +34,7 @@ from .images import image_grid, to_pil
 from .labels import DirectionNames
 from .library import Library
 from .models import BUILTIN_MODEL, Conditioning, DiffusionModel, EditSettings
+from .ranges import Calibration, calibrate
 from .registry import ModelRegistry
 from .sampling import Trajectory, denoise, sample_trajectory, sub_schedule
 from .specs import (
@@ -177,7 +178,20 @@ class EigenfaceService:
             return basis.to("cpu"), time.perf_counter() - start
 
         (basis, seconds), cached = self._cached(("basis", *basis_id(spec, point.timestep)), compute)
-        return BasisResult(basis, point.x_t, point.timestep, point.index, 0.0 if cached else seconds, cached, tuple(warnings))
+        calibration = self.calibration(spec, basis, point)
+        return BasisResult(
+            basis, point.x_t, point.timestep, point.index, 0.0 if cached else seconds, cached, tuple(warnings), calibration.ranges, calibration.travel
+        )
+
+    def calibration(self, spec: BasisSpec, basis: Basis, point: BasisResult) -> Calibration:
+        """Each direction's valid range and even-travel map (backend/ranges.py), cached beside the basis."""
+        model = self.check_sample(spec.sample)
+        cond = self.conditioning(model, spec.sample.prompt)
+
+        def compute() -> Calibration:
+            return calibrate(model, point.x_t, point.timestep, basis.v, cond, spec.sample.guidance_scale)
+
+        return self._cached(("ranges", *basis_id(spec, point.timestep)), compute)[0]
 
     def _basis(self, model: DiffusionModel, x_t: Tensor, t: int, cond: Conditioning | None, k: int, progress) -> Basis:
         """:func:`~backend.hspace.model_basis`, starting at the chunk size that last fit this model."""
@@ -195,12 +209,17 @@ class EigenfaceService:
                 self._chunks[model.name] = min(fitted, self._chunks.get(model.name, fitted))
         return basis
 
-    def adopt_basis(self, spec: BasisSpec, basis: Basis, x_t: Tensor) -> bool:
-        """Use a saved basis for ``spec`` if it was computed at this very x_t (else recompute later)."""
+    def adopt_basis(self, spec: BasisSpec, basis: Basis, x_t: Tensor, calibration: Calibration | None = None) -> bool:
+        """Use a saved basis for ``spec`` if it was computed at this very x_t (else recompute later).
+
+        ``calibration``: its saved ranges, if the file had them (else they are computed when needed).
+        """
         point = self.point(spec)
         if basis.k != spec.k or x_t.shape != point.x_t.shape or not torch.equal(x_t, point.x_t):
             return False
         self.cache.put(("basis", *basis_id(spec, point.timestep)), (basis, 0.0))
+        if calibration is not None and len(calibration.ranges) == basis.k:
+            self.cache.put(("ranges", *basis_id(spec, point.timestep)), calibration)
         return True
 
     # ----------------------------------------------------------------------------- geometry

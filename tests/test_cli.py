@@ -210,8 +210,9 @@ def test_generate(capsys, ddpm, original, tmp_path):
 
 def test_discover_outputs(ddpm, basis0, original):
     tensors = load_file(str(basis0 / "basis.safetensors"))
-    assert set(tensors) == {"v", "u", "sigma", "x_t"}
+    assert set(tensors) == {"v", "u", "sigma", "x_t", "range", "travel"}
     assert all(t.dtype == torch.float32 for t in tensors.values())
+    assert tensors["range"].shape == (2, 2) and tensors["travel"].shape == (2, 9)
     assert tensors["v"].shape == (2, 3, 16, 16)
     assert tensors["u"].shape == (2, 32, 8, 8)
     assert tensors["sigma"].shape == (2,)
@@ -226,6 +227,8 @@ def test_discover_outputs(ddpm, basis0, original):
     assert isinstance(meta["iterations"], int) and meta["iterations"] >= 1
     assert isinstance(meta["seconds"], float) and meta["seconds"] >= 0
     assert meta["sigma"] == pytest.approx(tensors["sigma"].tolist(), rel=1e-5)
+    assert np.allclose(meta["range"], tensors["range"].numpy(), atol=1e-6)
+    assert all(lo < 0 < hi for lo, hi in meta["range"])
 
     grid = Image.open(basis0 / "grid.png")
     assert grid.size == (5 * 16, 2 * 16)  # 5 columns (default), k = 2 rows

@@ -79,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--cache-mb", type=int, default=1024, help="memory for cached trajectories and bases")
     parser.add_argument("--library", default=os.environ.get("EIGENFACE_LIBRARY") or DEFAULT_LIBRARY, help="folder of saved directions, shared by every visitor (env EIGENFACE_LIBRARY; default %(default)s)")
+    parser.add_argument("--boost", choices=["auto", "on", "off"], default="auto", help="quality boosting: stochastic steps with fixed noise for t <= 0.2 T (auto: pixel models only)")
     parser.add_argument("--no-warmup", action="store_true", help="do not load the first model and render its default image before serving")
     return parser
 
@@ -93,7 +94,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"error: {exc}")
     device = args.device or ("cuda" if ZERO_GPU else None)
     service = EigenfaceService(ServiceConfig(
-        models=models, cache_bytes=args.cache_mb << 20, device=device, library_dir=args.library, labellers=labellers_for(models)
+        models=models, cache_bytes=args.cache_mb << 20, device=device, library_dir=args.library, labellers=labellers_for(models),
+        boost={"auto": None, "on": True, "off": False}[args.boost],
     ))
     if ZERO_GPU:  # models must live in the serving process: every GPU call forks from it
         for name in service.model_names:

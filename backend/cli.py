@@ -17,6 +17,8 @@ from .errors import EigenfaceError, InputError
 from .sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS
 
 EXIT_BAD_INPUT = 2
+#: --boost: quality boosting (ServiceConfig.boost): auto = pixel models only.
+BOOST_CHOICES = {"auto": None, "on": True, "off": False}
 
 
 # ------------------------------------------------------------------------------ shared pieces
@@ -34,7 +36,10 @@ def _service(args: argparse.Namespace):
 
     library = {"library_dir": args.library} if getattr(args, "library", None) else {}  # else $EIGENFACE_LIBRARY or the default
     models = _models()
-    return EigenfaceService(ServiceConfig(models=models, allow_any_model=True, device=getattr(args, "device", None), labellers=labellers_for(models), **library))
+    boost = BOOST_CHOICES[getattr(args, "boost", "auto")]
+    return EigenfaceService(
+        ServiceConfig(models=models, allow_any_model=True, device=getattr(args, "device", None), labellers=labellers_for(models), boost=boost, **library)
+    )
 
 
 def _sample(args: argparse.Namespace, seed: int | None = None, prompt: str | None = None):
@@ -271,6 +276,8 @@ def _sample_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", default="", help="text prompt (Stable Diffusion models only)")
     p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE, help="classifier-free guidance scale (SD)")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when present)")
+    p.add_argument("--boost", choices=list(BOOST_CHOICES), default="auto",
+                   help="quality boosting: stochastic steps with fixed noise for t <= 0.2 T (auto: on for pixel models, off for latent models like SD)")
 
 
 def _basis_args(p: argparse.ArgumentParser, edit_prompt: bool = True) -> None:

@@ -35,7 +35,7 @@ PROBES = (0.25, 0.5)
 ROUNDS = 2
 #: Range ends are kept within these (strength units): never a zero-width slider, never past
 #: the point where an edit is several times the noise itself.
-MIN_END, MAX_END = 0.05, 2.0
+MIN_END, MAX_END = 0.05, 1.0
 #: Slider positions per side at which :attr:`Calibration.travel` holds a strength.
 TRAVEL_POINTS = 4
 #: Edits evaluated per U-Net call.

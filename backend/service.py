@@ -36,7 +36,7 @@ from .library import Library
 from .models import BUILTIN_MODEL, Conditioning, DiffusionModel, EditSettings
 from .ranges import Calibration, calibrate
 from .registry import ModelRegistry
-from .sampling import Trajectory, denoise, sample_trajectory, sub_schedule
+from .sampling import Boost, Trajectory, denoise, sample_trajectory, sub_schedule
 from .specs import (
     BUILTIN_NAME,
     MAX_SEED,
@@ -75,6 +75,10 @@ class ServiceConfig:
     #: Model name -> labeller (self-naming sliders); the host registers them (the app and the
     #: CLI register the cat-people labeller for the built-in model: backend.catpeople.semantics).
     labellers: Mapping[str, Labeller] = field(default_factory=dict)
+    #: Quality boosting (stochastic steps at t <= 0.2 T, sampling.Boost): None = on for pixel
+    #: models, where it measurably cleans the ends of the sliders (BENCHMARKS.md), off for latent
+    #: models (the official code leaves it off on Stable Diffusion); True / False force it.
+    boost: bool | None = None
 
 
 class EigenfaceService:
@@ -145,7 +149,12 @@ class EigenfaceService:
     def trajectory(self, spec: SampleSpec) -> Trajectory:
         model = self.check_sample(spec)
         cond = self.conditioning(model, spec.prompt)
-        return self._cached(("trajectory", spec), lambda: sample_trajectory(model, spec.seed, spec.steps, cond, spec.guidance_scale))[0]
+        boost = self.boosted(model)
+        return self._cached(("trajectory", spec), lambda: sample_trajectory(model, spec.seed, spec.steps, cond, spec.guidance_scale, boost))[0]
+
+    def boosted(self, model: DiffusionModel) -> bool:
+        """Whether this model's images take quality-boosting steps (ServiceConfig.boost)."""
+        return model.vae is None if self.config.boost is None else self.config.boost
 
     def generate(self, spec: SampleSpec) -> Image.Image:
         model = self.check_sample(spec)
@@ -371,7 +380,8 @@ class EigenfaceService:
             except EditError as exc:
                 raise InputError(str(exc)) from None
         timesteps = sub_schedule(traj.timesteps, result.index, preview_steps)
-        x0 = denoise(model, torch.stack(xs), timesteps, cond, spec.sample.guidance_scale)
+        boost = Boost(spec.sample.seed) if self.boosted(model) else None
+        x0 = denoise(model, torch.stack(xs), timesteps, cond, spec.sample.guidance_scale, boost=boost)
         return to_pil(model.decode(x0))
 
     def strip(self, spec: BasisSpec, index: int, strengths: Sequence[float], mode: str = "direct", *, preview_steps: int | None = None) -> list[Image.Image]:

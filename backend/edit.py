@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Callable, Literal, Sequence
 
 import torch
 from torch import Tensor
@@ -125,3 +125,9 @@ def apply_edit(point: EditPoint, direction: Tensor, strength: float, mode: str, 
     if mode not in EDITS:
         raise EditError(f"mode must be one of {', '.join(EDIT_MODES)}, got {mode!r}")
     return EDITS[mode](point, direction, strength, substeps or DEFAULT_SUBSTEPS[mode])
+
+
+def apply_edits(point: EditPoint, edits: Sequence[tuple[Tensor, float]], mode: str, substeps: int | None = None) -> Tensor:
+    """Several (unit direction, strength) edits of the same x_t, stacked (B, *sample_shape) on the
+    CPU, ready to be rendered as one batch; a zero strength is x_t itself, whatever the mode."""
+    return torch.stack([(point.x if strength == 0.0 else apply_edit(point, direction, strength, mode, substeps)).cpu() for direction, strength in edits])

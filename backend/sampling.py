@@ -221,6 +221,15 @@ def denoise(
     return x
 
 
+def render(
+    model: DiffusionModel, x: Tensor, timesteps: Sequence[int], cond: Conditioning | None = None, guidance_scale: float = DEFAULT_GUIDANCE, boost: Boost | None = None
+) -> Tensor:
+    """x (B, *sample_shape) at timesteps[0] -> images (B, 3, H, W) in [0, 1] on the CPU: DDIM to
+    x_0 (with ``boost``, quality boosting), then the VAE for latent models. The one way an edit
+    or a batch of samples becomes pixels."""
+    return model.decode(denoise(model, x, timesteps, cond, guidance_scale, boost=boost))
+
+
 def sample_trajectory(
     model: DiffusionModel, seed: int, steps: int = DEFAULT_STEPS, cond: Conditioning | None = None, guidance_scale: float = DEFAULT_GUIDANCE, boost: bool = False
 ) -> Trajectory:

@@ -26,7 +26,7 @@ from torch import Tensor
 from .basis import MAX_K, Basis, BasisProgress
 from .cache import ByteLRU
 from .concepts import Alignment, align, concept_change
-from .edit import EDIT_MODES, EditPoint, apply_edit, combine
+from .edit import EDIT_MODES, EditPoint, apply_edits, combine
 from .errors import EditError, InputError
 from .geometry import grassmann_distance, transport_direction
 from .hspace import model_basis
@@ -36,7 +36,7 @@ from .library import Library
 from .models import BUILTIN_MODEL, Conditioning, DiffusionModel, EditSettings
 from .ranges import Calibration, calibrate
 from .registry import ModelRegistry
-from .sampling import Boost, Trajectory, denoise, sample_trajectory, sub_schedule
+from .sampling import Boost, Trajectory, render, sample_trajectory, sub_schedule
 from .specs import (
     BUILTIN_NAME,
     MAX_SEED,
@@ -370,19 +370,12 @@ class EigenfaceService:
         cond = self.conditioning(model, spec.sample.prompt)
         jac_cond = self.conditioning(model, spec.edit_prompt or spec.sample.prompt)
         point = EditPoint(model, result.x_t, result.timestep, None if jac_cond is None else jac_cond.cond, result.basis, self.config.jvp_mode)
-        xs = []
-        for direction, strength in edits:
-            if strength == 0.0:
-                xs.append(result.x_t)
-                continue
-            try:
-                xs.append(apply_edit(point, direction, strength, mode, substeps).cpu())
-            except EditError as exc:
-                raise InputError(str(exc)) from None
-        timesteps = sub_schedule(traj.timesteps, result.index, preview_steps)
+        try:
+            xs = apply_edits(point, edits, mode, substeps)
+        except EditError as exc:
+            raise InputError(str(exc)) from None
         boost = Boost(spec.sample.seed) if self.boosted(model) else None
-        x0 = denoise(model, torch.stack(xs), timesteps, cond, spec.sample.guidance_scale, boost=boost)
-        return to_pil(model.decode(x0))
+        return to_pil(render(model, xs, sub_schedule(traj.timesteps, result.index, preview_steps), cond, spec.sample.guidance_scale, boost))
 
     def strip(self, spec: BasisSpec, index: int, strengths: Sequence[float], mode: str = "direct", *, preview_steps: int | None = None) -> list[Image.Image]:
         """Edits along one direction at several strengths, rendered in batches (an atlas row)."""

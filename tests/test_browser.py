@@ -78,6 +78,7 @@ def _shot(page, name: str) -> None:
     page.screenshot(path=str(ARTIFACTS / f"browser-{name}.png"), full_page=True)
 
 
+@pytest.mark.slow
 def test_find_move_reset(page, url):
     timings = {}
     start = time.perf_counter()

@@ -27,7 +27,7 @@ def test_the_page_starts_from_each_models_settings(tiny_ddpm_dir, tmp_path):
     import gradio as gr
 
     from app import build_demo
-    from tests.fixtures import save_tiny_ddpm
+    from backend.testing import save_tiny_ddpm
     from ui.explore import ExploreHandlers
 
     tuned = save_tiny_ddpm(tmp_path / "tuned")

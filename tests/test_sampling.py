@@ -16,6 +16,7 @@ from backend.sampling import (
     denoise,
     guided_output,
     initial_noise,
+    render,
     sample_trajectory,
     schedule,
     sub_schedule,
@@ -194,6 +195,27 @@ def test_pixel_model_decodes_to_unit_range(ddpm, ddpm_traj):
     image = ddpm.decode(ddpm_traj.x0[None])
     assert image.shape == (1, 3, 16, 16) and image.dtype == torch.float32
     assert float(image.min()) >= 0 and float(image.max()) <= 1
+
+
+def test_render_is_denoise_then_decode(ddpm, ddpm_traj):
+    """The service's render path: x_t from the trajectory renders to the sample's own image, byte for byte."""
+    images = render(ddpm, ddpm_traj.latents[1][None], ddpm_traj.timesteps[1:])
+    assert torch.equal(images, ddpm.decode(ddpm_traj.x0[None]))
+
+
+def test_apply_edits_stacks_edits_of_one_point(ddpm, ddpm_traj):
+    """Edits of one x_t for one batched render: a zero strength is x_t itself, a direct edit the
+    straight step, every row on the CPU."""
+    from backend.edit import EditPoint, apply_edits, direct_edit
+
+    x = ddpm_traj.latents[2]
+    v = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
+    v = v / v.norm()
+    edited = apply_edits(EditPoint(ddpm, x, ddpm_traj.timesteps[2]), [(v, 0.0), (v, 0.3), (-v, 0.3)], "direct")
+    assert edited.shape == (3, *x.shape) and edited.device.type == "cpu"
+    assert torch.equal(edited[0], x)
+    assert torch.equal(edited[1], direct_edit(x, v, 0.3)) and torch.equal(edited[2], direct_edit(x, -v, 0.3))
+    assert not torch.equal(edited[1], x)
 
 
 # ------------------------------------------------------------------------------ text conditioning

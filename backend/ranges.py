@@ -27,8 +27,11 @@ from .models import Conditioning, DiffusionModel
 from .sampling import DEFAULT_GUIDANCE, NoiseSchedule, guided_output, predict_x0
 
 #: Largest ratio of the edited to the unedited predicted x0's high-frequency energy that
-#: still counts as valid (chosen on the built-in model's face check and speckle, BENCHMARKS.md).
+#: still counts as valid, chosen on the built-in model's face check and speckle (BENCHMARKS.md):
+#: with plain DDIM the final speckle passes 1.2x the unedited image's near a ratio of 1.12;
+#: quality boosting (sampling.Boost) washes out enough of it that 1.25 still does.
 HF_LIMIT = 1.12
+HF_LIMIT_BOOSTED = 1.25
 #: First probes, in strength units (both signs, every direction, one batch).
 PROBES = (0.25, 0.5)
 #: Bracketing rounds after the probes (each one batch of the 2k current ends).

@@ -34,7 +34,7 @@ from .images import image_grid, to_pil
 from .labels import DirectionNames
 from .library import Library
 from .models import BUILTIN_MODEL, Conditioning, DiffusionModel, EditSettings
-from .ranges import Calibration, calibrate
+from .ranges import HF_LIMIT, HF_LIMIT_BOOSTED, Calibration, calibrate
 from .registry import ModelRegistry
 from .sampling import Boost, Trajectory, render, sample_trajectory, sub_schedule
 from .specs import (
@@ -197,8 +197,10 @@ class EigenfaceService:
         model = self.check_sample(spec.sample)
         cond = self.conditioning(model, spec.sample.prompt)
 
+        limit = HF_LIMIT_BOOSTED if self.boosted(model) else HF_LIMIT
+
         def compute() -> Calibration:
-            return calibrate(model, point.x_t, point.timestep, basis.v, cond, spec.sample.guidance_scale)
+            return calibrate(model, point.x_t, point.timestep, basis.v, cond, spec.sample.guidance_scale, limit=limit)
 
         return self._cached(("ranges", *basis_id(spec, point.timestep)), compute)[0]
 

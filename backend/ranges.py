@@ -45,6 +45,11 @@ TRAVEL_POINTS = 4
 BATCH = 32
 
 
+def calibration_evals(k: int) -> int:
+    """U-Net evaluations :func:`calibrate` spends on k directions (the budget prices with it)."""
+    return 1 + 2 * k * (len(PROBES) + ROUNDS)
+
+
 @dataclass(frozen=True)
 class Calibration:
     """Per direction: the valid range, and the strengths at evenly spaced slider positions.

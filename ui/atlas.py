@@ -80,14 +80,14 @@ def refresh_step(h: AtlasHandlers, atlas: Atlas, pool: SliderPool) -> dict:
     """A ``.then`` step (keywords) that refreshes the atlas if it is open."""
     return dict(
         fn=h.refresh, inputs=[pool.found, pool.mode, atlas.strength, atlas.is_open], outputs=[atlas.image, atlas.note],
-        concurrency_id="batch", concurrency_limit=1, show_progress_on=[atlas.image],
+        concurrency_id="batch", show_progress_on=[atlas.image],
     )
 
 
 def wire_atlas(h: AtlasHandlers, atlas: Atlas, pool: SliderPool) -> None:
     atlas.accordion.expand(
         h.opened, [pool.found, pool.mode, atlas.strength], [atlas.image, atlas.note, atlas.is_open],
-        api_name="atlas_open", api_visibility="private", concurrency_id="batch", concurrency_limit=1, show_progress_on=[atlas.image],
+        api_name="atlas_open", api_visibility="private", concurrency_id="batch", show_progress_on=[atlas.image],
     )
     atlas.accordion.collapse(h.closed, None, atlas.is_open, api_name="atlas_close", api_visibility="private", queue=False)
     atlas.strength.release(**refresh_step(h, atlas, pool), api_name="atlas_strength", api_visibility="private", trigger_mode="always_last")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 import tempfile
 import threading
 import time
@@ -20,17 +21,20 @@ import numpy as np
 from PIL import Image
 
 from backend.basis import BasisProgress
+from backend.budget import Cost
 from backend.concepts import Alignment
 from backend.errors import InputError
 from backend.models import EditSettings
 from backend.ranges import position_of, strength_at
 from backend.service import EigenfaceService
+from backend.specs import PAGE_RANGES, PREVIEW_STEPS
 from backend.state import EditState, as_number
 from backend.store import SavedDirection
 
 from .device import Device
+from .sessions import current_session
 from .grid import label_font, labelled_grid, signed
-from .common import ATLAS_COLUMNS, MAX_UI_SEED, PREVIEW_STEPS, SLIDER_MAX, SLIDER_MIN
+from .common import ATLAS_COLUMNS, MAX_UI_SEED, SLIDER_MAX, SLIDER_MIN
 
 #: Cached atlases (a labelled grid image each) kept per process.
 ATLAS_CACHE_ENTRIES = 32
@@ -91,12 +95,13 @@ class Editor:
         )
         if state.model not in self.service.model_names:
             raise InputError(f"unknown model {state.model!r}; choose one of: {', '.join(self.service.model_names)}")
-        return state
+        return in_ranges(state)
 
     def for_page(self, state: EditState) -> EditState:
         """Refuse what the page's controls cannot show (files and links may hold any valid state)."""
         if state.seed > MAX_UI_SEED:
             raise InputError(f"seed {state.seed} is too large for the page (browsers hold at most {MAX_UI_SEED}); use the command line")
+        in_ranges(state)
         for index, value in enumerate(state.sliders):
             if not SLIDER_MIN <= value <= SLIDER_MAX:
                 raise InputError(f"strength {value:g} of direction {index} is outside the page's slider range [{SLIDER_MIN:g}, {SLIDER_MAX:g}]")
@@ -120,6 +125,7 @@ class Editor:
         def report(p: BasisProgress) -> None:
             progress((p.iteration, p.max_iters), desc=f"Finding directions (round {p.iteration} of at most {p.max_iters})", unit="rounds")
 
+        self._afford(self.service.budget.discover(state.basis_spec()))
         result = self.device.call(self.service.discover, state.basis_spec(), progress=report if progress is not None else None)
         sigma = tuple(float(s) for s in result.basis.sigma.tolist())
         return Found(
@@ -127,7 +133,12 @@ class Editor:
         )
 
     def original(self, state: EditState) -> Image.Image:
+        self._afford(self.service.budget.trajectory(state.sample_spec()))
         return self.device.call(self.service.generate, state.sample_spec())
+
+    def _afford(self, cost: Cost) -> None:
+        """Refuse, before any work, a request that costs more than the host's per-request budget."""
+        self.service.budget.check(cost)
 
     def render(self, state: EditState, preview: bool = False) -> Image.Image:
         """The edited image; with every slider at zero, exactly the generated one."""
@@ -140,6 +151,7 @@ class Editor:
         kwargs: dict[str, Any] = {"preview_steps": PREVIEW_STEPS} if preview else {}
         if preview and mode == "guidance":
             kwargs["substeps"] = 4
+        self._afford(self.service.budget.render(state.basis_spec(), 1, mode, **kwargs))
         return self.device.call(self.service.edit, state.basis_spec(), strengths, mode, **kwargs)
 
     def labels(self, state: EditState, compute: bool = True) -> tuple[str, ...] | None:
@@ -150,6 +162,7 @@ class Editor:
         """
         if not compute:
             return self.service.labels.names(state.basis_spec(), compute=False)
+        self._afford(self.service.budget.labels(state.basis_spec()))
         return self.device.call(self.service.labels.names, state.basis_spec())
 
     # ----------------------------------------------------------------------------- steering
@@ -157,11 +170,13 @@ class Editor:
         """Save the state's slider edit (source "sliders") or one direction (source: its index)."""
         name = _text("name", name).strip()
         source = _text("what to save", source).strip()
+        if source != SAVE_SLIDERS and not re.fullmatch(r"[0-9]{1,3}", source):  # str.isdigit takes "²", int() does not
+            raise InputError(f"what to save must be 'sliders' or a direction index (0 to {state.k - 1}), got {source[:40]!r}")
+        self._afford(self.service.budget.discover(state.basis_spec()))
+        visitor = current_session() or "anonymous"
         if source == SAVE_SLIDERS:
-            return self.device.call(self.service.library.save, name, state.basis_spec(), state.strengths())
-        if not source.isdigit():
-            raise InputError(f"what to save must be 'sliders' or a direction index, got {source!r}")
-        return self.device.call(self.service.library.save, name, state.basis_spec(), index=int(source))
+            return self.device.call(self.service.library.save, name, state.basis_spec(), state.strengths(), visitor=visitor)
+        return self.device.call(self.service.library.save, name, state.basis_spec(), index=int(source), visitor=visitor)
 
     def saved_directions(self) -> list[SavedDirection]:
         return self.service.library.list()
@@ -174,17 +189,25 @@ class Editor:
         if not isinstance(transport, bool):
             raise InputError(f"transport must be true or false, got {transport!r}")
         strength = as_number("strength", strength)
+        spec = state.basis_spec()
+        cost = self.service.budget.render(spec, 1, state.mode, uses_basis=bool(state.strengths()) or transport)
+        if transport:
+            cost += self.service.budget.discover(self.service.library.source(name))
+        self._afford(cost)
         return self.device.call(self.service.library.edit, state.basis_spec(), name, strength, state.strengths(), state.mode, transport=transport)
 
     def find_concept(self, state: EditState, concept: Any) -> Alignment:
+        self._afford(self.service.budget.concept(state.basis_spec()))
         return self.device.call(self.service.find_concept, state.basis_spec(), _text("concept", "" if concept is None else concept))[0]
 
     def apply_concept(self, state: EditState, concept: Any, strength: Any) -> Image.Image:
         """The state's slider edit plus a move toward (strength > 0) or away from a text concept."""
         concept = _text("concept", "" if concept is None else concept)
+        self._afford(self.service.budget.concept(state.basis_spec()) + self.service.budget.render(state.basis_spec(), 1, state.mode))
         return self.device.call(self.service.edit_concept, state.basis_spec(), concept, as_number("strength", strength), state.strengths(), state.mode)
 
     def strip(self, state: EditState, index: int, strengths: Sequence[float]) -> list[Image.Image]:
+        self._afford(self.service.budget.render(state.basis_spec(), len(strengths), state.mode))
         return self.device.call(self.service.strip, state.basis_spec(), index, [float(s) for s in strengths], state.mode)
 
     def atlas(self, found: Found, mode: str, reach: float, progress: Progress | None = None) -> Image.Image:
@@ -201,6 +224,7 @@ class Editor:
                 self._atlases.move_to_end(key)
                 return self._atlases[key]
         positions = np.linspace(-reach, reach, ATLAS_COLUMNS).tolist()
+        self._afford(self.service.budget.render(state.basis_spec(), state.k * ATLAS_COLUMNS, mode))  # the whole atlas, not row by row
         rows = []
         for i in range(state.k):
             if progress is not None:
@@ -267,6 +291,14 @@ class Editor:
 
 
 # --------------------------------------------------------------------------------- inputs
+def in_ranges(state: EditState) -> EditState:
+    """Refuse settings outside the page's controls (:data:`~backend.specs.PAGE_RANGES`): every
+    public endpoint, the page's own and the API's, holds to them."""
+    for name, allowed in PAGE_RANGES.items():
+        allowed.check(name, getattr(state, name))
+    return state
+
+
 def _text(name: str, value: Any) -> str:
     if not isinstance(value, str):
         raise InputError(f"{name} must be text, got {type(value).__name__}")

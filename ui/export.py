@@ -69,5 +69,5 @@ def wire_export(h: ExportHandlers, export: Export, pool: SliderPool) -> None:
     export.json.click(h.json, pool.inputs, export.files, api_name="export_json", api_visibility="private", queue=False)
     export.gif.click(
         h.gif, [pool.found, pool.mode, export.gif_direction, export.gif_strength], export.files,
-        api_name="export_gif", api_visibility="private", concurrency_id="batch", concurrency_limit=1,
+        api_name="export_gif", api_visibility="private", concurrency_id="batch",
     )

@@ -62,12 +62,12 @@ class Page:
             self.restorer.read, self.export.load, self.export.pending, api_name="read_edit", api_visibility="private", show_progress="hidden",
         ).then(
             self.restorer.load, [self.export.pending, ex.page_url], restored,
-            api_name="load_edit", api_visibility="private", concurrency_id="basis", concurrency_limit=1, show_progress_on=[ex.image],
+            api_name="load_edit", api_visibility="private", concurrency_id="basis", show_progress_on=[ex.image],
         )
         self.after_basis(loaded, "load")
         opened = demo.load(
             self.restorer.on_load, None, [ex.page_url, *restored],
-            api_name="on_load", api_visibility="private", concurrency_id="basis", concurrency_limit=1, show_progress_on=[ex.image],
+            api_name="on_load", api_visibility="private", concurrency_id="basis", show_progress_on=[ex.image],
         )
         self.after_basis(opened, "on_load")  # a link may have restored a basis
         demo.load(self.steer_h.refresh, None, self.steer.saved, api_name="saved_on_load", api_visibility="private", queue=False)

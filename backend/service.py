@@ -36,7 +36,7 @@ from .labels import DirectionNames
 from .library import Library
 from .models import BUILTIN_MODEL, Conditioning, DiffusionModel, EditSettings
 from .quota import SAVE_INTERVAL_S, SAVES_PER_VISITOR, Quota
-from .ranges import HF_LIMIT, HF_LIMIT_BOOSTED, Calibration, calibrate
+from .ranges import Calibration, calibrate, hf_limit
 from .registry import ModelRegistry
 from .sampling import Boost, Trajectory, render, sample_trajectory, sub_schedule
 from .slots import Slots
@@ -212,7 +212,7 @@ class EigenfaceService:
         model = self.check_sample(spec.sample)
         cond = self.conditioning(model, spec.sample.prompt)
 
-        limit = HF_LIMIT_BOOSTED if self.boosted(model) else HF_LIMIT
+        limit = hf_limit(point.timestep / model.num_train_timesteps, self.boosted(model))
 
         def compute() -> Calibration:
             return calibrate(model, point.x_t, point.timestep, basis.v, cond, spec.sample.guidance_scale, limit=limit)

@@ -43,12 +43,14 @@ from bench.common import Report, environment, environment_lines, fmt, log, mark,
 BASELINE = 0.2
 
 
-def score_seed(service: EigenfaceService, spec: BasisSpec, baseline: float) -> dict:
-    """Ratios to the unedited image and factor changes of every direction at lo, hi, -baseline, +baseline."""
+def score_seed(service: EigenfaceService, spec: BasisSpec, fixed: list[float]) -> dict:
+    """Ratios to the unedited image and factor changes of every direction at lo, hi, then -s, +s
+    for each fixed strength s (columns in that order)."""
     estimator = default_estimator()
     result = service.discover(spec)
     k = result.basis.k
-    edits = [(i, s) for i in range(k) for s in (*result.ranges[i], -baseline, baseline)]
+    columns = 2 + 2 * len(fixed)
+    edits = [(i, v) for i in range(k) for v in (*result.ranges[i], *(x for s in fixed for x in (-s, s)))]
     images = pil_to_tensor([service.generate(spec.sample), *service.render_edits(spec, edits)])
     error = estimator.reconstruction_error(images)
     speckle = high_frequency(images)
@@ -57,9 +59,9 @@ def score_seed(service: EigenfaceService, spec: BasisSpec, baseline: float) -> d
     rows = torch.arange(len(edits)) + 1
     return {
         "ranges": [list(r) for r in result.ranges],
-        "error": (error[rows] / error[0]).view(k, 4).tolist(),  # columns: lo, hi, -baseline, +baseline
-        "speckle": (speckle[rows] / speckle[0]).view(k, 4).tolist(),
-        "moved": moved.view(k, 4).tolist(),
+        "error": (error[rows] / error[0]).view(k, columns).tolist(),
+        "speckle": (speckle[rows] / speckle[0]).view(k, columns).tolist(),
+        "moved": moved.view(k, columns).tolist(),
         "base_is_face": bool(error[0] <= estimator.face_threshold),
     }
 
@@ -70,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timesteps", default="0.3,0.6", help="edit timesteps, fractions of T")
     p.add_argument("--k", type=int, default=8)
     p.add_argument("--tolerance", type=float, default=1.2)
+    p.add_argument("--fixed", default=str(BASELINE), help="fixed strengths to compare with (the first is the ratio's baseline)")
     p.add_argument("--boost", choices=["auto", "on", "off"], default="auto", help="quality boosting (ServiceConfig.boost)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", type=Path, default=None, help="markdown report (also printed)")
@@ -78,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     seeds = [int(s) for s in args.seeds.split(",")]
     timesteps = [float(t) for t in args.timesteps.split(",")]
+    fixed = [float(s) for s in args.fixed.split(",")]
     service = EigenfaceService(ServiceConfig(device="cpu", boost={"auto": None, "on": True, "off": False}[args.boost]))
     report = Report(order=["head", "validity"])
     report.section("head")
@@ -90,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         scores = []
         for seed in seeds:
             t0 = time.perf_counter()
-            scores.append(score_seed(service, BasisSpec(SampleSpec(seed=seed), t, args.k), BASELINE))
+            scores.append(score_seed(service, BasisSpec(SampleSpec(seed=seed), t, args.k), fixed))
             log(f"t={t} seed {seed}: {time.perf_counter() - t0:.1f} s")
         raw[str(t)] = scores
         err = torch.tensor([s["error"] for s in scores])  # (seeds, k, 4)
@@ -98,18 +102,21 @@ def main(argv: list[str] | None = None) -> int:
         moved = torch.tensor([s["moved"] for s in scores])
         ok = (err <= args.tolerance) & (spk <= args.tolerance)
         ends = [abs(v) for s in scores for r in s["ranges"] for v in r]
+        valid = lambda c: pct(float(ok[..., c].float().mean()))  # noqa: E731
+        ratio = float(moved[..., :2].mean() / moved[..., 2:4].mean())
         rows.append([
             f"{t}", f"{sum(ends) / len(ends):.3f} ({min(ends):.2f}-{max(ends):.2f})",
-            pct(float(ok[..., :2].float().mean())), pct(float((err[..., :2] <= args.tolerance).float().mean())), pct(float((spk[..., :2] <= args.tolerance).float().mean())),
-            pct(float(ok[..., 2:].float().mean())),
-            fmt(float(moved[..., :2].mean())), fmt(float(moved[..., 2:].mean())), f"{float(moved[..., :2].mean() / moved[..., 2:].mean()):.2f}x",
-            mark(float(ok[..., :2].float().mean()) >= 0.9 and float(moved[..., :2].mean() / moved[..., 2:].mean()) >= 2),
+            valid(slice(0, 2)), pct(float((err[..., :2] <= args.tolerance).float().mean())), pct(float((spk[..., :2] <= args.tolerance).float().mean())),
+            fmt(float(moved[..., :2].mean())),
+            *(v for j in range(len(fixed)) for v in (valid(slice(2 + 2 * j, 4 + 2 * j)), fmt(float(moved[..., 2 + 2 * j : 4 + 2 * j].mean())))),
+            f"{ratio:.2f}x", mark(float(ok[..., :2].float().mean()) >= 0.9 and ratio >= 2),
         ])
     report.add(
-        f"Seeds {seeds}, top {args.k} directions, both calibrated ends per direction vs +-{BASELINE}; boost {args.boost}. "
-        f"'valid' = face-check error and speckle both within {args.tolerance}x the unedited image's; 'moved' = mean total factor change.", "")
-    report.table(["timestep", "mean end (min-max)", "ends valid", "ends: face err ok", "ends: speckle ok", f"+-{BASELINE} valid",
-                  "moved at ends", f"moved at +-{BASELINE}", "ratio", "targets (>=90 %, >=2x)"], rows)
+        f"Seeds {seeds}, top {args.k} directions, both calibrated ends per direction vs fixed +-{', +-'.join(f'{s:g}' for s in fixed)}; "
+        f"boost {args.boost}. 'valid' = face-check error and speckle both within {args.tolerance}x the unedited image's; "
+        f"'moved' = mean total factor change; 'ratio' = moved at the ends / moved at +-{fixed[0]:g}.", "")
+    report.table(["timestep", "mean end (min-max)", "ends valid", "ends: face err ok", "ends: speckle ok", "moved at ends",
+                  *(h for s in fixed for h in (f"+-{s:g} valid", f"moved at +-{s:g}")), "ratio", "targets (>=90 %, >=2x)"], rows)
     report.add(f"Wall time {time.perf_counter() - start:.0f} s.", "")
     text = report.text()
     print(text)

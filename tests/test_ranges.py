@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from backend.ranges import MAX_END, MIN_END, TRAVEL_POINTS, Calibration, _crossing, _largest_valid, position_of, strength_at
+from backend.ranges import MAX_END, MIN_END, TRAVEL_POINTS, Calibration, _crossing, _largest_valid, hf_limit, position_of, strength_at
 from backend.service import EigenfaceService, ServiceConfig
 from backend.specs import BasisSpec, SampleSpec
 from backend.store import load_calibration, save_basis
@@ -60,3 +60,10 @@ def test_basis_file_keeps_ranges_and_old_files_load(svc, tmp_path):
     save_basis(tmp_path / "old", result.basis, result.x_t, {})  # as written before ranges existed
     assert load_calibration(tmp_path / "old" / "basis.safetensors", 2) is None
     assert load_calibration(tmp_path / "new" / "basis.safetensors", 3) is None  # another k: recalibrate
+
+
+def test_the_limit_tightens_with_t_and_loosens_with_boosting():
+    assert hf_limit(0.3, True) == 1.25 and hf_limit(0.6, True) == 1.10
+    assert hf_limit(0.1, True) == 1.25 and hf_limit(0.9, False) == hf_limit(0.6, False)  # held outside the anchors
+    assert hf_limit(0.6, True) < hf_limit(0.45, True) < hf_limit(0.3, True)
+    assert all(hf_limit(t, False) < hf_limit(t, True) for t in (0.3, 0.45, 0.6))

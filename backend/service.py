@@ -36,8 +36,9 @@ from .labels import DirectionNames
 from .library import Library
 from .models import BUILTIN_MODEL, Conditioning, DiffusionModel, EditSettings
 from .quota import SAVE_INTERVAL_S, SAVES_PER_VISITOR, Quota
+from .ranges import Calibration, calibrate, hf_limit
 from .registry import ModelRegistry
-from .sampling import Trajectory, render, sample_trajectory, sub_schedule
+from .sampling import Boost, Trajectory, render, sample_trajectory, sub_schedule
 from .slots import Slots
 from .specs import (
     BUILTIN_NAME,
@@ -82,6 +83,10 @@ class ServiceConfig:
     render_slots: int = 2  # denoising batches run at once
     saves_per_visitor: int = SAVES_PER_VISITOR  # web visitors' saves to the shared library (backend.quota)
     save_interval_s: float = SAVE_INTERVAL_S
+    #: Quality boosting (stochastic steps at t <= 0.2 T, sampling.Boost): None = on for pixel
+    #: models, where it measurably cleans the ends of the sliders (BENCHMARKS.md), off for latent
+    #: models (the official code leaves it off on Stable Diffusion); True / False force it.
+    boost: bool | None = None
 
 
 class EigenfaceService:
@@ -159,7 +164,12 @@ class EigenfaceService:
     def trajectory(self, spec: SampleSpec) -> Trajectory:
         model = self.check_sample(spec)
         cond = self.conditioning(model, spec.prompt)
-        return self._cached(("trajectory", spec), lambda: sample_trajectory(model, spec.seed, spec.steps, cond, spec.guidance_scale))[0]
+        boost = self.boosted(model)
+        return self._cached(("trajectory", spec), lambda: sample_trajectory(model, spec.seed, spec.steps, cond, spec.guidance_scale, boost))[0]
+
+    def boosted(self, model: DiffusionModel) -> bool:
+        """Whether this model's images take quality-boosting steps (ServiceConfig.boost)."""
+        return model.vae is None if self.config.boost is None else self.config.boost
 
     def generate(self, spec: SampleSpec) -> Image.Image:
         model = self.check_sample(spec)
@@ -192,7 +202,22 @@ class EigenfaceService:
             return basis.to("cpu"), time.perf_counter() - start
 
         (basis, seconds), cached = self._cached(cache_key("basis", spec, point.timestep), compute)
-        return BasisResult(basis, point.x_t, point.timestep, point.index, 0.0 if cached else seconds, cached, tuple(warnings))
+        calibration = self.calibration(spec, basis, point)
+        return BasisResult(
+            basis, point.x_t, point.timestep, point.index, 0.0 if cached else seconds, cached, tuple(warnings), calibration.ranges, calibration.travel
+        )
+
+    def calibration(self, spec: BasisSpec, basis: Basis, point: BasisResult) -> Calibration:
+        """Each direction's valid range and even-travel map (backend/ranges.py), cached beside the basis."""
+        model = self.check_sample(spec.sample)
+        cond = self.conditioning(model, spec.sample.prompt)
+
+        limit = hf_limit(point.timestep / model.num_train_timesteps, self.boosted(model))
+
+        def compute() -> Calibration:
+            return calibrate(model, point.x_t, point.timestep, basis.v, cond, spec.sample.guidance_scale, limit=limit)
+
+        return self._cached(cache_key("ranges", spec, point.timestep), compute)[0]
 
     def _basis(self, model: DiffusionModel, x_t: Tensor, t: int, cond: Conditioning | None, k: int, progress) -> Basis:
         """:func:`~backend.hspace.model_basis`, starting at the chunk size that last fit this model."""
@@ -210,12 +235,17 @@ class EigenfaceService:
                 self._chunks[model.name] = min(fitted, self._chunks.get(model.name, fitted))
         return basis
 
-    def adopt_basis(self, spec: BasisSpec, basis: Basis, x_t: Tensor) -> bool:
-        """Use a saved basis for ``spec`` if it was computed at this very x_t (else recompute later)."""
+    def adopt_basis(self, spec: BasisSpec, basis: Basis, x_t: Tensor, calibration: Calibration | None = None) -> bool:
+        """Use a saved basis for ``spec`` if it was computed at this very x_t (else recompute later).
+
+        ``calibration``: its saved ranges, if the file had them (else they are computed when needed).
+        """
         point = self.point(spec)
         if basis.k != spec.k or x_t.shape != point.x_t.shape or not torch.equal(x_t, point.x_t):
             return False
         self.cache.put(cache_key("basis", spec, point.timestep), (basis, 0.0))
+        if calibration is not None and len(calibration.ranges) == basis.k:
+            self.cache.put(cache_key("ranges", spec, point.timestep), calibration)
         return True
 
     # ----------------------------------------------------------------------------- geometry
@@ -362,7 +392,8 @@ class EigenfaceService:
                 xs = apply_edits(point, edits, mode, substeps)
             except EditError as exc:
                 raise InputError(str(exc)) from None
-            return to_pil(render(model, xs, sub_schedule(traj.timesteps, result.index, preview_steps), cond, spec.sample.guidance_scale))
+            boost = Boost(spec.sample.seed) if self.boosted(model) else None
+            return to_pil(render(model, xs, sub_schedule(traj.timesteps, result.index, preview_steps), cond, spec.sample.guidance_scale, boost))
 
     def strip(self, spec: BasisSpec, index: int, strengths: Sequence[float], mode: str = "direct", *, preview_steps: int | None = None) -> list[Image.Image]:
         """Edits along one direction at several strengths, rendered in batches (an atlas row)."""

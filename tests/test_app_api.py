@@ -70,9 +70,11 @@ def test_public_endpoints_take_explicit_inputs(served):
 
 def test_find_directions_then_render(served):
     service, client = served
-    image, sigma = client.predict(*SETTINGS, api_name="/find_directions")
+    image, sigma, ranges = client.predict(*SETTINGS, api_name="/find_directions")
     sigma = json.loads(sigma)
     assert len(sigma) == 4 and all(a >= b > 0 for a, b in zip(sigma, sigma[1:]))
+    ranges = json.loads(ranges)
+    assert len(ranges) == 4 and all(lo < 0 < hi for lo, hi in ranges)
     generated = np.asarray(service.generate(SampleSpec(model="tiny", seed=3, steps=10)))
     assert np.array_equal(_pixels(image), generated)
 

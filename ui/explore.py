@@ -60,12 +60,14 @@ class ExploreHandlers:
     def find_directions(self, model, prompt, seed, timestep, k, steps, progress=gr.Progress()):
         """Compute (or fetch from the cache) the top-k directions of an image.
 
-        Returns the unedited image and the k singular values as a JSON list.
+        Returns the unedited image, the k singular values as a JSON list, and the k calibrated
+        ranges as a JSON list of [lo, hi] strengths (each direction's edit is valid within them).
         """
         state = self.editor.state(model, prompt, seed, timestep, k, steps)
         found = self.editor.discover(state, progress)
         image = self.editor.original(state)
-        return image, json.dumps([round(s, 6) for s in found.sigma]), found
+        ranges = json.dumps([[round(lo, 6), round(hi, 6)] for lo, hi in found.ranges])
+        return image, json.dumps([round(s, 6) for s in found.sigma]), ranges, found
 
     # ---------------------------------------------------------------- page-only steps
     @guard
@@ -163,6 +165,7 @@ class Explore:
     name: gr.Button
     share: gr.Textbox
     sigma_json: gr.Textbox
+    ranges_json: gr.Textbox
     page_url: gr.State
 
     @property
@@ -212,7 +215,8 @@ def build_explore(service: EigenfaceService) -> Explore:
                 reset_all = gr.Button("Reset all sliders", elem_id="reset-all", min_width=120)
                 name = gr.Button("Name the sliders", visible=False, elem_id="name-directions", min_width=120)
     sigma_json = gr.Textbox(visible=False, label="σ (JSON)")
-    return Explore(model, prompt, seed, random_seed, timestep, k, steps, mode, find, status, image, compare, pool, reset_all, name, share, sigma_json, gr.State(""))
+    ranges_json = gr.Textbox(visible=False, label="ranges (JSON)")
+    return Explore(model, prompt, seed, random_seed, timestep, k, steps, mode, find, status, image, compare, pool, reset_all, name, share, sigma_json, ranges_json, gr.State(""))
 
 
 # ================================================================================= events
@@ -226,12 +230,12 @@ def wire_explore(h: ExploreHandlers, ex: Explore, after_basis: Callable[[Any, st
         after_basis(dep, prefix)
 
     find = ex.find.click(
-        h.find_directions, ex.controls, [ex.image, ex.sigma_json, ex.found],
+        h.find_directions, ex.controls, [ex.image, ex.sigma_json, ex.ranges_json, ex.found],
         api_name="find_directions", preprocess=False, concurrency_id="basis", show_progress_on=[ex.image],
     )
     find_then_show(find, "find")
     seeded = ex.random_seed.click(h.random_seed, None, ex.seed, api_name="random_seed", api_visibility="private", queue=False).then(
-        h.find_directions, ex.controls, [ex.image, ex.sigma_json, ex.found],
+        h.find_directions, ex.controls, [ex.image, ex.sigma_json, ex.ranges_json, ex.found],
         api_name="random_seed_find", api_visibility="private", preprocess=False, concurrency_id="basis", show_progress_on=[ex.image],
     )
     find_then_show(seeded, "random")

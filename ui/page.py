@@ -55,8 +55,6 @@ class Page:
         atlas.wire_atlas(self.atlas_h, self.atlas, pool)
         steer.wire_steer(self.steer_h, self.steer, pool)
         export.wire_export(self.export_h, self.export, pool)
-        for name, strength in (("atlas_model_strength", self.atlas.strength), ("gif_model_strength", self.export.gif_strength)):
-            ex.model.input(self.atlas_h.strength_for, ex.model, strength, api_name=name, api_visibility="private", queue=False)
         wire_api(self.api_h, self.api, ex.controls, ex.mode)
 
         restored = outputs(ex)

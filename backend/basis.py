@@ -171,6 +171,11 @@ def max_principal_angle(a: Tensor, b: Tensor) -> float:
     return float(torch.arcsin(torch.linalg.matrix_norm(residual, ord=2).clamp(max=1.0)))
 
 
+#: Rounds of :func:`local_basis` at most, unless its caller says otherwise (the budget prices a
+#: basis at this many: ``backend.budget``).
+MAX_ITERS = 30
+
+
 def default_block_size(k: int, device: torch.device) -> int:
     """Columns per round of :func:`local_basis`.
 
@@ -328,7 +333,7 @@ def local_basis(
     k: int,
     *,
     block_size: int | None = None,
-    max_iters: int = 30,
+    max_iters: int = MAX_ITERS,
     tol: float = DEFAULT_TOL,
     max_krylov: int | None = None,
     init: Tensor | None = None,

@@ -95,6 +95,10 @@ def guidance_edit(point: EditPoint, direction: Tensor, strength: float, substeps
     return x
 
 
+#: Warm-started basis rounds after each geodesic substep (priced by ``backend.budget``).
+GEODESIC_BASIS_ITERS = 2
+
+
 def geodesic_edit(point: EditPoint, direction: Tensor, strength: float, substeps: int) -> Tensor:
     """Small steps that re-estimate the local basis and parallel-transport the direction after
     each one (geometry.geodesic_shoot), starting from the basis at x."""
@@ -104,7 +108,7 @@ def geodesic_edit(point: EditPoint, direction: Tensor, strength: float, substeps
     try:
         path = geodesic_shoot(
             point.h_fn(), x, direction.to(x), strength * strength_scale(x.shape), substeps=substeps, k=point.basis.k,
-            basis=point.basis.to(x.device), basis_iters=2, final_basis=False, jvp_mode=point.jvp_mode,
+            basis=point.basis.to(x.device), basis_iters=GEODESIC_BASIS_ITERS, final_basis=False, jvp_mode=point.jvp_mode,
             generator=torch.Generator().manual_seed(0),
         )
     except ValueError as exc:

@@ -66,12 +66,6 @@ class CachedPaths:
         """Whether direction ``index`` at ``strength`` lies on a cached path."""
         return 0 <= index < self.k and self.ends[index][0] <= strength <= self.ends[index][1]
 
-    def substeps(self, strength: float) -> int:
-        """Substeps for a fresh geodesic shot of ``strength`` in steps no longer than the grid's
-        shortest, so that a shot along one direction lands on its path's grid points."""
-        spacing = min(min(-lo, hi) for lo, hi in self.ends) / self.steps
-        return max(1, math.ceil(abs(strength) / spacing - 1e-9))
-
     def at(self, index: int, strength: float) -> Tensor:
         """x_t at ``strength`` along direction ``index``: linear between the two nearest grid points.
 
@@ -130,13 +124,12 @@ def edits_on_paths(point: EditPoint, paths: CachedPaths, edits: Sequence[tuple[T
 
     ``sliders``: per edit, (basis index, signed strength) when it moves one basis direction,
     else None. Every other edit (several sliders, a saved or text direction, past a range
-    end) is shot afresh in the grid's step (:meth:`CachedPaths.substeps`), so a shot along
-    one direction agrees with its path.
+    end) is shot afresh as :func:`~backend.edit.geodesic_edit` shoots it.
     """
     xs = []
     for (direction, strength), slider in zip(edits, sliders, strict=True):
         if strength != 0.0 and slider is not None and paths.covers(*slider):
             xs.append(paths.at(*slider))
         else:
-            xs.append(apply_edits(point, [(direction, strength)], "geodesic", paths.substeps(strength))[0])
+            xs.append(apply_edits(point, [(direction, strength)], "geodesic")[0])
     return torch.stack(xs)

@@ -27,13 +27,10 @@ from .cache import ByteLRU
 from .edit import EditPoint
 from .errors import EigenfaceError
 from .paths import BASIS_ITERS, DEFAULT_GRID_STEPS, CachedPaths, Ends, precompute_paths
-from .specs import BasisResult, BasisSpec, basis_id
+from .specs import BasisResult, BasisSpec, cache_key
 
 logger = logging.getLogger(__name__)
 
-#: Each direction's path runs out to here (both signs) until bases carry calibrated ranges:
-#: the page's slider span, so every slider position lies on a cached path.
-SLIDER_END = 1.0
 #: Sessions whose latest request is remembered (older ones fall back to "no paths asked").
 MAX_SESSIONS = 4096
 
@@ -42,9 +39,9 @@ Call = Callable[..., Any]
 
 
 def direction_ends(result: BasisResult) -> Ends:
-    """Where each direction's paths end, (lo, hi) in strength units: the one place to switch
-    to calibrated per-direction ranges."""
-    return tuple((-SLIDER_END, SLIDER_END) for _ in range(result.basis.k))
+    """Where each direction's paths end, (lo, hi) in strength units: its calibrated range
+    (backend/ranges.py), which is also its slider's span, so every slider position lies on a path."""
+    return tuple((float(lo), float(hi)) for lo, hi in result.ranges)
 
 
 class PointSource(Protocol):
@@ -98,7 +95,7 @@ class PathPrecompute:
     def key(self, spec: BasisSpec, result: BasisResult) -> tuple:
         """Everything that determines the paths: the basis, the ends, the grid, the updates."""
         point = self.source.edit_point(spec, result)
-        return ("paths", *basis_id(spec, result.timestep), direction_ends(result), self.steps, BASIS_ITERS, point.jvp_mode)
+        return cache_key("paths", spec, result.timestep, direction_ends(result), self.steps, BASIS_ITERS, point.jvp_mode)
 
     def cached(self, spec: BasisSpec, result: BasisResult) -> CachedPaths | None:
         """The finished paths of this basis, or None (not asked, still running, failed, evicted)."""
@@ -128,8 +125,10 @@ class PathPrecompute:
         result = self.source.discover(spec)  # the caller has just found it: a cache hit
         key = self.key(spec, result)
         with self._lock:
-            self._leave(session)
+            if self._sessions.get(session) != key:  # asking again for the same paths keeps the job
+                self._leave(session)
             self._sessions[session] = key
+            self._sessions.move_to_end(session)
             while len(self._sessions) > MAX_SESSIONS:
                 self._leave(next(iter(self._sessions)))
             running = self._jobs.get(key)

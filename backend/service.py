@@ -24,6 +24,7 @@ from PIL import Image
 from torch import Tensor
 
 from .basis import MAX_K, Basis, BasisProgress
+from .budget import Budget
 from .cache import ByteLRU
 from .concepts import Alignment, align, concept_change
 from .edit import EDIT_MODES, EditPoint, apply_edits, combine
@@ -36,8 +37,11 @@ from .library import Library
 from .models import BUILTIN_MODEL, Conditioning, DiffusionModel, EditSettings
 from .paths import edits_on_paths
 from .precompute import PathPrecompute
+from .quota import SAVE_INTERVAL_S, SAVES_PER_VISITOR, Quota
+from .ranges import Calibration, calibrate, hf_limit
 from .registry import ModelRegistry
-from .sampling import Trajectory, render, sample_trajectory, sub_schedule
+from .sampling import Boost, Trajectory, render, sample_trajectory, sub_schedule
+from .slots import Slots
 from .specs import (
     BUILTIN_NAME,
     MAX_SEED,
@@ -46,12 +50,12 @@ from .specs import (
     BasisSpec,
     Labeller,
     SampleSpec,
-    basis_id,
+    cache_key,
     check_int,
     check_strength,
     check_vector,
     pairs,
-    parse_timestep,
+    timestep_index,
     slider_vector,
     unit,
 )
@@ -76,6 +80,15 @@ class ServiceConfig:
     #: Model name -> labeller (self-naming sliders); the host registers them (the app and the
     #: CLI register the cat-people labeller for the built-in model: backend.catpeople.semantics).
     labellers: Mapping[str, Labeller] = field(default_factory=dict)
+    budget: int | None = None  # most U-Net evaluations per request (backend.budget); None: no limit
+    heavy_slots: int = 1  # bases, trajectories, labellings computed at once (backend.slots)
+    render_slots: int = 2  # denoising batches run at once
+    saves_per_visitor: int = SAVES_PER_VISITOR  # web visitors' saves to the shared library (backend.quota)
+    save_interval_s: float = SAVE_INTERVAL_S
+    #: Quality boosting (stochastic steps at t <= 0.2 T, sampling.Boost): None = on for pixel
+    #: models, where it measurably cleans the ends of the sliders (BENCHMARKS.md), off for latent
+    #: models (the official code leaves it off on Stable Diffusion); True / False force it.
+    boost: bool | None = None
 
 
 class EigenfaceService:
@@ -85,8 +98,10 @@ class EigenfaceService:
         self.config = config or ServiceConfig()
         self.models = ModelRegistry(self.config.models, allow_any=self.config.allow_any_model, device=self.config.device)
         self.cache = ByteLRU(self.config.cache_bytes)
-        self.labels = DirectionNames(self, self.config.labellers, self.cache)
-        self.library = Library(self, self.config.library_dir)
+        self.slots = Slots(self.config.heavy_slots, self.config.render_slots)
+        self.budget = Budget(self.models, self.cache, self.config.budget)
+        self.labels = DirectionNames(self, self.config.labellers, self.cache, self.slots)
+        self.library = Library(self, self.config.library_dir, Quota("saved a direction", self.config.saves_per_visitor, self.config.save_interval_s))
         self.paths = PathPrecompute(self, self.cache, chunk_size=self.config.basis_chunk_size)
         self._chunks: dict[str, int] = {}  # per model: the basis chunk size that fit after an out-of-memory
         self._chunks_lock = threading.Lock()
@@ -118,10 +133,8 @@ class EigenfaceService:
         return model
 
     def resolve_timestep(self, model: DiffusionModel, timesteps: Sequence[int], value: int | float | str | None) -> int:
-        """Index into the schedule of the point nearest a training timestep (int) or a fraction of T
-        (float); None is the model's own setting (``eigenface.json``, else 0.6 T)."""
-        t = parse_timestep(model.settings.timestep if value is None else value, model.num_train_timesteps)
-        return int(np.argmin([abs(s - t) for s in timesteps]))
+        """:func:`~backend.specs.timestep_index` (the budget prices with the same)."""
+        return timestep_index(model, timesteps, value)
 
     def _check_edit(self, spec: BasisSpec, mode: str, substeps: int | None, preview_steps: int | None) -> DiffusionModel:
         """Refuse bad edit options before any basis is computed for them."""
@@ -137,7 +150,14 @@ class EigenfaceService:
 
     # ----------------------------------------------------------------------------- sampling
     def _cached(self, key: Hashable, compute: Callable[[], Any]) -> tuple[Any, bool]:
-        return self.cache.get_or_compute(key, compute)
+        """The cached value, or ``compute()`` in the heavy slot (a hit takes no slot): what is
+        cached is what is expensive (trajectories, bases, concept alignments)."""
+
+        def in_slot() -> Any:
+            with self.slots.hold("heavy"):
+                return compute()
+
+        return self.cache.get_or_compute(key, in_slot)
 
     def conditioning(self, model: DiffusionModel, prompt: str | None) -> Conditioning | None:
         if not model.conditional:
@@ -147,7 +167,12 @@ class EigenfaceService:
     def trajectory(self, spec: SampleSpec) -> Trajectory:
         model = self.check_sample(spec)
         cond = self.conditioning(model, spec.prompt)
-        return self._cached(("trajectory", spec), lambda: sample_trajectory(model, spec.seed, spec.steps, cond, spec.guidance_scale))[0]
+        boost = self.boosted(model)
+        return self._cached(("trajectory", spec), lambda: sample_trajectory(model, spec.seed, spec.steps, cond, spec.guidance_scale, boost))[0]
+
+    def boosted(self, model: DiffusionModel) -> bool:
+        """Whether this model's images take quality-boosting steps (ServiceConfig.boost)."""
+        return model.vae is None if self.config.boost is None else self.config.boost
 
     def generate(self, spec: SampleSpec) -> Image.Image:
         model = self.check_sample(spec)
@@ -179,8 +204,23 @@ class EigenfaceService:
             basis = self._basis(model, point.x_t, point.timestep, cond, spec.k, progress)
             return basis.to("cpu"), time.perf_counter() - start
 
-        (basis, seconds), cached = self._cached(("basis", *basis_id(spec, point.timestep)), compute)
-        return BasisResult(basis, point.x_t, point.timestep, point.index, 0.0 if cached else seconds, cached, tuple(warnings))
+        (basis, seconds), cached = self._cached(cache_key("basis", spec, point.timestep), compute)
+        calibration = self.calibration(spec, basis, point)
+        return BasisResult(
+            basis, point.x_t, point.timestep, point.index, 0.0 if cached else seconds, cached, tuple(warnings), calibration.ranges, calibration.travel
+        )
+
+    def calibration(self, spec: BasisSpec, basis: Basis, point: BasisResult) -> Calibration:
+        """Each direction's valid range and even-travel map (backend/ranges.py), cached beside the basis."""
+        model = self.check_sample(spec.sample)
+        cond = self.conditioning(model, spec.sample.prompt)
+
+        limit = hf_limit(point.timestep / model.num_train_timesteps, self.boosted(model))
+
+        def compute() -> Calibration:
+            return calibrate(model, point.x_t, point.timestep, basis.v, cond, spec.sample.guidance_scale, limit=limit)
+
+        return self._cached(cache_key("ranges", spec, point.timestep), compute)[0]
 
     def _basis(self, model: DiffusionModel, x_t: Tensor, t: int, cond: Conditioning | None, k: int, progress) -> Basis:
         """:func:`~backend.hspace.model_basis`, starting at the chunk size that last fit this model."""
@@ -198,12 +238,17 @@ class EigenfaceService:
                 self._chunks[model.name] = min(fitted, self._chunks.get(model.name, fitted))
         return basis
 
-    def adopt_basis(self, spec: BasisSpec, basis: Basis, x_t: Tensor) -> bool:
-        """Use a saved basis for ``spec`` if it was computed at this very x_t (else recompute later)."""
+    def adopt_basis(self, spec: BasisSpec, basis: Basis, x_t: Tensor, calibration: Calibration | None = None) -> bool:
+        """Use a saved basis for ``spec`` if it was computed at this very x_t (else recompute later).
+
+        ``calibration``: its saved ranges, if the file had them (else they are computed when needed).
+        """
         point = self.point(spec)
         if basis.k != spec.k or x_t.shape != point.x_t.shape or not torch.equal(x_t, point.x_t):
             return False
-        self.cache.put(("basis", *basis_id(spec, point.timestep)), (basis, 0.0))
+        self.cache.put(cache_key("basis", spec, point.timestep), (basis, 0.0))
+        if calibration is not None and len(calibration.ranges) == basis.k:
+            self.cache.put(cache_key("ranges", spec, point.timestep), calibration)
         return True
 
     # ----------------------------------------------------------------------------- geometry
@@ -257,7 +302,7 @@ class EigenfaceService:
             except ValueError as exc:
                 raise InputError(str(exc)) from None
 
-        return self._cached(("concept", *basis_id(spec, result.timestep), concept, space), compute)[0], result
+        return self._cached(cache_key("concept", spec, result.timestep, concept, space), compute)[0], result
 
     def edit_concept(self, spec: BasisSpec, concept: str, strength: float, strengths: Mapping[int, float] | Sequence[float] = (), mode: str = "direct", *, space: str = "x", substeps: int | None = None, preview_steps: int | None = None) -> Image.Image:
         """The slider edit plus a move toward (strength > 0) or away from a text concept (:meth:`find_concept`)."""
@@ -365,11 +410,13 @@ class EigenfaceService:
         cond = self.conditioning(model, spec.sample.prompt)
         point = self.edit_point(spec, result)
         paths = self.paths.cached(spec, result) if mode == "geodesic" and substeps is None and result.basis.k else None
-        try:
-            xs = apply_edits(point, edits, mode, substeps) if paths is None else edits_on_paths(point, paths, edits, sliders)
-        except EditError as exc:
-            raise InputError(str(exc)) from None
-        return to_pil(render(model, xs, sub_schedule(traj.timesteps, result.index, preview_steps), cond, spec.sample.guidance_scale))
+        with self.slots.hold("render"):  # the basis, if any, was found (in the heavy slot) before
+            try:
+                xs = apply_edits(point, edits, mode, substeps) if paths is None else edits_on_paths(point, paths, edits, sliders)
+            except EditError as exc:
+                raise InputError(str(exc)) from None
+            boost = Boost(spec.sample.seed) if self.boosted(model) else None
+            return to_pil(render(model, xs, sub_schedule(traj.timesteps, result.index, preview_steps), cond, spec.sample.guidance_scale, boost))
 
     def strip(self, spec: BasisSpec, index: int, strengths: Sequence[float], mode: str = "direct", *, preview_steps: int | None = None) -> list[Image.Image]:
         """Edits along one direction at several strengths, rendered in batches (an atlas row)."""

@@ -11,18 +11,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from backend.testing import save_tiny_ddpm  # noqa: F401  (bench/load_test.py imports it from here until it moves to backend.testing)
-
 
 def app_service(tiny_ddpm_dir: Path, tiny_sd_dir: Path, library_dir: Path):
     """The service the app tests serve: the tiny pixel and SD models, a private direction library,
     and the cat-people labeller on the tiny model (it renders edits and reads factors from any image,
-    so "Name the sliders" works there too)."""
+    so "Name the sliders" works there too). Saves are not paced (the tests save several in a row;
+    tests/test_limits.py tests the pace)."""
     from backend.catpeople.semantics import name_by_factor
     from backend.service import EigenfaceService, ServiceConfig
 
     return EigenfaceService(ServiceConfig(
         models={"tiny": str(tiny_ddpm_dir), "sd": str(tiny_sd_dir)}, library_dir=str(library_dir), labellers={"tiny": name_by_factor},
+        save_interval_s=0.0,
     ))
 
 

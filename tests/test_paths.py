@@ -94,19 +94,22 @@ def test_service_reads_single_slider_geodesic_edits_off_the_paths(service):
     spec = _spec(seed=4)
     result = service.discover(spec)
     assert service.paths.cached(spec, result) is None
-    fresh = np.asarray(service.edit(spec, [0.5], "geodesic", substeps=2), dtype=int)  # the grid's step is 1/4
+    lo, hi = result.ranges[0]
+    # A fresh geodesic edit takes 4 substeps, as the paths' 4 grid steps reach the range end.
+    fresh = {end: np.asarray(service.edit(spec, [end], "geodesic"), dtype=int) for end in (lo, hi)}
     status = service.paths.start("reader", spec)
     assert status.state in ("running", "ready")
     assert service.paths.wait("reader", timeout=300).state == "ready"
     paths = service.paths.cached(spec, result)
-    assert isinstance(paths, CachedPaths) and paths.k == 4
-    assert service.paths.covers(spec, result, [0.5]) and not service.paths.covers(spec, result, [0.5, 0.2])
-    cached = np.asarray(service.edit(spec, [0.5], "geodesic"), dtype=int)
-    assert np.abs(cached - fresh).max() <= 2  # the same edit, up to a batch's round-off
-    # Several sliders: shot afresh along the combined direction, in the grid's step.
-    both = np.asarray(service.edit(spec, [0.3, 0.4], "geodesic"), dtype=int)
-    in_steps = np.asarray(service.edit(spec, [0.3, 0.4], "geodesic", substeps=2), dtype=int)
-    assert np.array_equal(both, in_steps)
+    assert isinstance(paths, CachedPaths) and paths.k == 4 and paths.ends == result.ranges
+    assert service.paths.covers(spec, result, [hi]) and not service.paths.covers(spec, result, [hi, 0.01])
+    assert not service.paths.covers(spec, result, [hi + 0.01])
+    for end in (lo, hi):
+        cached = np.asarray(service.edit(spec, [end], "geodesic"), dtype=int)
+        assert np.abs(cached - fresh[end]).max() <= 2  # the same edit, up to a batch's round-off
+    # Several sliders: shot afresh along the combined direction, as without paths.
+    both = [0.5 * hi, 0.5 * result.ranges[1][1]]
+    assert np.array_equal(np.asarray(service.edit(spec, both, "geodesic")), np.asarray(service.edit(spec, both, "geodesic", substeps=4)))
 
 
 def test_a_superseded_precompute_leaves_nothing_in_the_cache(service):
@@ -146,3 +149,21 @@ def test_a_job_another_session_wants_is_not_cancelled(service):
     gate.set()
     assert service.paths.wait("b", timeout=300).state == "ready"
     assert key in service.cache
+
+
+def test_asking_again_for_the_same_paths_keeps_the_job(service):
+    """A page or API client polls by asking again: that must not cancel and restart its job."""
+    spec = _spec(seed=8)
+    key = service.paths.key(spec, service.discover(spec))
+    gate = threading.Event()
+
+    def held(fn, *args, **kwargs):
+        gate.wait(60)
+        return fn(*args, **kwargs)
+
+    service.paths.start("poller", spec, call=held)
+    job = service.paths._jobs[key]
+    assert service.paths.start("poller", spec).state == "running"
+    assert service.paths._jobs[key] is job and not job.cancel.is_set()
+    gate.set()
+    assert service.paths.wait("poller", timeout=300).state == "ready"

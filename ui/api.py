@@ -154,8 +154,6 @@ def wire_api(h: ApiHandlers, api: Api, controls: list[gr.components.Component], 
     models = Literal[tuple(value for _, value in controls[0].choices)]  # type: ignore[valid-type]
     for name, concurrency in JSON_ENDPOINTS.items():
         options = {"concurrency_id": concurrency} if concurrency else {"queue": False}
-        if concurrency == "batch":
-            options["concurrency_limit"] = 1
         gr.api(documented(getattr(h, name), defaults, model=models), api_name=name, **options)
 
 

@@ -18,13 +18,12 @@ from typing import Any, Callable
 
 import gradio as gr
 
-from backend.basis import MAX_K
 from backend.edit import EDIT_MODES
 from backend.errors import InputError
 from backend.precompute import PathStatus
 from backend.sampling import DEFAULT_STEPS
 from backend.service import EigenfaceService
-from backend.specs import DEFAULT_K
+from backend.specs import DEFAULT_K, PAGE_RANGES
 from backend.state import EditState
 
 from .common import MAX_UI_SEED, N_SLIDERS, RANDOM_SEED_MAX, guard
@@ -62,12 +61,14 @@ class ExploreHandlers:
     def find_directions(self, model, prompt, seed, timestep, k, steps, progress=gr.Progress()):
         """Compute (or fetch from the cache) the top-k directions of an image.
 
-        Returns the unedited image and the k singular values as a JSON list.
+        Returns the unedited image, the k singular values as a JSON list, and the k calibrated
+        ranges as a JSON list of [lo, hi] strengths (each direction's edit is valid within them).
         """
         state = self.editor.state(model, prompt, seed, timestep, k, steps)
         found = self.editor.discover(state, progress)
         image = self.editor.original(state)
-        return image, json.dumps([round(s, 6) for s in found.sigma]), found
+        ranges = json.dumps([[round(lo, 6), round(hi, 6)] for lo, hi in found.ranges])
+        return image, json.dumps([round(s, 6) for s in found.sigma]), ranges, found
 
     # ---------------------------------------------------------------- page-only steps
     @guard
@@ -221,6 +222,7 @@ class Explore:
     name: gr.Button
     share: gr.Textbox
     sigma_json: gr.Textbox
+    ranges_json: gr.Textbox
     page_url: gr.State
     paths: gr.Markdown  # the geodesic precompute's progress
     paths_timer: gr.Timer
@@ -250,9 +252,10 @@ def build_explore(service: EigenfaceService) -> Explore:
             with gr.Row(equal_height=True):
                 seed = gr.Number(settings.seed, precision=0, minimum=0, maximum=MAX_UI_SEED, label="Seed", scale=3, min_width=100)
                 random_seed = gr.Button("Random seed", scale=2, min_width=90, size="md")
-            timestep = gr.Slider(0.05, 1.0, value=settings.timestep, step=0.01, label="Edit timestep (fraction of T)", info="Early (high) = coarse semantics")
-            k = gr.Slider(1, MAX_K, value=DEFAULT_K, step=1, precision=0, label="Directions k")
-            steps = gr.Slider(2, 100, value=DEFAULT_STEPS, step=1, precision=0, label="DDIM steps")
+            t_range, k_range, steps_range = (PAGE_RANGES[name] for name in ("timestep", "k", "steps"))  # the API holds to these too
+            timestep = gr.Slider(t_range.low, t_range.high, value=settings.timestep, step=t_range.step, label="Edit timestep (fraction of T)", info="Early (high) = coarse semantics")
+            k = gr.Slider(k_range.low, k_range.high, value=DEFAULT_K, step=k_range.step, precision=0, label="Directions k")
+            steps = gr.Slider(steps_range.low, steps_range.high, value=DEFAULT_STEPS, step=steps_range.step, precision=0, label="DDIM steps")
             mode = gr.Radio(list(EDIT_MODES), value=DEFAULT_MODE, label="Edit mode", info=f"{MODE_INFO} (slow)", elem_id="edit-mode")
             find = gr.Button("Find directions", variant="primary", elem_id="find-directions")
             status = gr.Markdown(NO_DIRECTIONS, elem_id="eigen-status")
@@ -273,7 +276,11 @@ def build_explore(service: EigenfaceService) -> Explore:
                 reset_all = gr.Button("Reset all sliders", elem_id="reset-all", min_width=120)
                 name = gr.Button("Name the sliders", visible=False, elem_id="name-directions", min_width=120)
     sigma_json = gr.Textbox(visible=False, label="σ (JSON)")
-    return Explore(model, prompt, seed, random_seed, timestep, k, steps, mode, find, status, image, compare, pool, reset_all, name, share, sigma_json, gr.State(""), paths, paths_timer)
+    ranges_json = gr.Textbox(visible=False, label="ranges (JSON)")
+    return Explore(
+        model, prompt, seed, random_seed, timestep, k, steps, mode, find, status, image, compare, pool, reset_all, name, share, sigma_json, ranges_json, gr.State(""),
+        paths, paths_timer,
+    )
 
 
 # ================================================================================= events
@@ -287,13 +294,13 @@ def wire_explore(h: ExploreHandlers, ex: Explore, after_basis: Callable[[Any, st
         after_basis(dep, prefix)
 
     find = ex.find.click(
-        h.find_directions, ex.controls, [ex.image, ex.sigma_json, ex.found],
-        api_name="find_directions", preprocess=False, concurrency_id="basis", concurrency_limit=1, show_progress_on=[ex.image],
+        h.find_directions, ex.controls, [ex.image, ex.sigma_json, ex.ranges_json, ex.found],
+        api_name="find_directions", preprocess=False, concurrency_id="basis", show_progress_on=[ex.image],
     )
     find_then_show(find, "find")
     seeded = ex.random_seed.click(h.random_seed, None, ex.seed, api_name="random_seed", api_visibility="private", queue=False).then(
-        h.find_directions, ex.controls, [ex.image, ex.sigma_json, ex.found],
-        api_name="random_seed_find", api_visibility="private", preprocess=False, concurrency_id="basis", concurrency_limit=1, show_progress_on=[ex.image],
+        h.find_directions, ex.controls, [ex.image, ex.sigma_json, ex.ranges_json, ex.found],
+        api_name="random_seed_find", api_visibility="private", preprocess=False, concurrency_id="basis", show_progress_on=[ex.image],
     )
     find_then_show(seeded, "random")
 
@@ -320,7 +327,7 @@ def wire_explore(h: ExploreHandlers, ex: Explore, after_basis: Callable[[Any, st
     )
     ex.name.click(
         h.name_directions, ex.found, [ex.status, *sliders],
-        api_name="name_sliders", api_visibility="private", concurrency_id="batch", concurrency_limit=1, show_progress_on=[ex.status],
+        api_name="name_sliders", api_visibility="private", concurrency_id="batch", show_progress_on=[ex.status],
     )
     ex.model.input(h.model_changed, [ex.model, ex.found, ex.seed, ex.k, ex.steps], [ex.prompt, ex.timestep, ex.status], api_name="model_changed", api_visibility="private")
     gr.on(

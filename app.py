@@ -90,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--cache-mb", type=int, default=1024, help="memory for cached trajectories and bases")
     parser.add_argument("--library", default=os.environ.get("EIGENFACE_LIBRARY") or DEFAULT_LIBRARY, help="folder of saved directions, shared by every visitor (env EIGENFACE_LIBRARY; default %(default)s)")
+    parser.add_argument("--boost", choices=["auto", "on", "off"], default="auto", help="quality boosting: stochastic steps with fixed noise for t <= 0.2 T (auto: pixel models only)")
     parser.add_argument("--budget", type=int, default=int(os.environ.get("EIGENFACE_BUDGET") or DEFAULT_BUDGET), help="most U-Net evaluations one request may cost; costlier requests are refused with the price (env EIGENFACE_BUDGET; default %(default)s)")
     parser.add_argument("--sessions", type=int, default=DEFAULT_SESSIONS, help="page sessions whose state is kept in memory; the oldest are dropped (default %(default)s)")
     parser.add_argument("--no-warmup", action="store_true", help="do not load the first model and render its default image before serving")
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit("error: --budget, --sessions and --concurrency must be positive")
     service = EigenfaceService(ServiceConfig(
         models=models, cache_bytes=args.cache_mb << 20, device=device, library_dir=args.library, labellers=labellers_for(models),
-        budget=args.budget, render_slots=args.concurrency,
+        budget=args.budget, render_slots=args.concurrency, boost={"auto": None, "on": True, "off": False}[args.boost],
     ))
     if ZERO_GPU:  # models must live in the serving process: every GPU call forks from it
         for name in service.model_names:

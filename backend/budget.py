@@ -22,6 +22,7 @@ from .cache import ByteLRU
 from .edit import DEFAULT_SUBSTEPS, GEODESIC_BASIS_ITERS
 from .errors import InputError
 from .models import DiffusionModel
+from .ranges import calibration_evals
 from .registry import ModelRegistry
 from .sampling import schedule, sub_schedule
 from .specs import BasisSpec, SampleSpec, cache_key, timestep_index
@@ -32,10 +33,10 @@ VJP_EVALS = 2
 #: Edits a labeller renders per direction (the built-in one: -s and +s).
 LABEL_RENDERS_PER_DIRECTION = 2
 #: The default per-request limit, for a public Space: every request the page offers fits at the
-#: page's default settings (built-in model, k = 8, 20 steps, 0.3 T: a basis is priced at 980,
-#: naming its directions 1 076, the atlas 1 220, a geodesic edit 1 242), and so does a basis of
-#: k = 32; k = 64 (7 700 at 20 steps) and the old API maxima (k = 64, 1 000 steps: 8 680) do
-#: not. A host with a GPU, or patient visitors, raises it (``app.py --budget``).
+#: page's default settings (built-in model, k = 8, 20 steps, 0.3 T: a basis is priced at 980
+#: plus 65 for its calibrated ranges, naming its directions 1 141, the atlas 1 285, a geodesic
+#: edit 1 307), and so does a basis of k = 32; k = 64 (about 8 200 at 20 steps) and the old API
+#: maxima (k = 64, 1 000 steps: about 9 200) do not. A host with a GPU, or patient visitors, raises it (``app.py --budget``).
 DEFAULT_BUDGET = 4_000
 
 
@@ -101,9 +102,11 @@ class Budget:
         return Cost({"sampling": sample.steps * self._cfg(sample)})
 
     def discover(self, spec: BasisSpec) -> Cost:
-        """The trajectory and the basis, each unless cached."""
+        """The trajectory, the basis and its calibrated ranges, each unless cached."""
         cost = self.trajectory(spec.sample)
         timesteps, index = self._index(spec)
+        if cache_key("ranges", spec, timesteps[index]) not in self.cache:
+            cost = cost + Cost({"ranges": calibration_evals(spec.k) * self._cfg(spec.sample)})
         if cache_key("basis", spec, timesteps[index]) in self.cache:
             return cost
         rounds = MAX_ITERS  # no early convergence assumed: the price is an upper bound

@@ -35,9 +35,12 @@ from .images import image_grid, to_pil
 from .labels import DirectionNames
 from .library import Library
 from .models import BUILTIN_MODEL, Conditioning, DiffusionModel, EditSettings
+from .paths import edits_on_paths
+from .precompute import PathPrecompute
 from .quota import SAVE_INTERVAL_S, SAVES_PER_VISITOR, Quota
+from .ranges import Calibration, calibrate, hf_limit
 from .registry import ModelRegistry
-from .sampling import Trajectory, render, sample_trajectory, sub_schedule
+from .sampling import Boost, Trajectory, render, sample_trajectory, sub_schedule
 from .slots import Slots
 from .specs import (
     BUILTIN_NAME,
@@ -82,6 +85,10 @@ class ServiceConfig:
     render_slots: int = 2  # denoising batches run at once
     saves_per_visitor: int = SAVES_PER_VISITOR  # web visitors' saves to the shared library (backend.quota)
     save_interval_s: float = SAVE_INTERVAL_S
+    #: Quality boosting (stochastic steps at t <= 0.2 T, sampling.Boost): None = on for pixel
+    #: models, where it measurably cleans the ends of the sliders (BENCHMARKS.md), off for latent
+    #: models (the official code leaves it off on Stable Diffusion); True / False force it.
+    boost: bool | None = None
 
 
 class EigenfaceService:
@@ -95,6 +102,7 @@ class EigenfaceService:
         self.budget = Budget(self.models, self.cache, self.config.budget)
         self.labels = DirectionNames(self, self.config.labellers, self.cache, self.slots)
         self.library = Library(self, self.config.library_dir, Quota("saved a direction", self.config.saves_per_visitor, self.config.save_interval_s))
+        self.paths = PathPrecompute(self, self.cache, chunk_size=self.config.basis_chunk_size)
         self._chunks: dict[str, int] = {}  # per model: the basis chunk size that fit after an out-of-memory
         self._chunks_lock = threading.Lock()
 
@@ -159,7 +167,12 @@ class EigenfaceService:
     def trajectory(self, spec: SampleSpec) -> Trajectory:
         model = self.check_sample(spec)
         cond = self.conditioning(model, spec.prompt)
-        return self._cached(("trajectory", spec), lambda: sample_trajectory(model, spec.seed, spec.steps, cond, spec.guidance_scale))[0]
+        boost = self.boosted(model)
+        return self._cached(("trajectory", spec), lambda: sample_trajectory(model, spec.seed, spec.steps, cond, spec.guidance_scale, boost))[0]
+
+    def boosted(self, model: DiffusionModel) -> bool:
+        """Whether this model's images take quality-boosting steps (ServiceConfig.boost)."""
+        return model.vae is None if self.config.boost is None else self.config.boost
 
     def generate(self, spec: SampleSpec) -> Image.Image:
         model = self.check_sample(spec)
@@ -192,7 +205,22 @@ class EigenfaceService:
             return basis.to("cpu"), time.perf_counter() - start
 
         (basis, seconds), cached = self._cached(cache_key("basis", spec, point.timestep), compute)
-        return BasisResult(basis, point.x_t, point.timestep, point.index, 0.0 if cached else seconds, cached, tuple(warnings))
+        calibration = self.calibration(spec, basis, point)
+        return BasisResult(
+            basis, point.x_t, point.timestep, point.index, 0.0 if cached else seconds, cached, tuple(warnings), calibration.ranges, calibration.travel
+        )
+
+    def calibration(self, spec: BasisSpec, basis: Basis, point: BasisResult) -> Calibration:
+        """Each direction's valid range and even-travel map (backend/ranges.py), cached beside the basis."""
+        model = self.check_sample(spec.sample)
+        cond = self.conditioning(model, spec.sample.prompt)
+
+        limit = hf_limit(point.timestep / model.num_train_timesteps, self.boosted(model))
+
+        def compute() -> Calibration:
+            return calibrate(model, point.x_t, point.timestep, basis.v, cond, spec.sample.guidance_scale, limit=limit)
+
+        return self._cached(cache_key("ranges", spec, point.timestep), compute)[0]
 
     def _basis(self, model: DiffusionModel, x_t: Tensor, t: int, cond: Conditioning | None, k: int, progress) -> Basis:
         """:func:`~backend.hspace.model_basis`, starting at the chunk size that last fit this model."""
@@ -210,12 +238,17 @@ class EigenfaceService:
                 self._chunks[model.name] = min(fitted, self._chunks.get(model.name, fitted))
         return basis
 
-    def adopt_basis(self, spec: BasisSpec, basis: Basis, x_t: Tensor) -> bool:
-        """Use a saved basis for ``spec`` if it was computed at this very x_t (else recompute later)."""
+    def adopt_basis(self, spec: BasisSpec, basis: Basis, x_t: Tensor, calibration: Calibration | None = None) -> bool:
+        """Use a saved basis for ``spec`` if it was computed at this very x_t (else recompute later).
+
+        ``calibration``: its saved ranges, if the file had them (else they are computed when needed).
+        """
         point = self.point(spec)
         if basis.k != spec.k or x_t.shape != point.x_t.shape or not torch.equal(x_t, point.x_t):
             return False
         self.cache.put(cache_key("basis", spec, point.timestep), (basis, 0.0))
+        if calibration is not None and len(calibration.ranges) == basis.k:
+            self.cache.put(cache_key("ranges", spec, point.timestep), calibration)
         return True
 
     # ----------------------------------------------------------------------------- geometry
@@ -310,7 +343,9 @@ class EigenfaceService:
             direction, strength = combine(torch.cat(rows), torch.cat(weights))
         else:
             direction, strength = torch.zeros(model.sample_shape), 0.0
-        return self._render_batch(spec, result, [(direction, strength)], mode, substeps, preview_steps)[0]
+        moved = values.nonzero().flatten().tolist()
+        slider = (moved[0], float(values[moved[0]])) if len(moved) == 1 and not extra else None
+        return self._render_batch(spec, result, [(direction, strength)], mode, substeps, preview_steps, [slider])[0]
 
     def edit_vector(self, spec: BasisSpec, vector: Tensor, strength: float, mode: str = "direct", *, substeps: int | None = None, preview_steps: int | None = None) -> Image.Image:
         """The image after moving x_t by ``strength`` along any direction of the sample shape."""
@@ -338,31 +373,50 @@ class EigenfaceService:
         edits = pairs(edits, "edits")
         uses_basis = mode == "geodesic" or any(not isinstance(d, Tensor) for d, _ in edits)
         result = self.discover(spec) if uses_basis else self.point(spec)
-        moves = []
+        moves, sliders = [], []
         for d, strength in edits:
+            strength = check_strength(strength)
             if isinstance(d, Tensor):
-                v = unit(check_vector(d, model.sample_shape))
+                moves.append((unit(check_vector(d, model.sample_shape)), strength))
+                sliders.append(None)
             else:
-                v = result.basis.v[check_int("direction index", d, 0, result.basis.k - 1)]
-            moves.append((v, check_strength(strength)))
+                index = check_int("direction index", d, 0, result.basis.k - 1)
+                moves.append((result.basis.v[index], strength))
+                sliders.append((index, strength))
         images: list[Image.Image] = []
         for first in range(0, len(moves), batch_size):
-            images += self._render_batch(spec, result, moves[first : first + batch_size], mode, substeps, preview_steps)
+            part = slice(first, first + batch_size)
+            images += self._render_batch(spec, result, moves[part], mode, substeps, preview_steps, sliders[part])
         return images
 
-    def _render_batch(self, spec: BasisSpec, result: BasisResult, edits: Sequence[tuple[Tensor, float]], mode: str, substeps: int | None, preview_steps: int | None) -> list[Image.Image]:
-        """Checked unit directions and strengths -> edited x_t's, denoised together."""
+    def edit_point(self, spec: BasisSpec, result: BasisResult) -> EditPoint:
+        """Where ``spec``'s edits start: x_t, its basis, and the Jacobian's conditioning."""
+        model = self.check_sample(spec.sample)
+        jac_cond = self.conditioning(model, spec.edit_prompt or spec.sample.prompt)
+        return EditPoint(model, result.x_t, result.timestep, None if jac_cond is None else jac_cond.cond, result.basis, self.config.jvp_mode)
+
+    def _render_batch(
+        self, spec: BasisSpec, result: BasisResult, edits: Sequence[tuple[Tensor, float]], mode: str, substeps: int | None, preview_steps: int | None,
+        sliders: Sequence[tuple[int, float] | None],
+    ) -> list[Image.Image]:
+        """Checked unit directions and strengths -> edited x_t's, denoised together.
+
+        ``sliders``: per edit, (basis index, signed strength) when it moves one basis direction.
+        Geodesic edits without explicit substeps go through the basis's cached paths
+        (:attr:`paths`) once they are ready (:func:`~backend.paths.edits_on_paths`).
+        """
         model = self.check_sample(spec.sample)
         traj = self.trajectory(spec.sample)
         cond = self.conditioning(model, spec.sample.prompt)
-        jac_cond = self.conditioning(model, spec.edit_prompt or spec.sample.prompt)
-        point = EditPoint(model, result.x_t, result.timestep, None if jac_cond is None else jac_cond.cond, result.basis, self.config.jvp_mode)
+        point = self.edit_point(spec, result)
+        paths = self.paths.cached(spec, result) if mode == "geodesic" and substeps is None and result.basis.k else None
         with self.slots.hold("render"):  # the basis, if any, was found (in the heavy slot) before
             try:
-                xs = apply_edits(point, edits, mode, substeps)
+                xs = apply_edits(point, edits, mode, substeps) if paths is None else edits_on_paths(point, paths, edits, sliders)
             except EditError as exc:
                 raise InputError(str(exc)) from None
-            return to_pil(render(model, xs, sub_schedule(traj.timesteps, result.index, preview_steps), cond, spec.sample.guidance_scale))
+            boost = Boost(spec.sample.seed) if self.boosted(model) else None
+            return to_pil(render(model, xs, sub_schedule(traj.timesteps, result.index, preview_steps), cond, spec.sample.guidance_scale, boost))
 
     def strip(self, spec: BasisSpec, index: int, strengths: Sequence[float], mode: str = "direct", *, preview_steps: int | None = None) -> list[Image.Image]:
         """Edits along one direction at several strengths, rendered in batches (an atlas row)."""

@@ -66,6 +66,11 @@ class BasisResult:
     seconds: float  # time spent on the basis (0 when served from the cache)
     cached: bool
     warnings: tuple[str, ...] = ()
+    #: Per direction, the calibrated valid range (lo, hi), strength units, lo < 0 < hi
+    #: (backend/ranges.py); empty for a result without a basis.
+    ranges: tuple[tuple[float, float], ...] = ()
+    #: Per direction, strengths at evenly spaced slider positions u = -1 .. 1 (ranges.strength_at).
+    travel: tuple[tuple[float, ...], ...] = ()
 
 
 class Renderer(Protocol):

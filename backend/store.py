@@ -20,6 +20,7 @@ from torch import Tensor
 
 from .basis import Basis
 from .errors import InputError
+from .ranges import Calibration
 
 #: Names of saved directions: they become file names, so no separators, no leading dot and no
 #: trailing space or dot (which some file systems drop, so two names would share one file).
@@ -33,11 +34,15 @@ MAX_LIBRARY_ENTRIES = 1000
 VISITOR_KEY = "saved_by_visitor"
 
 
-def save_basis(directory: str | Path, basis: Basis, x_t: Tensor, meta: dict) -> Path:
-    """DIR/basis.safetensors (v, u, sigma, x_t as float32) and DIR/meta.json."""
+def save_basis(directory: str | Path, basis: Basis, x_t: Tensor, meta: dict, calibration: Calibration | None = None) -> Path:
+    """DIR/basis.safetensors (v, u, sigma, x_t as float32; with a calibration also ``range``
+    (k, 2) and ``travel``) and DIR/meta.json (with a calibration, ``"range": [[lo, hi], ...]``)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {"v": basis.v, "u": basis.u, "sigma": basis.sigma, "x_t": x_t}
+    if calibration is not None:
+        tensors.update(range=torch.tensor(calibration.ranges), travel=torch.tensor(calibration.travel))
+        meta = {**meta, "range": [[round(lo, 6), round(hi, 6)] for lo, hi in calibration.ranges]}
     save_file({k: t.detach().float().contiguous().cpu() for k, t in tensors.items()}, directory / "basis.safetensors")
     (directory / "meta.json").write_text(json.dumps(meta, indent=2))
     return directory / "basis.safetensors"
@@ -53,6 +58,21 @@ def load_basis(path: str | Path) -> tuple[Basis, Tensor, dict]:
         raise InputError(f"{path}: v, u and sigma disagree on k ({v.shape[0]}, {u.shape[0]}, {tuple(sigma.shape)})")
     basis = Basis(sigma, v, u, int(meta.get("iterations", 0)), bool(meta.get("converged", True)))
     return basis, tensors["x_t"], meta
+
+
+def load_calibration(path: str | Path, k: int) -> Calibration | None:
+    """The ranges saved in a basis file, or None for a file written before they existed (or a
+    malformed pair of tensors: the caller then calibrates again)."""
+    with safe_open(str(path), "pt") as handle:
+        names = set(handle.keys())
+        if not {"range", "travel"} <= names:
+            return None
+        ranges, travel = handle.get_tensor("range").double(), handle.get_tensor("travel").double()
+    if ranges.shape != (k, 2) or travel.ndim != 2 or travel.shape[0] != k or travel.shape[1] < 3 or not torch.isfinite(travel).all():
+        return None
+    if not ((ranges[:, 0] < 0).all() and (ranges[:, 1] > 0).all() and (travel.diff(dim=1) >= 0).all()):
+        return None
+    return Calibration(tuple((float(lo), float(hi)) for lo, hi in ranges.tolist()), tuple(tuple(row) for row in travel.tolist()))
 
 
 def save_direction(path: str | Path, v: Tensor, provenance: dict) -> Path:

@@ -9,6 +9,7 @@ import torch
 
 from backend.models import load_model
 from backend.sampling import (
+    Boost,
     NoiseSchedule,
     Trajectory,
     ddim_step,
@@ -163,6 +164,23 @@ def test_denoising_from_any_point_resumes_the_trajectory_exactly(ddpm, ddpm_traj
     x0 = denoise(ddpm, ddpm_traj.latents[index][None], ddpm_traj.timesteps[index:], on_step=lambda i, x: seen.append(i))
     assert torch.equal(x0[0].cpu(), ddpm_traj.x0)
     assert seen == list(range(STEPS - index))
+
+
+def test_quality_boosting_is_stochastic_only_at_the_end_and_repeats_exactly(ddpm):
+    """Boosted steps (t <= 0.2 T) add the seed's fixed noise: the same seed gives the same
+    trajectory, the steps before 0.2 T are the deterministic ones, and x_0 differs from DDIM's."""
+    plain = sample_trajectory(ddpm, seed=0, steps=10)
+    boosted = sample_trajectory(ddpm, seed=0, steps=10, boost=True)
+    assert torch.equal(boosted.latents, sample_trajectory(ddpm, seed=0, steps=10, boost=True).latents)
+    first_boosted = next(i for i, t in enumerate(plain.timesteps) if t <= 0.2 * ddpm.num_train_timesteps)
+    assert torch.equal(boosted.latents[: first_boosted + 1], plain.latents[: first_boosted + 1])
+    assert not torch.equal(boosted.x0, plain.x0)
+    # resuming from any point of the boosted trajectory (as an edit does) reproduces it, in a batch too
+    index = first_boosted - 1
+    x = boosted.latents[index]
+    both = denoise(ddpm, torch.stack([x, -x]), boosted.timesteps[index:], boost=Boost(0))
+    torch.testing.assert_close(both[0], boosted.x0, atol=1e-5, rtol=1e-5)
+    assert not torch.equal(denoise(ddpm, x[None], boosted.timesteps[index:], boost=Boost(1))[0], both[0])  # another seed's noise
 
 
 def test_denoise_batches_are_independent(ddpm, ddpm_traj):

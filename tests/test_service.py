@@ -590,7 +590,7 @@ def test_record_computed_collects_only_this_threads_new_entries(make_service):
         worker.start()
         worker.join()
         s.discover(spec)  # cached: nothing new
-    assert [key[0] for key, _ in entries] == ["trajectory", "basis"]
+    assert [key[0] for key, _ in entries] == ["trajectory", "basis", "ranges"]
     assert all(key[1] == spec.sample for key, _ in entries)
     fresh = make_service()
     for key, value in entries:

@@ -29,11 +29,6 @@ class AtlasHandlers:
         return image, note, True
 
     @guard
-    def strength_for(self, model: str) -> float:
-        """A new model brings its own useful edit strength (its eigenface.json)."""
-        return self.editor.settings(model).strength
-
-    @guard
     def refresh(self, found: Found | None, mode: str, strength: float, is_open: bool, progress=gr.Progress()):
         """After a new basis, mode or strength: recompute if the atlas is open (else leave it stale)."""
         if not is_open:
@@ -53,8 +48,8 @@ class AtlasHandlers:
         image = self.editor.atlas(found, used, strength, progress)
         s = found.state
         note = (
-            f"Seed {s.seed}, t = {s.timestep:g} T, {used} edits from −{strength:g} to +{strength:g} "
-            f"(middle column: unedited). Rows in order of σ, the direction's stretch factor."
+            f"Seed {s.seed}, t = {s.timestep:g} T, {used} edits across {strength:.0%} of each direction's calibrated range "
+            f"(strengths in brackets; middle column: unedited). Rows in order of σ, the direction's stretch factor."
         )
         if used != mode:
             note += " The atlas shows geodesic edits as direct steps; the sliders use the geodesic."
@@ -74,7 +69,7 @@ class Atlas:
 def build_atlas(service: EigenfaceService) -> Atlas:
     with gr.Accordion("Atlas: what each direction does", open=False, elem_id="eigen-atlas") as accordion:
         with gr.Row():
-            strength = gr.Slider(SLIDER_STEP, SLIDER_MAX, value=service.settings(service.model_names[0]).strength, step=SLIDER_STEP, label="Atlas strength s", info=f"{ATLAS_COLUMNS} edits per row from −s to +s", scale=1)
+            strength = gr.Slider(SLIDER_STEP, SLIDER_MAX, value=SLIDER_MAX, step=SLIDER_STEP, label="Atlas reach", info=f"{ATLAS_COLUMNS} edits per row across this fraction of each direction's range", scale=1)
             note = gr.Markdown(NO_BASIS)
         image = gr.Image(label="Atlas", type="pil", format="png", interactive=False, buttons=["download", "fullscreen"], elem_id="eigen-atlas-image")
     return Atlas(accordion, strength, image, note, gr.State(False))

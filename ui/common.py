@@ -23,8 +23,9 @@ log = logging.getLogger("eigenface.app")
 
 #: The slider pool: one slider per possible direction, the first k shown.
 N_SLIDERS = MAX_K
-#: Slider range and step, in the service's strength unit (RMS change of x_t per element).
-#: Past about |0.6| the images get noisy; the range still allows a look at what happens.
+#: Slider range and step. The direction sliders are positions on each direction's calibrated
+#: range (backend/ranges.py; Found.strength turns them into strengths); the saved-direction and
+#: text sliders are in the service's strength unit (RMS change of x_t per element).
 SLIDER_MIN, SLIDER_MAX, SLIDER_STEP = -1.0, 1.0, 0.05
 #: Atlas rows: this many edits from -s to +s along each direction.
 ATLAS_COLUMNS = 5

@@ -25,6 +25,8 @@ from backend.budget import Cost
 from backend.concepts import Alignment
 from backend.errors import InputError
 from backend.models import EditSettings
+from backend.precompute import PathStatus
+from backend.ranges import position_of, strength_at
 from backend.service import EigenfaceService
 from backend.specs import PAGE_RANGES, PREVIEW_STEPS
 from backend.state import EditState, as_number
@@ -57,6 +59,17 @@ class Found:
     seconds: float
     cached: bool
     warnings: tuple[str, ...] = ()
+    ranges: tuple[tuple[float, float], ...] = ()  # per direction (lo, hi), strength units (backend/ranges.py)
+    travel: tuple[tuple[float, ...], ...] = ()  # per direction, strengths at even slider positions
+
+    def strength(self, index: int, position: float) -> float:
+        """The strength of direction ``index`` at slider position u in [-1, 1] (its calibrated range;
+        without one, the position is the strength)."""
+        return strength_at(self.travel[index], position) if index < len(self.travel) else float(position)
+
+    def position(self, index: int, strength: float) -> float:
+        """The slider position that shows ``strength`` (the inverse of :meth:`strength`)."""
+        return position_of(self.travel[index], strength) if index < len(self.travel) else float(strength)
 
 
 class Editor:
@@ -116,7 +129,9 @@ class Editor:
         self._afford(self.service.budget.discover(state.basis_spec()))
         result = self.device.call(self.service.discover, state.basis_spec(), progress=report if progress is not None else None)
         sigma = tuple(float(s) for s in result.basis.sigma.tolist())
-        return Found(state.settings(), sigma, int(result.timestep), float(result.seconds), bool(result.cached), tuple(result.warnings))
+        return Found(
+            state.settings(), sigma, int(result.timestep), float(result.seconds), bool(result.cached), tuple(result.warnings), result.ranges, result.travel
+        )
 
     def original(self, state: EditState) -> Image.Image:
         self._afford(self.service.budget.trajectory(state.sample_spec()))
@@ -132,13 +147,29 @@ class Editor:
         if not strengths:
             return self.original(state)
         mode = state.mode
-        if preview and mode == "geodesic":
+        if preview and not self.instant(state):
             mode = "direct"  # the straight step stands in while dragging; release shows the geodesic
         kwargs: dict[str, Any] = {"preview_steps": PREVIEW_STEPS} if preview else {}
         if preview and mode == "guidance":
             kwargs["substeps"] = 4
         self._afford(self.service.budget.render(state.basis_spec(), 1, mode, **kwargs))
         return self.device.call(self.service.edit, state.basis_spec(), strengths, mode, **kwargs)
+
+    def start_paths(self, state: EditState, session: str) -> PathStatus:
+        """Precompute the state's geodesic paths in the background (see backend.precompute)."""
+        return self.service.paths.start(session, state.basis_spec(), call=self.device.call)
+
+    def path_status(self, session: str) -> PathStatus:
+        return self.service.paths.status(session)
+
+    def instant(self, state: EditState) -> bool:
+        """Whether the state's image comes without a geodesic shoot: any mode but geodesic, no
+        slider moved, or one slider read off the cached paths."""
+        strengths = state.strengths()
+        if state.mode != "geodesic" or not strengths:
+            return True
+        spec = state.basis_spec()
+        return self.service.paths.covers(spec, self.service.discover(spec), strengths)
 
     def labels(self, state: EditState, compute: bool = True) -> tuple[str, ...] | None:
         """Names of the state's directions (None: not computed yet, with ``compute=False``).
@@ -196,28 +227,32 @@ class Editor:
         self._afford(self.service.budget.render(state.basis_spec(), len(strengths), state.mode))
         return self.device.call(self.service.strip, state.basis_spec(), index, [float(s) for s in strengths], state.mode)
 
-    def atlas(self, found: Found, mode: str, strength: float, progress: Progress | None = None) -> Image.Image:
-        """One labelled row per direction, edits from -strength to +strength (cached)."""
+    def atlas(self, found: Found, mode: str, reach: float, progress: Progress | None = None) -> Image.Image:
+        """One labelled row per direction, edits across ``reach`` (a fraction) of each direction's
+        own calibrated range, the unedited image in the middle (cached)."""
         state = replace(found.state, mode=mode)
-        strength = as_number("atlas strength", strength)
-        if not 0 < strength <= SLIDER_MAX:
-            raise InputError(f"atlas strength must be within (0, {SLIDER_MAX:g}], got {strength:g}")
+        reach = as_number("atlas reach", reach)
+        if not 0 < reach <= 1:
+            raise InputError(f"atlas reach must be within (0, 1], got {reach:g}")
         names = self.labels(state, compute=False)  # rows carry the directions' names once they exist
-        key = (state, round(strength, 6), ATLAS_COLUMNS, names)
+        key = (state, round(reach, 6), ATLAS_COLUMNS, names)
         with self._atlas_lock:
             if key in self._atlases:
                 self._atlases.move_to_end(key)
                 return self._atlases[key]
-        values = np.linspace(-strength, strength, ATLAS_COLUMNS).tolist()
+        positions = np.linspace(-reach, reach, ATLAS_COLUMNS).tolist()
         self._afford(self.service.budget.render(state.basis_spec(), state.k * ATLAS_COLUMNS, mode))  # the whole atlas, not row by row
         rows = []
         for i in range(state.k):
             if progress is not None:
                 progress((i, state.k), desc=f"Atlas: direction {i}", unit="directions")
-            rows.append(self.strip(state, i, values))
+            rows.append(self.strip(state, i, [found.strength(i, u) for u in positions]))
         sigma = "σ" if label_font(12)[1] else "sigma"
-        titles = [f"{i}  {sigma}={s:.3g}" if names is None else f"{i}: {names[i]}  {sigma}={s:.3g}" for i, s in enumerate(found.sigma)]
-        grid = labelled_grid(rows, titles, [signed(v) for v in values])
+        titles = []
+        for i, s in enumerate(found.sigma):
+            lo, hi = found.strength(i, -reach), found.strength(i, reach)
+            titles.append(f"{i}{'' if names is None else ': ' + names[i]}  {sigma}={s:.3g}  [{signed(lo)}, {signed(hi)}]")
+        grid = labelled_grid(rows, titles, [signed(u) for u in positions])
         with self._atlas_lock:
             self._atlases[key] = grid
             while len(self._atlases) > ATLAS_CACHE_ENTRIES:
@@ -235,20 +270,21 @@ class Editor:
         state.save(path)
         return str(path)
 
-    def export_gif(self, state: EditState, index: Any, strength: Any, frames: int = 9) -> str:
-        """A loop along one direction, -strength -> +strength -> back, from the unedited image."""
+    def export_gif(self, found: Found, state: EditState, index: Any, reach: Any, frames: int = 9) -> str:
+        """A loop along one direction across ``reach`` (a fraction) of its calibrated range,
+        -reach -> +reach -> back, through the unedited image."""
         index = _whole("GIF direction", index)
         if not 0 <= index < state.k:
             raise InputError(f"GIF direction must be within 0..{state.k - 1}, got {index}")
-        strength = as_number("GIF strength", strength)
-        if not 0 < strength <= SLIDER_MAX:
-            raise InputError(f"GIF strength must be within (0, {SLIDER_MAX:g}], got {strength:g}")
-        values = np.linspace(-strength, strength, frames).tolist()
+        reach = as_number("GIF reach", reach)
+        if not 0 < reach <= 1:
+            raise InputError(f"GIF reach must be within (0, 1], got {reach:g}")
+        values = [found.strength(index, u) for u in np.linspace(-reach, reach, frames)]
         images = self.strip(replace(state, sliders=()), index, values)
         scale = max(1, math.ceil(GIF_MIN_SIZE / images[0].width))
         images = [im.resize((im.width * scale, im.height * scale), Image.Resampling.NEAREST) for im in images]
         loop = images + images[-2:0:-1]  # ping-pong
-        path = self._path(state, "gif", tag=f"d{index}-s{strength:g}")
+        path = self._path(state, "gif", tag=f"d{index}-r{reach:g}")
         loop[0].save(path, format="GIF", save_all=True, append_images=loop[1:], duration=120, loop=0)
         return str(path)
 

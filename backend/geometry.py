@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
-from typing import Any, Callable
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Generator, Sequence
 
 import torch
 from torch import Tensor
 
-from .basis import Basis, HFn, jvp, local_basis
+from .basis import Basis, HFn, Products, jvp, local_bases, local_basis
 
 
 def _rows(t: Tensor) -> Tensor:
@@ -254,6 +254,76 @@ def geodesic_shoot(
     ``init`` and ``max_iters``.  Raises ValueError where transport finds no component of
     the direction in the new tangent space.
     """
+    _check_shoot(x, direction, length, substeps, basis_iters)
+    start = time.perf_counter()
+    x = x.detach()
+    if basis is None:
+        basis = local_basis(h_fn, x, k, **basis_kwargs)
+    update_kwargs = {**basis_kwargs, "max_iters": basis_iters}
+    shoot = _shoot(x, direction, length, substeps, k, basis, keep_bases, final_basis, step_callback)
+    request, path = _advance(shoot, None)
+    while path is None:
+        point, init = request
+        request, path = _advance(shoot, local_basis(h_fn, point, k, **{**update_kwargs, "init": init}))
+    return replace(path, seconds=time.perf_counter() - start)
+
+
+def geodesic_shoots(
+    products: Products,
+    x: Tensor,
+    directions: Tensor,
+    lengths: Sequence[float],
+    *,
+    substeps: Sequence[int],
+    basis: Basis,
+    basis_iters: int = 3,
+    seed: int = 0,
+    step_callback: Callable[[int, int], None] | None = None,
+    **solver_kwargs: Any,
+) -> list[GeodesicPath]:
+    """:func:`geodesic_shoot` from one x along several directions at once.
+
+    directions: (P, *x_shape); lengths and substeps: P each.  Every shot is the one
+    :func:`geodesic_shoot` makes with ``generator=torch.Generator().manual_seed(seed)`` and
+    ``final_basis=False``, but the basis updates of all shots at each step are solved
+    together (:func:`~backend.basis.local_bases`), so a step costs one batched U-Net pass per
+    product instead of P: the way to shoot 2k paths on a CPU in seconds, not minutes.
+    ``step_callback(done, total)`` is called after each round of updates (``total``: the
+    longest shot's updates, one fewer than its substeps); raising from it abandons every shot.
+    """
+    for d, length, n in zip(directions, lengths, substeps, strict=True):
+        _check_shoot(x, d, length, n, basis_iters)
+    start = time.perf_counter()
+    x = x.detach()
+    shots = [_shoot(x, d, length, n, basis.k, basis, False, False, None) for d, length, n in zip(directions, lengths, substeps)]
+    generators = [torch.Generator().manual_seed(seed) for _ in shots]
+    pending: dict[int, tuple[Tensor, Tensor]] = {}
+    paths: list[GeodesicPath | None] = [None] * len(shots)
+    for i, shot in enumerate(shots):
+        request, paths[i] = _advance(shot, None)
+        if request is not None:
+            pending[i] = request
+    total, done = max(substeps) - 1, 0
+    while pending:
+        order = list(pending)
+        bases = local_bases(
+            products, [pending[i][0] for i in order], basis.k, inits=[pending[i][1] for i in order],
+            generators=[generators[i] for i in order], **{**solver_kwargs, "max_iters": basis_iters},
+        )
+        for i, new in zip(order, bases):
+            request, paths[i] = _advance(shots[i], new)
+            if request is None:
+                del pending[i]
+            else:
+                pending[i] = request
+        done += 1
+        if step_callback is not None:
+            step_callback(done, total)
+    seconds = time.perf_counter() - start
+    return [replace(path, seconds=seconds) for path in paths if path is not None]
+
+
+def _check_shoot(x: Tensor, direction: Tensor, length: float, substeps: int, basis_iters: int) -> None:
     if substeps < 1:
         raise ValueError(f"substeps must be >= 1, got {substeps}")
     if basis_iters < 1:
@@ -262,14 +332,38 @@ def geodesic_shoot(
         raise ValueError(f"direction must have x's shape {tuple(x.shape)}, got {tuple(direction.shape)}")
     if not math.isfinite(length):
         raise ValueError(f"length must be finite, got {length}")
-    start = time.perf_counter()
-    x = x.detach()
+
+
+#: What a shot asks for before each step: the basis at this point, warm-started from these rows.
+BasisRequest = tuple[Tensor, Tensor]
+
+
+def _advance(shot: Generator[BasisRequest, Basis, GeodesicPath], answer: Basis | None) -> tuple[BasisRequest | None, GeodesicPath | None]:
+    """Advance a shot by one basis (None: start it): its next request, or its path."""
+    try:
+        return (next(shot) if answer is None else shot.send(answer)), None
+    except StopIteration as stop:
+        return None, stop.value
+
+
+def _shoot(
+    x: Tensor,
+    direction: Tensor,
+    length: float,
+    substeps: int,
+    k: int,
+    basis: Basis,
+    keep_bases: bool,
+    final_basis: bool,
+    step_callback: Callable[[GeodesicStep], None] | None,
+) -> Generator[BasisRequest, Basis, GeodesicPath]:
+    """The steps of :func:`geodesic_shoot` as a coroutine: it yields (point, warm-start rows)
+    whenever it needs the basis at a new point and is sent that basis, so one caller can solve
+    the updates of many shots together. Its ``seconds`` is left 0 for the driver to fill in."""
     d = direction.detach().to(x)
     if length < 0:
         d, length = -d, -length
-    if basis is None:
-        basis = local_basis(h_fn, x, k, **basis_kwargs)
-    elif basis.k != min(k, x.numel()) or basis.v.shape[1:] != x.shape:
+    if basis.k != min(k, x.numel()) or basis.v.shape[1:] != x.shape:
         raise ValueError(f"basis must hold k={k} directions of shape {tuple(x.shape)}, got {tuple(basis.v.shape)}")
 
     v0 = _rows(basis.v).to(x)  # (k, n)
@@ -280,7 +374,6 @@ def geodesic_shoot(
     d = (d / norm).reshape(x.shape)
 
     step = length / substeps
-    update_kwargs = {**basis_kwargs, "max_iters": basis_iters}
     points, directions, kept = [x], [], [basis]
     for i in range(1, substeps + 1):
         directions.append(d)
@@ -290,7 +383,7 @@ def geodesic_shoot(
             x_next = points[-1] + step * d
             last = i == substeps and not (final_basis or keep_bases or step_callback is not None)
             # An edit only needs the end point: the basis there would be computed and never used.
-            next_basis = basis if last else local_basis(h_fn, x_next, k, **{**update_kwargs, "init": basis.v})
+            next_basis = basis if last else (yield x_next, basis.v)
             if i < substeps:  # the direction after the last step would go unused
                 image, _ = _image_in_span(d, basis)  # J_i d_i, exact: d_i lies in span(V_i)
                 d = transport(image, next_basis).to(x)
@@ -305,5 +398,5 @@ def geodesic_shoot(
         directions=torch.stack(directions),
         basis=basis,
         bases=tuple(kept) if keep_bases else (),
-        seconds=time.perf_counter() - start,
+        seconds=0.0,
     )

@@ -35,6 +35,8 @@ from .images import image_grid, to_pil
 from .labels import DirectionNames
 from .library import Library
 from .models import BUILTIN_MODEL, Conditioning, DiffusionModel, EditSettings
+from .paths import edits_on_paths
+from .precompute import PathPrecompute
 from .quota import SAVE_INTERVAL_S, SAVES_PER_VISITOR, Quota
 from .ranges import Calibration, calibrate, hf_limit
 from .registry import ModelRegistry
@@ -100,6 +102,7 @@ class EigenfaceService:
         self.budget = Budget(self.models, self.cache, self.config.budget)
         self.labels = DirectionNames(self, self.config.labellers, self.cache, self.slots)
         self.library = Library(self, self.config.library_dir, Quota("saved a direction", self.config.saves_per_visitor, self.config.save_interval_s))
+        self.paths = PathPrecompute(self, self.cache, chunk_size=self.config.basis_chunk_size)
         self._chunks: dict[str, int] = {}  # per model: the basis chunk size that fit after an out-of-memory
         self._chunks_lock = threading.Lock()
 
@@ -340,7 +343,9 @@ class EigenfaceService:
             direction, strength = combine(torch.cat(rows), torch.cat(weights))
         else:
             direction, strength = torch.zeros(model.sample_shape), 0.0
-        return self._render_batch(spec, result, [(direction, strength)], mode, substeps, preview_steps)[0]
+        moved = values.nonzero().flatten().tolist()
+        slider = (moved[0], float(values[moved[0]])) if len(moved) == 1 and not extra else None
+        return self._render_batch(spec, result, [(direction, strength)], mode, substeps, preview_steps, [slider])[0]
 
     def edit_vector(self, spec: BasisSpec, vector: Tensor, strength: float, mode: str = "direct", *, substeps: int | None = None, preview_steps: int | None = None) -> Image.Image:
         """The image after moving x_t by ``strength`` along any direction of the sample shape."""
@@ -368,28 +373,46 @@ class EigenfaceService:
         edits = pairs(edits, "edits")
         uses_basis = mode == "geodesic" or any(not isinstance(d, Tensor) for d, _ in edits)
         result = self.discover(spec) if uses_basis else self.point(spec)
-        moves = []
+        moves, sliders = [], []
         for d, strength in edits:
+            strength = check_strength(strength)
             if isinstance(d, Tensor):
-                v = unit(check_vector(d, model.sample_shape))
+                moves.append((unit(check_vector(d, model.sample_shape)), strength))
+                sliders.append(None)
             else:
-                v = result.basis.v[check_int("direction index", d, 0, result.basis.k - 1)]
-            moves.append((v, check_strength(strength)))
+                index = check_int("direction index", d, 0, result.basis.k - 1)
+                moves.append((result.basis.v[index], strength))
+                sliders.append((index, strength))
         images: list[Image.Image] = []
         for first in range(0, len(moves), batch_size):
-            images += self._render_batch(spec, result, moves[first : first + batch_size], mode, substeps, preview_steps)
+            part = slice(first, first + batch_size)
+            images += self._render_batch(spec, result, moves[part], mode, substeps, preview_steps, sliders[part])
         return images
 
-    def _render_batch(self, spec: BasisSpec, result: BasisResult, edits: Sequence[tuple[Tensor, float]], mode: str, substeps: int | None, preview_steps: int | None) -> list[Image.Image]:
-        """Checked unit directions and strengths -> edited x_t's, denoised together."""
+    def edit_point(self, spec: BasisSpec, result: BasisResult) -> EditPoint:
+        """Where ``spec``'s edits start: x_t, its basis, and the Jacobian's conditioning."""
+        model = self.check_sample(spec.sample)
+        jac_cond = self.conditioning(model, spec.edit_prompt or spec.sample.prompt)
+        return EditPoint(model, result.x_t, result.timestep, None if jac_cond is None else jac_cond.cond, result.basis, self.config.jvp_mode)
+
+    def _render_batch(
+        self, spec: BasisSpec, result: BasisResult, edits: Sequence[tuple[Tensor, float]], mode: str, substeps: int | None, preview_steps: int | None,
+        sliders: Sequence[tuple[int, float] | None],
+    ) -> list[Image.Image]:
+        """Checked unit directions and strengths -> edited x_t's, denoised together.
+
+        ``sliders``: per edit, (basis index, signed strength) when it moves one basis direction.
+        Geodesic edits without explicit substeps go through the basis's cached paths
+        (:attr:`paths`) once they are ready (:func:`~backend.paths.edits_on_paths`).
+        """
         model = self.check_sample(spec.sample)
         traj = self.trajectory(spec.sample)
         cond = self.conditioning(model, spec.sample.prompt)
-        jac_cond = self.conditioning(model, spec.edit_prompt or spec.sample.prompt)
-        point = EditPoint(model, result.x_t, result.timestep, None if jac_cond is None else jac_cond.cond, result.basis, self.config.jvp_mode)
+        point = self.edit_point(spec, result)
+        paths = self.paths.cached(spec, result) if mode == "geodesic" and substeps is None and result.basis.k else None
         with self.slots.hold("render"):  # the basis, if any, was found (in the heavy slot) before
             try:
-                xs = apply_edits(point, edits, mode, substeps)
+                xs = apply_edits(point, edits, mode, substeps) if paths is None else edits_on_paths(point, paths, edits, sliders)
             except EditError as exc:
                 raise InputError(str(exc)) from None
             boost = Boost(spec.sample.seed) if self.boosted(model) else None

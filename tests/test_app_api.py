@@ -14,7 +14,7 @@ from tests.fixtures import app_service, launched  # noqa: E402
 
 SETTINGS = ("tiny", "", 3, 0.6, 4, 10)  # model, prompt, seed, timestep, k, steps
 SD_SETTINGS = ("sd", "a photo of a cat", 0, 0.6, 4, 4)
-PUBLIC = ["apply_concept", "apply_direction", "find_concept", "find_directions", "name_directions", "render", "save_direction", "saved_directions"]
+PUBLIC = ["apply_concept", "apply_direction", "find_concept", "find_directions", "geodesic_paths", "name_directions", "render", "save_direction", "saved_directions"]
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +41,25 @@ def test_every_event_has_an_api_name(demo_and_service):
     assert public == PUBLIC
     sliders = [f for f in events if f.api_name in ("preview", "settle")]
     assert [f.trigger_mode for f in sliders] == ["always_last", "always_last"]
+    names = {f.api_name for f in events}
+    assert {"paths_progress", "find_paths", "settle_geodesic"} <= names  # the precompute's progress, its start, the geodesic follow-up
+
+
+def test_geodesic_paths_endpoint_then_a_geodesic_render(served):
+    """The paths start in the background and are polled; then a one-slider geodesic render reads them."""
+    import time
+
+    service, client = served
+    status = json.loads(client.predict(*SETTINGS, api_name="/geodesic_paths"))
+    assert status["state"] in ("running", "ready")
+    deadline = time.monotonic() + 300
+    while status["state"] == "running" and time.monotonic() < deadline:
+        time.sleep(0.2)
+        status = json.loads(client.predict(*SETTINGS, api_name="/geodesic_paths"))
+    assert status["state"] == "ready" and status["done"] == status["total"] > 0
+    geodesic = _pixels(client.predict(*SETTINGS, "geodesic", "[0.5]", False, api_name="/render"))
+    direct = _pixels(client.predict(*SETTINGS, "direct", "[0.5]", False, api_name="/render"))
+    assert geodesic.shape == direct.shape and not np.array_equal(geodesic, direct)
 
 
 def _pixels(path) -> np.ndarray:

@@ -66,3 +66,33 @@ def test_the_slider_pool_is_the_one_way_back_to_an_edit_state():
     assert SliderPool.state(ranged, "direct", [1.0, -0.5]).sliders == (0.3, -0.2)
     assert SliderPool.state(ranged, "direct", [0.25]).sliders == (0.02,)
     assert ranged.position(0, 0.05) == pytest.approx(0.5) and ranged.position(1, -0.4) == -1.0
+
+
+def test_geodesic_paths_on_the_page_progress_then_instant_and_latest_wins(tiny_ddpm_dir, tmp_path):
+    """Find directions starts the paths (the timer polls them, the mode note drops "(slow)");
+    a two-slider geodesic release shows the direct image first and the geodesic one after,
+    unless a newer release came meanwhile."""
+    import gradio as gr
+    import numpy as np
+
+    from ui.explore import ExploreHandlers
+
+    service = EigenfaceService(ServiceConfig(models={"tiny": str(tiny_ddpm_dir)}, device="cpu"))
+    explore = ExploreHandlers(Editor(service, tmp_path))
+    request = gr.Request(session_hash="tab-1")
+    *_, found = explore.find_directions("tiny", "", 3, 0.6, 4, 10)
+    mode, note, timer = explore.start_paths(request, found)
+    assert timer.active or "ready" in note
+    service.paths.wait("tab-1", timeout=300)
+    mode, note, timer = explore.path_progress(request)
+    assert not timer.active and note.startswith("Geodesic paths ready") and "(slow)" not in mode["info"]
+
+    values = [0.4, -0.3, 0.0, 0.0]
+    first, _, _ = explore.settle(request, found, "geodesic", "", *values)
+    direct, _, _ = explore.settle(request, found, "direct", "", *values)
+    explore.settle(request, found, "geodesic", "", *values)
+    geodesic, _ = explore.settle_geodesic(request, found, "geodesic", *values)
+    assert np.array_equal(np.asarray(first), np.asarray(direct))  # the stand-in is the direct edit
+    assert not np.array_equal(np.asarray(geodesic), np.asarray(direct))
+    explore.settle(request, found, "geodesic", "", 0.2, 0.0, 0.0, 0.0)  # a newer release: one slider, read off the paths
+    assert explore.settle_geodesic(request, found, "geodesic", *values) == (gr.skip(), gr.skip())

@@ -25,6 +25,7 @@ from backend.budget import Cost
 from backend.concepts import Alignment
 from backend.errors import InputError
 from backend.models import EditSettings
+from backend.precompute import PathStatus
 from backend.ranges import position_of, strength_at
 from backend.service import EigenfaceService
 from backend.specs import PAGE_RANGES, PREVIEW_STEPS
@@ -146,13 +147,29 @@ class Editor:
         if not strengths:
             return self.original(state)
         mode = state.mode
-        if preview and mode == "geodesic":
+        if preview and not self.instant(state):
             mode = "direct"  # the straight step stands in while dragging; release shows the geodesic
         kwargs: dict[str, Any] = {"preview_steps": PREVIEW_STEPS} if preview else {}
         if preview and mode == "guidance":
             kwargs["substeps"] = 4
         self._afford(self.service.budget.render(state.basis_spec(), 1, mode, **kwargs))
         return self.device.call(self.service.edit, state.basis_spec(), strengths, mode, **kwargs)
+
+    def start_paths(self, state: EditState, session: str) -> PathStatus:
+        """Precompute the state's geodesic paths in the background (see backend.precompute)."""
+        return self.service.paths.start(session, state.basis_spec(), call=self.device.call)
+
+    def path_status(self, session: str) -> PathStatus:
+        return self.service.paths.status(session)
+
+    def instant(self, state: EditState) -> bool:
+        """Whether the state's image comes without a geodesic shoot: any mode but geodesic, no
+        slider moved, or one slider read off the cached paths."""
+        strengths = state.strengths()
+        if state.mode != "geodesic" or not strengths:
+            return True
+        spec = state.basis_spec()
+        return self.service.paths.covers(spec, self.service.discover(spec), strengths)
 
     def labels(self, state: EditState, compute: bool = True) -> tuple[str, ...] | None:
         """Names of the state's directions (None: not computed yet, with ``compute=False``).

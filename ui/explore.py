@@ -13,13 +13,14 @@ import random
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import gradio as gr
 
 from backend.edit import EDIT_MODES
 from backend.errors import InputError
+from backend.precompute import PathStatus
 from backend.sampling import DEFAULT_STEPS
 from backend.service import EigenfaceService
 from backend.specs import DEFAULT_K, PAGE_RANGES
@@ -109,13 +110,49 @@ class ExploreHandlers:
 
     @guard
     def settle(self, request: gr.Request, found: Found | None, mode: str, page_url: str, *values: float):
-        """Full-quality image for the current sliders (slider release, mode change)."""
+        """Full-quality image for the current sliders (slider release, mode change). A geodesic
+        edit that needs a fresh shoot (several sliders, or paths not ready) shows the direct
+        edit here at once; :meth:`settle_geodesic` replaces it when the shoot is done."""
         if found is None:
             return gr.skip(), gr.skip(), gr.skip()
         state = SliderPool.state(found, mode, values)
         self._settle(request, state)
-        image = self.editor.render(state)
+        shown = state if self.editor.instant(state) else replace(state, mode="direct")
+        image = self.editor.render(shown)
         return image, (self.editor.original(state), image), share_link(page_url, state)
+
+    @guard
+    def settle_geodesic(self, request: gr.Request, found: Found | None, mode: str, *values: float):
+        """After :meth:`settle`: the geodesic image it stood in for, unless a newer edit came
+        meanwhile (the latest request wins; a superseded result is never shown)."""
+        if found is None:
+            return gr.skip(), gr.skip()
+        state = SliderPool.state(found, mode, values)
+        if self.editor.instant(state) or self._last_settled(request) != state:
+            return gr.skip(), gr.skip()
+        image = self.editor.render(state)
+        if self._last_settled(request) != state:
+            return gr.skip(), gr.skip()
+        return image, (self.editor.original(state), image)
+
+    # ---------------------------------------------------------------- geodesic paths
+    @guard
+    def start_paths(self, request: gr.Request, found: Found | None):
+        """Start the shown basis's geodesic paths in the background; the timer polls them."""
+        session = getattr(request, "session_hash", None)
+        if found is None or session is None:
+            return gr.skip(), gr.skip(), gr.Timer(active=False)
+        status = self.editor.start_paths(found.state, session)
+        return (*paths_shown(status), gr.Timer(active=status.state == "running"))
+
+    @guard
+    def path_progress(self, request: gr.Request):
+        """Timer tick: the precompute's progress, and the mode's note once paths are ready."""
+        session = getattr(request, "session_hash", None)
+        if session is None:
+            return gr.skip(), gr.skip(), gr.Timer(active=False)
+        status = self.editor.path_status(session)
+        return (*paths_shown(status), gr.Timer(active=status.state == "running"))
 
     @guard
     def reset_all(self, request: gr.Request, found: Found | None, mode: str, page_url: str):
@@ -143,6 +180,26 @@ class ExploreHandlers:
 
 #: Browser sessions whose last full-quality edit is remembered (to drop late previews).
 MAX_SESSIONS = 4096
+MODE_INFO = "direct: one step · guidance: along the model's response · geodesic: follows the curved space"
+#: The page's edit mode until a person picks another: geodesic edits at the slider ends re-render
+#: as faces better and carry less speckle than direct ones (BENCHMARKS.md, bench/bench_paths.py
+#: --sections quality), and with the paths cached they cost what a direct edit costs. Links and
+#: files keep the mode they name; the CLI keeps direct.
+DEFAULT_MODE = "geodesic"
+#: How often the page asks for the precompute's progress while it runs.
+PATHS_POLL_S = 0.5
+
+
+def paths_shown(status: PathStatus) -> tuple[dict, str]:
+    """The mode control's note and the progress line for a precompute status."""
+    if status.state == "ready":
+        return gr.update(info=f"{MODE_INFO} (paths ready: as fast as direct for one slider)"), f"Geodesic paths ready ({status.seconds:.1f} s)."
+    if status.state == "running":
+        done = f"step {status.done} of {status.total}" if status.total else "starting"
+        return gr.update(info=f"{MODE_INFO} (slow until its paths are ready)"), f"Computing geodesic paths in the background: {done} ({status.seconds:.0f} s)."
+    if status.state == "failed":
+        return gr.update(info=f"{MODE_INFO} (slow)"), f"Geodesic paths failed: {status.message}"
+    return gr.update(info=f"{MODE_INFO} (slow)"), ""
 
 
 # ================================================================================= layout
@@ -167,6 +224,8 @@ class Explore:
     sigma_json: gr.Textbox
     ranges_json: gr.Textbox
     page_url: gr.State
+    paths: gr.Markdown  # the geodesic precompute's progress
+    paths_timer: gr.Timer
 
     @property
     def found(self) -> gr.State:
@@ -197,9 +256,11 @@ def build_explore(service: EigenfaceService) -> Explore:
             timestep = gr.Slider(t_range.low, t_range.high, value=settings.timestep, step=t_range.step, label="Edit timestep (fraction of T)", info="Early (high) = coarse semantics")
             k = gr.Slider(k_range.low, k_range.high, value=DEFAULT_K, step=k_range.step, precision=0, label="Directions k")
             steps = gr.Slider(steps_range.low, steps_range.high, value=DEFAULT_STEPS, step=steps_range.step, precision=0, label="DDIM steps")
-            mode = gr.Radio(list(EDIT_MODES), value="direct", label="Edit mode", info="direct: one step · guidance: along the model's response · geodesic: follows the curved space (slow)")
+            mode = gr.Radio(list(EDIT_MODES), value=DEFAULT_MODE, label="Edit mode", info=f"{MODE_INFO} (slow)", elem_id="edit-mode")
             find = gr.Button("Find directions", variant="primary", elem_id="find-directions")
             status = gr.Markdown(NO_DIRECTIONS, elem_id="eigen-status")
+            paths = gr.Markdown("", elem_id="eigen-paths")
+            paths_timer = gr.Timer(PATHS_POLL_S, active=False)
         with gr.Column(scale=2, min_width=320):
             with gr.Tabs():
                 with gr.Tab("Image"):
@@ -216,7 +277,10 @@ def build_explore(service: EigenfaceService) -> Explore:
                 name = gr.Button("Name the sliders", visible=False, elem_id="name-directions", min_width=120)
     sigma_json = gr.Textbox(visible=False, label="σ (JSON)")
     ranges_json = gr.Textbox(visible=False, label="ranges (JSON)")
-    return Explore(model, prompt, seed, random_seed, timestep, k, steps, mode, find, status, image, compare, pool, reset_all, name, share, sigma_json, ranges_json, gr.State(""))
+    return Explore(
+        model, prompt, seed, random_seed, timestep, k, steps, mode, find, status, image, compare, pool, reset_all, name, share, sigma_json, ranges_json, gr.State(""),
+        paths, paths_timer,
+    )
 
 
 # ================================================================================= events
@@ -245,15 +309,18 @@ def wire_explore(h: ExploreHandlers, ex: Explore, after_basis: Callable[[Any, st
         api_name="preview", api_visibility="private", trigger_mode="always_last", show_progress="hidden", concurrency_id="render",
     )
     settle_in = [ex.found, ex.mode, ex.page_url, *sliders]
+    geodesic_in, geodesic_out = [ex.found, ex.mode, *sliders], [ex.image, ex.compare]
     gr.on(
         [s.release for s in sliders], h.settle, settle_in, [ex.image, ex.compare, share],
         api_name="settle", api_visibility="private", trigger_mode="always_last", show_progress="hidden", concurrency_id="render", cancels=[preview],
-    )
+    ).then(h.settle_geodesic, geodesic_in, geodesic_out, api_name="settle_geodesic", api_visibility="private", show_progress="hidden", concurrency_id="geodesic")
     moded = ex.mode.input(
         h.settle, settle_in, [ex.image, ex.compare, share],
         api_name="mode_changed", api_visibility="private", trigger_mode="always_last", concurrency_id="render", cancels=[preview], show_progress_on=[ex.image],
     )
+    moded.then(h.settle_geodesic, geodesic_in, geodesic_out, api_name="mode_geodesic", api_visibility="private", show_progress="hidden", concurrency_id="geodesic")
     after_basis(moded, "mode")
+    ex.paths_timer.tick(h.path_progress, None, [ex.mode, ex.paths, ex.paths_timer], api_name="paths_progress", api_visibility="private", show_progress="hidden", queue=False)
     ex.reset_all.click(
         h.reset_all, [ex.found, ex.mode, ex.page_url], [ex.image, ex.compare, share, *sliders],
         api_name="reset_all", api_visibility="private", cancels=[preview], concurrency_id="render",

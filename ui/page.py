@@ -43,9 +43,14 @@ class Page:
         self._wire(demo)
 
     def after_basis(self, dep: Any, prefix: str) -> None:
-        """Append to ``dep`` (an event that changed the displayed basis or mode) the refresh of
-        the atlas and of the steering controls."""
-        pool = self.explore.pool
+        """Append to ``dep`` (an event that changed the displayed basis or mode) the start of its
+        geodesic paths' precompute (a no-op when they are cached or running), then the refresh
+        of the atlas and of the steering controls."""
+        pool, ex = self.explore.pool, self.explore
+        dep = dep.then(
+            self.explore_h.start_paths, pool.found, [ex.mode, ex.paths, ex.paths_timer],
+            api_name=f"{prefix}_paths", api_visibility="private", show_progress="hidden", queue=False,
+        )
         for i, step in enumerate([atlas.refresh_step(self.atlas_h, self.atlas, pool), steer.refresh_step(self.steer_h, self.steer, pool)]):
             dep = dep.then(**step, api_name=f"{prefix}_after_{i}", api_visibility="private")
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Any, Callable, Generator, Literal, Sequence
 
 import torch
 from torch import Tensor
@@ -84,12 +84,22 @@ def jvp(h_fn: HFn, x: Tensor, v: Tensor, mode: JvpMode = "exact", fd_eps: float 
                 single = _single(h_fn)
                 return torch.func.vmap(lambda t: torch.func.jvp(single, (x,), (t,))[1])(v.contiguous())
             except (RuntimeError, NotImplementedError):  # an op without a batching rule: repeat x instead
-                batch = x.expand(v.shape[0], *x.shape).contiguous()
-                return torch.func.jvp(h_fn, (batch,), (v.contiguous(),))[1]
-    if mode == "fd":
-        batch = x.expand(v.shape[0], *x.shape)
+                pass
+    return jvp_at(h_fn, x.expand(v.shape[0], *x.shape), v, mode, fd_eps)
+
+
+def jvp_at(h_fn: HFn, points: Tensor, v: Tensor, mode: JvpMode = "exact", fd_eps: float = DEFAULT_FD_EPS) -> Tensor:
+    """J(points[b]) v[b] for tangents v (B, *x_shape) each at its own point (B, *x_shape).
+
+    One batched pass serves tangents at many points (:func:`~backend.lockstep.local_bases` solves several
+    bases at once this way); ``mode`` and ``fd_eps`` as in :func:`jvp`.
+    """
+    if mode == "exact":
         with torch.no_grad():
-            both = h_fn(torch.cat([batch + fd_eps * v, batch - fd_eps * v]))
+            return torch.func.jvp(h_fn, (points.contiguous(),), (v.contiguous(),))[1]
+    if mode == "fd":
+        with torch.no_grad():
+            both = h_fn(torch.cat([points + fd_eps * v, points - fd_eps * v]))
         plus, minus = both.chunk(2)
         return (plus - minus) / (2 * fd_eps)
     raise ValueError(f"jvp mode must be 'exact' or 'fd', got {mode!r}")
@@ -110,18 +120,24 @@ def vjp(h_fn: HFn, x: Tensor, u: Tensor, vectorize: bool = False) -> Tensor:
                 return torch.func.vmap(pullback)(u.contiguous())[0]
         except (RuntimeError, NotImplementedError):
             pass  # an op without a batching rule: fall through to the batched reverse pass
-    batch = x.expand(u.shape[0], *x.shape).detach().clone().requires_grad_(True)
+    return vjp_at(h_fn, x.expand(u.shape[0], *x.shape), u)
+
+
+def vjp_at(h_fn: HFn, points: Tensor, u: Tensor) -> Tensor:
+    """J(points[b])^T u[b] for cotangents u (B, *h_shape) each at its own point (B, *x_shape):
+    one reverse pass through a batch of the points."""
+    batch = points.detach().clone().requires_grad_(True)
     with torch.enable_grad():
         h = h_fn(batch)
         (grad,) = torch.autograd.grad(h, batch, grad_outputs=u.to(h.dtype))
     return grad
 
 
-def _chunked(fn: Callable[[Tensor], Tensor], block: Tensor, chunk_size: int | None) -> Tensor:
-    """Apply ``fn`` to the columns of ``block`` (B, ...) in chunks, to bound peak memory."""
-    if chunk_size is None or chunk_size >= block.shape[0]:
-        return fn(block)
-    return torch.cat([fn(part) for part in block.split(chunk_size)])
+def _chunked(fn: Callable[..., Tensor], chunk_size: int | None, *blocks: Tensor) -> Tensor:
+    """Apply ``fn`` to equal-length ``blocks`` (B, ...) in chunks of rows, to bound peak memory."""
+    if chunk_size is None or chunk_size >= blocks[0].shape[0]:
+        return fn(*blocks)
+    return torch.cat([fn(*parts) for parts in zip(*(block.split(chunk_size) for block in blocks))])
 
 
 def _orthonormal_columns(mat: Tensor) -> Tensor:
@@ -155,6 +171,11 @@ def max_principal_angle(a: Tensor, b: Tensor) -> float:
     return float(torch.arcsin(torch.linalg.matrix_norm(residual, ord=2).clamp(max=1.0)))
 
 
+#: Rounds of :func:`local_basis` at most, unless its caller says otherwise (the budget prices a
+#: basis at this many: ``backend.budget``).
+MAX_ITERS = 30
+
+
 def default_block_size(k: int, device: torch.device) -> int:
     """Columns per round of :func:`local_basis`.
 
@@ -168,13 +189,151 @@ def default_block_size(k: int, device: torch.device) -> int:
     return max(k, 8) if device.type == "cpu" else k + max(4, k // 4)
 
 
+#: What :func:`krylov` asks for: ("jvp", tangents (b, *x_shape)) or ("vjp", cotangents (b, *h_shape)).
+Product = tuple[str, Tensor]
+Solver = Generator[Product, Tensor, Basis]
+
+
+@dataclass(frozen=True)
+class Products:
+    """How J and J^T products are taken: one configuration for every point it serves."""
+
+    h_fn: HFn
+    jvp_mode: JvpMode = "exact"
+    fd_eps: float = DEFAULT_FD_EPS
+    vjp_dtype: torch.dtype | None = None
+    vectorize_vjp: bool | None = None
+    chunk_size: int | None = None
+
+    def at(self, x: Tensor, request: Product) -> Tensor:
+        """Answer one :func:`krylov` request at the single point x."""
+        kind, rows = request
+        if kind == "jvp":
+            return _chunked(lambda r: jvp(self.h_fn, x, r, self.jvp_mode, self.fd_eps), self.chunk_size, rows)
+        vectorize = self._vectorized(x)
+        with torch.autocast(x.device.type, dtype=self.vjp_dtype, enabled=self.vjp_dtype is not None):
+            return _chunked(lambda r: vjp(self.h_fn, x, r, vectorize=vectorize).to(x.dtype), self.chunk_size, rows)
+
+    def _vectorized(self, x: Tensor) -> bool:
+        return (self.jvp_mode == "exact" or x.device.type == "cpu") if self.vectorize_vjp is None else self.vectorize_vjp
+
+    def at_many(self, kind: str, points: Sequence[Tensor], rows: Sequence[Tensor]) -> list[Tensor]:
+        """Answer requests of one kind at several points with one batched pass (in chunks).
+
+        J^T products where :meth:`at` would vectorise them (see :func:`vjp`) stay one point at
+        a time: one forward pass per point and a vmapped reverse pass beats a batch of
+        repeated points by about a quarter on a CPU, which batching does not win back.
+        """
+        if kind == "vjp" and self._vectorized(points[0]):
+            return [self.at(x, (kind, r)) for x, r in zip(points, rows)]
+        at = torch.cat([x.expand(r.shape[0], *x.shape) for x, r in zip(points, rows)])
+        block = torch.cat(list(rows))
+        if kind == "jvp":
+            out = _chunked(lambda p, r: jvp_at(self.h_fn, p, r, self.jvp_mode, self.fd_eps), self.chunk_size, at, block)
+        else:
+            with torch.autocast(at.device.type, dtype=self.vjp_dtype, enabled=self.vjp_dtype is not None):
+                out = _chunked(lambda p, r: vjp_at(self.h_fn, p, r).to(at.dtype), self.chunk_size, at, block)
+        return list(out.split([r.shape[0] for r in rows]))
+
+
+def advance_solver(solver: Solver, answer: Tensor | None) -> tuple[Product | None, Basis | None]:
+    """Advance a solver by one answer (None: start it): its next request, or its basis."""
+    try:
+        return (next(solver) if answer is None else solver.send(answer)), None
+    except StopIteration as stop:
+        return None, stop.value
+
+
+def krylov(
+    x: Tensor,
+    k: int,
+    *,
+    block_size: int | None = None,
+    max_iters: int = 30,
+    tol: float = DEFAULT_TOL,
+    max_krylov: int | None = None,
+    init: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    callback: Callable[[BasisProgress], None] | None = None,
+) -> Solver:
+    """:func:`local_basis`'s iteration as a coroutine that asks for the products it needs.
+
+    It yields ``("jvp", tangents (b, *x_shape))`` and ``("vjp", cotangents (b, *h_shape))``
+    and is sent back J tangents / J^T cotangents at x; it returns the :class:`Basis`. Why:
+    the maths stays in one place while the caller decides how products are taken, so
+    :func:`~backend.lockstep.local_bases` can answer the requests of many points with one batched U-Net pass.
+    Arguments as in :func:`local_basis`.
+    """
+    if not 1 <= k <= MAX_K:
+        raise ValueError(f"k must be between 1 and {MAX_K}, got {k}")
+    n = x.numel()
+    if k > n:
+        raise ValueError(f"k = {k} directions asked, but x has only {n} elements")
+    block = min(default_block_size(k, x.device) if block_size is None else block_size, n)
+    max_cols = min(n, max(block * 8, k + block) if max_krylov is None else max_krylov)
+    x = x.detach()
+
+    start = torch.randn(n, block, generator=generator, dtype=torch.float32).to(device=x.device, dtype=x.dtype)
+    if init is not None:
+        warm = init.reshape(init.shape[0], n)[:block].T.to(start)
+        start[:, : warm.shape[1]] = warm
+    q_new = _orthonormal_columns(start)  # (n, block)
+
+    qs: list[Tensor] = []  # orthonormal Krylov blocks (n, b)
+    ys: list[Tensor] = []  # their images J Q (m, b)
+    previous_sigma: Tensor | None = None
+    previous_v: Tensor | None = None
+    converged = False
+    for iteration in range(1, max_iters + 1):
+        jq = yield "jvp", q_new.T.contiguous().reshape(-1, *x.shape)  # (b, *h_shape)
+        h_shape = jq.shape[1:]
+        if k > h_shape.numel():
+            raise ValueError(f"k = {k} directions asked, but the bottleneck h has only {h_shape.numel()} elements, so J has at most that many")
+        qs.append(q_new)
+        ys.append(jq.reshape(q_new.shape[1], -1).T)
+        q_all, y_all = torch.cat(qs, dim=1), torch.cat(ys, dim=1)
+        # Rayleigh-Ritz on the Krylov space: J Q = U S W^T, Ritz vectors Q W, J (Q W) = U S.
+        u_s, sigma, w_t = torch.linalg.svd(y_all, full_matrices=False)
+        ritz = q_all @ w_t[:k].T  # (n, k)
+        top = sigma[:k]
+        change = float("inf") if previous_sigma is None else float(((top - previous_sigma).abs() / top.clamp_min(1e-30)).max())
+        angle = math.pi / 2 if previous_v is None else max_principal_angle(previous_v, ritz)
+        previous_sigma, previous_v = top, ritz
+        if callback is not None:
+            callback(BasisProgress(iteration, max_iters, top.detach().cpu(), angle))
+        converged = change < tol or q_all.shape[1] >= n  # a space that spans everything is exact
+        if converged or iteration == max_iters:
+            break
+        # Next block: J^T applied to the newest images, orthogonalised against the space so far.
+        jt_y = (yield "vjp", ys[-1].T.contiguous().reshape(-1, *h_shape)).reshape(q_new.shape[1], -1).T
+        if q_all.shape[1] + block > max_cols:
+            # Restart: keep the best Ritz vectors (and their images) as the new space.
+            keep = min(block, q_all.shape[1])
+            qs, ys = [q_all @ w_t[:keep].T], [u_s[:, :keep] * sigma[:keep]]
+            q_all = qs[0]
+        q_new = _new_directions(q_all, jt_y)[:, : n - q_all.shape[1]]
+        if q_new.shape[1] == 0:  # the space is invariant under J^T J: its Ritz pairs are exact
+            converged = True
+            break
+
+    v = ritz.T.reshape(k, *x.shape)
+    u = u_s[:, :k].T.reshape(k, *h_shape)
+    # Fix each direction's sign so that equal inputs give equal bases (SVD signs are arbitrary):
+    # the largest-magnitude component of every v_i is positive.
+    flat = v.reshape(k, -1)
+    signs = torch.sign(flat.gather(1, flat.abs().argmax(dim=1, keepdim=True))).reshape(k)
+    signs[signs == 0] = 1
+    shape_v, shape_u = (k,) + (1,) * (v.ndim - 1), (k,) + (1,) * (u.ndim - 1)
+    return Basis(top.detach(), (v * signs.reshape(shape_v)).detach(), (u * signs.reshape(shape_u)).detach(), iteration, converged)
+
+
 def local_basis(
     h_fn: HFn,
     x: Tensor,
     k: int,
     *,
     block_size: int | None = None,
-    max_iters: int = 30,
+    max_iters: int = MAX_ITERS,
     tol: float = DEFAULT_TOL,
     max_krylov: int | None = None,
     init: Tensor | None = None,
@@ -223,73 +382,10 @@ def local_basis(
         generator: seeds the random start, so equal inputs give equal bases.
         callback: receives a :class:`BasisProgress` after each round.
     """
-    if not 1 <= k <= MAX_K:
-        raise ValueError(f"k must be between 1 and {MAX_K}, got {k}")
-    n = x.numel()
-    if k > n:
-        raise ValueError(f"k = {k} directions asked, but x has only {n} elements")
-    block = min(default_block_size(k, x.device) if block_size is None else block_size, n)
-    max_cols = min(n, max(block * 8, k + block) if max_krylov is None else max_krylov)
     x = x.detach()
-
-    start = torch.randn(n, block, generator=generator, dtype=torch.float32).to(device=x.device, dtype=x.dtype)
-    if init is not None:
-        warm = init.reshape(init.shape[0], n)[:block].T.to(start)
-        start[:, : warm.shape[1]] = warm
-    q_new = _orthonormal_columns(start)  # (n, block)
-
-    vectorize = (jvp_mode == "exact" or x.device.type == "cpu") if vectorize_vjp is None else vectorize_vjp
-
-    def apply_j(rows: Tensor) -> Tensor:
-        return jvp(h_fn, x, rows.reshape(-1, *x.shape), jvp_mode, fd_eps)
-
-    def apply_jt(rows: Tensor) -> Tensor:
-        with torch.autocast(x.device.type, dtype=vjp_dtype, enabled=vjp_dtype is not None):
-            return vjp(h_fn, x, rows.reshape(-1, *h_shape), vectorize=vectorize).to(x.dtype)
-
-    qs: list[Tensor] = []  # orthonormal Krylov blocks (n, b)
-    ys: list[Tensor] = []  # their images J Q (m, b)
-    previous_sigma: Tensor | None = None
-    previous_v: Tensor | None = None
-    converged = False
-    for iteration in range(1, max_iters + 1):
-        jq = _chunked(apply_j, q_new.T.contiguous(), chunk_size)  # (b, *h_shape)
-        h_shape = jq.shape[1:]
-        if k > h_shape.numel():
-            raise ValueError(f"k = {k} directions asked, but the bottleneck h has only {h_shape.numel()} elements, so J has at most that many")
-        qs.append(q_new)
-        ys.append(jq.reshape(q_new.shape[1], -1).T)
-        q_all, y_all = torch.cat(qs, dim=1), torch.cat(ys, dim=1)
-        # Rayleigh-Ritz on the Krylov space: J Q = U S W^T, Ritz vectors Q W, J (Q W) = U S.
-        u_s, sigma, w_t = torch.linalg.svd(y_all, full_matrices=False)
-        ritz = q_all @ w_t[:k].T  # (n, k)
-        top = sigma[:k]
-        change = float("inf") if previous_sigma is None else float(((top - previous_sigma).abs() / top.clamp_min(1e-30)).max())
-        angle = math.pi / 2 if previous_v is None else max_principal_angle(previous_v, ritz)
-        previous_sigma, previous_v = top, ritz
-        if callback is not None:
-            callback(BasisProgress(iteration, max_iters, top.detach().cpu(), angle))
-        converged = change < tol or q_all.shape[1] >= n  # a space that spans everything is exact
-        if converged or iteration == max_iters:
-            break
-        # Next block: J^T applied to the newest images, orthogonalised against the space so far.
-        jt_y = _chunked(apply_jt, ys[-1].T.contiguous(), chunk_size).reshape(q_new.shape[1], -1).T
-        if q_all.shape[1] + block > max_cols:
-            # Restart: keep the best Ritz vectors (and their images) as the new space.
-            keep = min(block, q_all.shape[1])
-            qs, ys = [q_all @ w_t[:keep].T], [u_s[:, :keep] * sigma[:keep]]
-            q_all = qs[0]
-        q_new = _new_directions(q_all, jt_y)[:, : n - q_all.shape[1]]
-        if q_new.shape[1] == 0:  # the space is invariant under J^T J: its Ritz pairs are exact
-            converged = True
-            break
-
-    v = ritz.T.reshape(k, *x.shape)
-    u = u_s[:, :k].T.reshape(k, *h_shape)
-    # Fix each direction's sign so that equal inputs give equal bases (SVD signs are arbitrary):
-    # the largest-magnitude component of every v_i is positive.
-    flat = v.reshape(k, -1)
-    signs = torch.sign(flat.gather(1, flat.abs().argmax(dim=1, keepdim=True))).reshape(k)
-    signs[signs == 0] = 1
-    shape_v, shape_u = (k,) + (1,) * (v.ndim - 1), (k,) + (1,) * (u.ndim - 1)
-    return Basis(top.detach(), (v * signs.reshape(shape_v)).detach(), (u * signs.reshape(shape_u)).detach(), iteration, converged)
+    products = Products(h_fn, jvp_mode, fd_eps, vjp_dtype, vectorize_vjp, chunk_size)
+    solver = krylov(x, k, block_size=block_size, max_iters=max_iters, tol=tol, max_krylov=max_krylov, init=init, generator=generator, callback=callback)
+    request, basis = advance_solver(solver, None)
+    while basis is None:
+        request, basis = advance_solver(solver, products.at(x, request))
+    return basis

@@ -22,6 +22,7 @@ from typing import Any, Callable, Hashable, Iterator
 
 import torch
 
+from .cancel import Cancelled
 
 #: The list :func:`record_computed` is filling in this thread, if any.
 _RECORDER: ContextVar[list[tuple[Hashable, Any]] | None] = ContextVar("eigenface_recorder", default=None)
@@ -106,7 +107,8 @@ class ByteLRU:
         """The cached value and True, or compute it (once across threads) and False.
 
         A failed computation is not cached: its exception reaches every waiter, and the next
-        request tries again.
+        request tries again. A cancelled one (:class:`~backend.cancel.Cancelled`) is not the
+        waiters' business: one of them takes the computation over.
         """
         with self._lock:
             if key in self._items:
@@ -119,7 +121,11 @@ class ByteLRU:
                 future = self._pending[key] = Future()
                 self.misses += 1
         if not owner:
-            return future.result(), True
+            try:
+                return future.result(), True
+            except Cancelled:
+                # The owner's client left: its cancellation is not this caller's, so compute here.
+                return self.get_or_compute(key, compute)
         try:
             value = compute()
         except BaseException as exc:

@@ -11,12 +11,15 @@ import itertools
 import os
 import sys
 from pathlib import Path
+from typing import Callable, Sequence
 
 from .catpeople import commands as catpeople_commands
 from .errors import EigenfaceError, InputError
 from .sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS
 
 EXIT_BAD_INPUT = 2
+#: --boost: quality boosting (ServiceConfig.boost): auto = pixel models only.
+BOOST_CHOICES = {"auto": None, "on": True, "off": False}
 
 
 # ------------------------------------------------------------------------------ shared pieces
@@ -33,7 +36,10 @@ def _service(args: argparse.Namespace):
 
     library = {"library_dir": args.library} if getattr(args, "library", None) else {}  # else $EIGENFACE_LIBRARY or the default
     models = _models()
-    return EigenfaceService(ServiceConfig(models=models, allow_any_model=True, device=getattr(args, "device", None), labellers=labellers_for(models), **library))
+    boost = BOOST_CHOICES[getattr(args, "boost", "auto")]
+    return EigenfaceService(
+        ServiceConfig(models=models, allow_any_model=True, device=getattr(args, "device", None), labellers=labellers_for(models), boost=boost, **library)
+    )
 
 
 def _sample(args: argparse.Namespace, seed: int | None = None, prompt: str | None = None):
@@ -78,6 +84,7 @@ def _generate(args: argparse.Namespace) -> None:
 
 
 def _discover(args: argparse.Namespace) -> None:
+    from .ranges import Calibration
     from .store import save_basis
 
     out = Path(args.out)
@@ -100,30 +107,53 @@ def _discover(args: argparse.Namespace) -> None:
         "seconds": round(result.seconds, 4),
         "sigma": [round(float(s), 6) for s in result.basis.sigma],
     }
-    save_basis(out, result.basis, result.x_t, meta)
+    save_basis(out, result.basis, result.x_t, meta, Calibration(result.ranges, result.travel))
     grid.save(out / "grid.png")
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     print(f"wrote {out}/basis.safetensors, meta.json, grid.png ({result.basis.k} directions, {result.seconds:.2f} s, {result.basis.iterations} rounds)")
 
 
-def _parse_directions(items: list[str]) -> dict[int, float]:
+def _parse_directions(items: list[str], travel: Callable[[], Sequence[Sequence[float]]] | None = None) -> dict[int, float]:
+    """--direction values -> {index: strength}.
+
+    ``I=S`` is a strength (edit.py's unit). ``I=Pr`` is slider position P in [-1, 1] on the
+    direction's calibrated range, evenly spaced in x0 change as on the page (``0=1r`` is the
+    valid end on the positive side, ``0=-0.5r`` half way to the negative one); ``I=hi`` and
+    ``I=lo`` are ``1r`` and ``-1r``. ``travel()`` gives the basis's travel maps (ranges.py),
+    called only when a calibrated value is used.
+    """
+    from .ranges import strength_at
+
     values: dict[int, float] = {}
     for item in items:
-        index, sep, strength = item.partition("=")
+        index, sep, text = item.partition("=")
+        text = {"hi": "1r", "lo": "-1r"}.get(text.strip().lower(), text.strip())
         try:
             if not sep:
                 raise ValueError
-            values[int(index)] = float(strength)
+            i = int(index)
+            if not text.lower().endswith("r"):
+                values[i] = float(text)
+                continue
+            position = float(text[:-1])
         except ValueError:
-            raise InputError(f"--direction takes INDEX=STRENGTH, got {item!r}") from None
+            raise InputError(f"--direction takes INDEX=STRENGTH, INDEX=POSITIONr (-1r .. 1r) or INDEX=hi / lo, got {item!r}") from None
+        if not -1 <= position <= 1:
+            raise InputError(f"--direction {item!r}: a position on the calibrated range must be within -1r .. 1r")
+        if travel is None:
+            raise InputError(f"--direction {item!r}: calibrated positions need a basis (edit --basis, directions save)")
+        maps = travel()
+        if not 0 <= i < len(maps):
+            raise InputError(f"direction index {i} is out of range: the basis has {len(maps)} directions (0..{len(maps) - 1})")
+        values[i] = strength_at(tuple(maps[i]), position)
     return values
 
 
 def _edit(args: argparse.Namespace) -> None:
     from .edit import combine
     from .specs import check_strength
-    from .store import load_basis, load_direction
+    from .store import load_basis, load_calibration, load_direction
 
     out = _check_out(args.out, (".png",))
     if [args.basis, args.vector, args.saved].count(None) != 2:
@@ -135,10 +165,16 @@ def _edit(args: argparse.Namespace) -> None:
         if not args.direction:
             raise InputError("--basis needs at least one --direction INDEX=STRENGTH")
         basis, x_t, meta = load_basis(args.basis)
-        values = _parse_directions(args.direction)
         # Without --timestep, the point the basis file says it was computed at (not the model's default).
         timestep = args.timestep if args.timestep is not None else meta.get("timestep")
         spec = _basis_spec(args, k=basis.k, timestep=timestep)
+        if not service.adopt_basis(spec, basis, x_t, load_calibration(args.basis, basis.k)):
+            raise InputError(
+                f"{args.basis} was computed at another point (see its meta.json: seed, timestep, prompt, steps); "
+                "pass the same settings, or apply a direction elsewhere with transport and --vector"
+            )
+        # a file written before ranges existed is calibrated here (discover finds its basis adopted)
+        values = _parse_directions(args.direction, lambda: service.discover(spec).travel)
         import torch
 
         sliders = torch.zeros(basis.k)
@@ -146,11 +182,6 @@ def _edit(args: argparse.Namespace) -> None:
             if not 0 <= index < basis.k:
                 raise InputError(f"direction index {index} is out of range: the basis has {basis.k} directions (0..{basis.k - 1})")
             sliders[index] = check_strength(value, f"strength of direction {index}")
-        if not service.adopt_basis(spec, basis, x_t):
-            raise InputError(
-                f"{args.basis} was computed at another point (see its meta.json: seed, timestep, prompt, steps); "
-                "pass the same settings, or apply a direction elsewhere with transport and --vector"
-            )
         direction, strength = combine(basis.v, sliders)
         if strength == 0.0:
             image = service.edit_vector(spec, basis.v[0], 0.0, args.mode, substeps=args.substeps)
@@ -193,16 +224,17 @@ def _list_directions(args: argparse.Namespace) -> None:
 
 def _save_direction(args: argparse.Namespace) -> None:
     items = args.direction
+    service, spec = _service(args), _basis_spec(args)
     if len(items) == 1 and "=" not in items[0]:
         try:
             made_of = {"index": int(items[0])}
         except ValueError:
             raise InputError(f"--direction takes INDEX or INDEX=STRENGTH, got {items[0]!r}") from None
     elif items:
-        made_of = {"strengths": _parse_directions(items)}
+        made_of = {"strengths": _parse_directions(items, lambda: service.discover(spec).travel)}
     else:
         raise InputError("give --direction I (one basis direction) or --direction I=S pairs (a slider edit)")
-    saved = _service(args).library.save(args.name, _basis_spec(args), overwrite=args.overwrite, **made_of)
+    saved = service.library.save(args.name, spec, overwrite=args.overwrite, **made_of)
     print(f"saved {saved.name!r} to {saved.path}")
 
 
@@ -269,6 +301,8 @@ def _sample_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", default="", help="text prompt (Stable Diffusion models only)")
     p.add_argument("--guidance", type=float, default=None, help=f"classifier-free guidance scale (default: the model's eigenface.json, else {DEFAULT_GUIDANCE})")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when present)")
+    p.add_argument("--boost", choices=list(BOOST_CHOICES), default="auto",
+                   help="quality boosting: stochastic steps with fixed noise for t <= 0.2 T (auto: on for pixel models, off for latent models like SD)")
 
 
 def _basis_args(p: argparse.ArgumentParser, edit_prompt: bool = True) -> None:
@@ -309,7 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     _sample_args(p)
     _basis_args(p, edit_prompt=False)  # --k: for --saved --transport and geodesic edits (--basis brings its own)
     p.add_argument("--basis", help="a basis.safetensors written by discover")
-    p.add_argument("--direction", action="append", default=[], metavar="I=S", help="direction index and strength (repeatable)")
+    p.add_argument("--direction", action="append", default=[], metavar="I=S",
+                   help="direction index and strength (repeatable); I=hi / I=lo: the ends of its calibrated range; "
+                        "I=0.5r: slider position 0.5 on that range (-1r .. 1r, evenly spaced in image change, as on the page)")
     p.add_argument("--vector", help="a .safetensors file holding a direction tensor 'v' of the sample shape")
     p.add_argument("--strength", type=float, help="strength for --vector")
     p.add_argument("--saved", metavar="NAME", help="a direction from the library (directions save)")
@@ -356,7 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("name")
     _sample_args(q)
     _basis_args(q)
-    q.add_argument("--direction", action="append", default=[], metavar="I or I=S", help="one basis direction I, or direction index and strength (repeatable)")
+    q.add_argument("--direction", action="append", default=[], metavar="I or I=S",
+                   help="one basis direction I, or direction index and strength (repeatable; I=hi, I=lo, I=0.5r as in edit)")
     q.add_argument("--overwrite", action="store_true", help="replace a direction of the same name")
     _library_arg(q)
     q.set_defaults(func=_save_direction)

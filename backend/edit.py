@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Callable, Literal, Sequence
 
 import torch
 from torch import Tensor
@@ -95,6 +95,10 @@ def guidance_edit(point: EditPoint, direction: Tensor, strength: float, substeps
     return x
 
 
+#: Warm-started basis rounds after each geodesic substep (priced by ``backend.budget``).
+GEODESIC_BASIS_ITERS = 2
+
+
 def geodesic_edit(point: EditPoint, direction: Tensor, strength: float, substeps: int) -> Tensor:
     """Small steps that re-estimate the local basis and parallel-transport the direction after
     each one (geometry.geodesic_shoot), starting from the basis at x."""
@@ -104,7 +108,7 @@ def geodesic_edit(point: EditPoint, direction: Tensor, strength: float, substeps
     try:
         path = geodesic_shoot(
             point.h_fn(), x, direction.to(x), strength * strength_scale(x.shape), substeps=substeps, k=point.basis.k,
-            basis=point.basis.to(x.device), basis_iters=2, final_basis=False, jvp_mode=point.jvp_mode,
+            basis=point.basis.to(x.device), basis_iters=GEODESIC_BASIS_ITERS, final_basis=False, jvp_mode=point.jvp_mode,
             generator=torch.Generator().manual_seed(0),
         )
     except ValueError as exc:
@@ -125,3 +129,9 @@ def apply_edit(point: EditPoint, direction: Tensor, strength: float, mode: str, 
     if mode not in EDITS:
         raise EditError(f"mode must be one of {', '.join(EDIT_MODES)}, got {mode!r}")
     return EDITS[mode](point, direction, strength, substeps or DEFAULT_SUBSTEPS[mode])
+
+
+def apply_edits(point: EditPoint, edits: Sequence[tuple[Tensor, float]], mode: str, substeps: int | None = None) -> Tensor:
+    """Several (unit direction, strength) edits of the same x_t, stacked (B, *sample_shape) on the
+    CPU, ready to be rendered as one batch; a zero strength is x_t itself, whatever the mode."""
+    return torch.stack([(point.x if strength == 0.0 else apply_edit(point, direction, strength, mode, substeps)).cpu() for direction, strength in edits])

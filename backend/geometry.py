@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
-from typing import Any, Callable
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Generator
 
 import torch
 from torch import Tensor
@@ -254,6 +254,21 @@ def geodesic_shoot(
     ``init`` and ``max_iters``.  Raises ValueError where transport finds no component of
     the direction in the new tangent space.
     """
+    check_shot(x, direction, length, substeps, basis_iters)
+    start = time.perf_counter()
+    x = x.detach()
+    if basis is None:
+        basis = local_basis(h_fn, x, k, **basis_kwargs)
+    update_kwargs = {**basis_kwargs, "max_iters": basis_iters}
+    shoot = shot(x, direction, length, substeps, k, basis, keep_bases, final_basis, step_callback)
+    request, path = advance_shot(shoot, None)
+    while path is None:
+        point, init = request
+        request, path = advance_shot(shoot, local_basis(h_fn, point, k, **{**update_kwargs, "init": init}))
+    return replace(path, seconds=time.perf_counter() - start)
+
+
+def check_shot(x: Tensor, direction: Tensor, length: float, substeps: int, basis_iters: int) -> None:
     if substeps < 1:
         raise ValueError(f"substeps must be >= 1, got {substeps}")
     if basis_iters < 1:
@@ -262,14 +277,38 @@ def geodesic_shoot(
         raise ValueError(f"direction must have x's shape {tuple(x.shape)}, got {tuple(direction.shape)}")
     if not math.isfinite(length):
         raise ValueError(f"length must be finite, got {length}")
-    start = time.perf_counter()
-    x = x.detach()
+
+
+#: What a shot asks for before each step: the basis at this point, warm-started from these rows.
+BasisRequest = tuple[Tensor, Tensor]
+
+
+def advance_shot(shot: Generator[BasisRequest, Basis, GeodesicPath], answer: Basis | None) -> tuple[BasisRequest | None, GeodesicPath | None]:
+    """Advance a shot by one basis (None: start it): its next request, or its path."""
+    try:
+        return (next(shot) if answer is None else shot.send(answer)), None
+    except StopIteration as stop:
+        return None, stop.value
+
+
+def shot(
+    x: Tensor,
+    direction: Tensor,
+    length: float,
+    substeps: int,
+    k: int,
+    basis: Basis,
+    keep_bases: bool,
+    final_basis: bool,
+    step_callback: Callable[[GeodesicStep], None] | None,
+) -> Generator[BasisRequest, Basis, GeodesicPath]:
+    """The steps of :func:`geodesic_shoot` as a coroutine: it yields (point, warm-start rows)
+    whenever it needs the basis at a new point and is sent that basis, so one caller can solve
+    the updates of many shots together. Its ``seconds`` is left 0 for the driver to fill in."""
     d = direction.detach().to(x)
     if length < 0:
         d, length = -d, -length
-    if basis is None:
-        basis = local_basis(h_fn, x, k, **basis_kwargs)
-    elif basis.k != min(k, x.numel()) or basis.v.shape[1:] != x.shape:
+    if basis.k != min(k, x.numel()) or basis.v.shape[1:] != x.shape:
         raise ValueError(f"basis must hold k={k} directions of shape {tuple(x.shape)}, got {tuple(basis.v.shape)}")
 
     v0 = _rows(basis.v).to(x)  # (k, n)
@@ -280,7 +319,6 @@ def geodesic_shoot(
     d = (d / norm).reshape(x.shape)
 
     step = length / substeps
-    update_kwargs = {**basis_kwargs, "max_iters": basis_iters}
     points, directions, kept = [x], [], [basis]
     for i in range(1, substeps + 1):
         directions.append(d)
@@ -290,7 +328,7 @@ def geodesic_shoot(
             x_next = points[-1] + step * d
             last = i == substeps and not (final_basis or keep_bases or step_callback is not None)
             # An edit only needs the end point: the basis there would be computed and never used.
-            next_basis = basis if last else local_basis(h_fn, x_next, k, **{**update_kwargs, "init": basis.v})
+            next_basis = basis if last else (yield x_next, basis.v)
             if i < substeps:  # the direction after the last step would go unused
                 image, _ = _image_in_span(d, basis)  # J_i d_i, exact: d_i lies in span(V_i)
                 d = transport(image, next_basis).to(x)
@@ -305,5 +343,5 @@ def geodesic_shoot(
         directions=torch.stack(directions),
         basis=basis,
         bases=tuple(kept) if keep_bases else (),
-        seconds=time.perf_counter() - start,
+        seconds=0.0,
     )

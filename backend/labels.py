@@ -12,16 +12,18 @@ from typing import Mapping
 
 from .cache import ByteLRU
 from .errors import InputError
-from .specs import BUILTIN_NAME, BasisSpec, Labeller, Renderer, basis_id
+from .slots import Slots
+from .specs import BUILTIN_NAME, BasisSpec, Labeller, Renderer, cache_key
 
 
 class DirectionNames:
     """Names kept in the service's cache (``cache``), so they share its byte bound."""
 
-    def __init__(self, renderer: Renderer, labellers: Mapping[str, Labeller], cache: ByteLRU):
+    def __init__(self, renderer: Renderer, labellers: Mapping[str, Labeller], cache: ByteLRU, slots: Slots):
         self.renderer = renderer
         self.labellers = dict(labellers)
         self.cache = cache
+        self.slots = slots  # labelling is heavy work: its renders run inside the heavy slot
 
     def available(self, model: str) -> bool:
         """Whether the directions of this model's bases can be named."""
@@ -36,13 +38,14 @@ class DirectionNames:
                 return None
             raise InputError(f"model {spec.sample.model!r} cannot name its directions: self-naming sliders need a model with known factors, like the built-in {BUILTIN_NAME!r}")
         if not compute:
-            return self.cache.get(("labels", *basis_id(spec, self.renderer.point(spec).timestep)))
+            return self.cache.get(cache_key("labels", spec, self.renderer.point(spec).timestep))
         result = self.renderer.discover(spec)
 
         def name_all() -> tuple[str, ...]:
-            names = tuple(str(name) for name in labeller(self.renderer, spec))
+            with self.slots.hold("heavy"):
+                names = tuple(str(name) for name in labeller(self.renderer, spec))
             if len(names) != result.basis.k:
                 raise RuntimeError(f"the labeller of {spec.sample.model!r} gave {len(names)} names for {result.basis.k} directions")
             return names
 
-        return self.cache.get_or_compute(("labels", *basis_id(spec, result.timestep)), name_all)[0]
+        return self.cache.get_or_compute(cache_key("labels", spec, result.timestep), name_all)[0]

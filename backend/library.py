@@ -20,15 +20,17 @@ from .edit import combine
 from .errors import InputError
 from .specs import BasisSpec, Renderer, SampleSpec, check_int, check_vector, slider_vector
 from .sampling import DEFAULT_GUIDANCE
-from .store import DirectionLibrary, SavedDirection
+from .quota import Quota
+from .store import VISITOR_KEY, DirectionLibrary, SavedDirection
 
 
 class Library:
     """Thread-safe: one visitor's save never interleaves with another's."""
 
-    def __init__(self, renderer: Renderer, root: str | Path):
+    def __init__(self, renderer: Renderer, root: str | Path, quota: Quota | None = None):
         self.renderer = renderer
         self.files = DirectionLibrary(root)
+        self.quota = quota or Quota("saved a direction")
         self._lock = threading.Lock()
 
     def save(
@@ -39,14 +41,20 @@ class Library:
         *,
         index: int | None = None,
         overwrite: bool = False,
+        visitor: str | None = None,
     ) -> SavedDirection:
         """Save the combined slider edit (``strengths``) or one basis direction (``index``) as ``name``.
 
-        An existing name is refused unless ``overwrite``: the web app's library is shared by its visitors.
+        An existing name is refused unless ``overwrite``: the web app's library is shared by its
+        visitors. A ``visitor``'s save (the web app's) counts against their :attr:`quota`, is
+        marked as theirs, and may evict the least recently used visitor's direction from a full
+        library; a save without one (the CLI, the host) is the host's, never evicted.
         """
         if (strengths is None) == (index is None):
             raise InputError("save either slider values or one direction index")
-        self.files.check_writable(name, overwrite)  # before the basis, which may take seconds
+        self.files.check_writable(name, overwrite, evict=visitor is not None)  # before the basis, which may take seconds
+        if visitor is not None:
+            self.quota.take(visitor)
         model = self.renderer.model(spec.sample.model)
         result = self.renderer.discover(spec)
         if index is not None:
@@ -63,15 +71,20 @@ class Library:
             "model": sample.model, "prompt": sample.prompt, "seed": sample.seed, "steps": sample.steps,
             "guidance_scale": model.settings.guidance_scale if sample.guidance_scale is None else sample.guidance_scale, "timestep": result.timestep, "k": result.basis.k,
             "edit_prompt": spec.edit_prompt or "", "shape": list(model.sample_shape), **made_of, "strength": round(strength, 6),
+            **({VISITOR_KEY: True} if visitor is not None else {}),
         }
         with self._lock:
-            return self.files.save(name, direction, provenance, overwrite=overwrite)
+            return self.files.save(name, direction, provenance, overwrite=overwrite, evict=visitor is not None)
 
     def delete(self, name: str) -> Path:
         """Remove a saved direction (CLI and library use: the web app's library is shared by its
         visitors, so the app offers no delete)."""
         with self._lock:
             return self.files.delete(name)
+
+    def source(self, name: str) -> BasisSpec:
+        """The basis a saved direction was found in (what transporting it needs besides this image's)."""
+        return saved_spec(name, self.files.provenance(name))
 
     def list(self) -> list[SavedDirection]:
         """The library's directions, by name (every model's: :meth:`vector` checks the fit)."""

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .cancel import watch
 from .errors import ModelError, first_line
 
 logger = logging.getLogger(__name__)
@@ -112,6 +113,9 @@ class DiffusionModel:
     tokenizer: object | None = None
     settings: EditSettings = field(default_factory=EditSettings)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __post_init__(self) -> None:
+        watch(self.unet)  # every forward checks the current cancellation token (backend.cancel)
 
     @property
     def conditional(self) -> bool:

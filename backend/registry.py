@@ -8,6 +8,7 @@ it while it is being built.
 
 from __future__ import annotations
 
+import logging
 import threading
 from pathlib import Path
 from typing import Mapping
@@ -15,6 +16,8 @@ from typing import Mapping
 from .errors import InputError, ModelError
 from .models import BUILTIN_MODEL, BUILTIN_TEXT_MODEL, DiffusionModel, EditSettings, load_model
 from .specs import BUILTIN_NAME, BUILTIN_TEXT_NAME
+
+logger = logging.getLogger(__name__)
 
 
 class ModelRegistry:
@@ -52,10 +55,19 @@ class ModelRegistry:
                 try:
                     model = load_model(source, device=self.device)
                 except ModelError as exc:
-                    raise InputError(str(exc)) from None
+                    raise self._refusal(name, exc) from None
                 model.name = name
                 self._loaded[name] = model
             return self._loaded[name]
+
+    def _refusal(self, name: str, exc: ModelError) -> InputError:
+        """The error for a model that cannot be loaded. Whoever may name any path (the CLI) sees
+        why; the web app's visitors chose a name from the host's allow-list, so they are not shown
+        the host's paths: the reason goes to the log."""
+        if self.allow_any:
+            return InputError(str(exc))
+        logger.error("allow-listed model %r could not be loaded: %s", name, exc)
+        return InputError(f"model {name!r} cannot be loaded on this server right now (the host's log says why)")
 
     def settings(self, name: str) -> EditSettings:
         """The model's recommended edit timestep, strength and seed, without loading a local checkpoint."""
@@ -64,7 +76,7 @@ class ModelRegistry:
             try:
                 return EditSettings.read(path)
             except ModelError as exc:
-                raise InputError(str(exc)) from None
+                raise self._refusal(name, exc) from None
         return self.get(name).settings
 
 

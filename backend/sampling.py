@@ -1,4 +1,4 @@
-"""Deterministic DDIM (eta = 0) sampling that keeps its trajectory.
+"""DDIM sampling that keeps its trajectory, with optional quality boosting at the end.
 
 An edit at timestep t only has to recompute the steps from t down to 0, so the path from the
 seed's noise to every x_t is kept. The DDIM update is written out here rather than taken from
@@ -6,6 +6,12 @@ seed's noise to every x_t is kept. The DDIM update is written out here rather th
 count, and Eigenface needs arbitrary sub-schedules (short previews that start exactly at the
 edit timestep). The noise schedule itself (betas, alphas_cumprod, timestep spacing) comes from
 the model's own scheduler object, so any diffusers config is honoured.
+
+Quality boosting (Kwon et al. 2023, Asyrp; the official Pullback code): the last part of the
+schedule (t <= 0.2 T) takes stochastic DDPM steps (eta = 1), whose fresh noise lets the model
+wash out the speckle an edit leaves; its noise is drawn from the sample's seed and the step's
+timestep, the same for every image of a batch, so an edit gives the same image every time and
+the unedited image shares its noise (:class:`Boost`).
 """
 
 from __future__ import annotations
@@ -38,6 +44,18 @@ class Trajectory:
     @property
     def x0(self) -> Tensor:
         return self.latents[-1]
+
+
+@dataclass(frozen=True)
+class Boost:
+    """Stochastic (eta = 1) steps for timesteps t <= ``until`` * T, with noise fixed by ``seed``."""
+
+    seed: int
+    until: float = 0.2  # the official code's switch point on pixel models
+
+    def noise(self, t: int, shape: Sequence[int]) -> Tensor:
+        """The step's noise: one draw per (seed, timestep), on the CPU like the initial noise."""
+        return torch.randn(tuple(shape), generator=torch.Generator().manual_seed((self.seed * 1_000_003 + t) % 2**63))
 
 
 @dataclass(frozen=True)
@@ -161,6 +179,15 @@ def ddim_step(noise: NoiseSchedule, x: Tensor, output: Tensor, t: int, t_prev: i
     return a_prev**0.5 * x0 + (1 - a_prev) ** 0.5 * eps
 
 
+def ddpm_step(noise: NoiseSchedule, x: Tensor, output: Tensor, t: int, t_prev: int, z: Tensor) -> Tensor:
+    """One stochastic update x_t -> x_{t_prev} with eta = 1 (DDIM eq. 12 with sigma_t at its DDPM
+    value), adding the given standard-normal noise ``z``."""
+    x0, eps = predict_x0(noise, x, output, t)
+    a, a_prev = noise.alpha(t), noise.alpha(t_prev)
+    sigma = ((1 - a_prev) / (1 - a) * (1 - a / a_prev)) ** 0.5
+    return a_prev**0.5 * x0 + max(1 - a_prev - sigma**2, 0.0) ** 0.5 * eps + sigma * z.to(x)
+
+
 def initial_noise(model: DiffusionModel, seed: int) -> Tensor:
     """x_T for a seed, drawn on the CPU so that every device starts from the same noise."""
     return torch.randn(model.sample_shape, generator=torch.Generator().manual_seed(seed))
@@ -174,26 +201,44 @@ def denoise(
     cond: Conditioning | None = None,
     guidance_scale: float = DEFAULT_GUIDANCE,
     on_step: Callable[[int, Tensor], None] | None = None,
+    boost: Boost | None = None,
 ) -> Tensor:
-    """Run DDIM from x (B, *sample_shape) at timesteps[0] through every listed timestep to x_0."""
+    """Run DDIM from x (B, *sample_shape) at timesteps[0] through every listed timestep to x_0
+    (with ``boost``, stochastic steps at its timesteps)."""
     noise = NoiseSchedule.from_config(model.scheduler_config)
     x = x.to(model.device, torch.float32)
     for i, t in enumerate(timesteps):
         t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
         with model.autocast():
             output = guided_output(model, x, t, cond, guidance_scale)
-        x = ddim_step(noise, x, output, t, t_prev)
+        if boost is not None and t <= boost.until * model.num_train_timesteps:
+            x = ddpm_step(noise, x, output, t, t_prev, boost.noise(t, x.shape[1:]))
+        else:
+            x = ddim_step(noise, x, output, t, t_prev)
         if on_step is not None:
             on_step(i, x)
     return x
 
 
-def sample_trajectory(model: DiffusionModel, seed: int, steps: int = DEFAULT_STEPS, cond: Conditioning | None = None, guidance_scale: float = DEFAULT_GUIDANCE) -> Trajectory:
-    """Sample from the seed's noise and keep x at every timestep of the schedule."""
+def render(
+    model: DiffusionModel, x: Tensor, timesteps: Sequence[int], cond: Conditioning | None = None, guidance_scale: float = DEFAULT_GUIDANCE, boost: Boost | None = None
+) -> Tensor:
+    """x (B, *sample_shape) at timesteps[0] -> images (B, 3, H, W) in [0, 1] on the CPU: DDIM to
+    x_0 (with ``boost``, quality boosting), then the VAE for latent models. The one way an edit
+    or a batch of samples becomes pixels."""
+    return model.decode(denoise(model, x, timesteps, cond, guidance_scale, boost=boost))
+
+
+def sample_trajectory(
+    model: DiffusionModel, seed: int, steps: int = DEFAULT_STEPS, cond: Conditioning | None = None, guidance_scale: float = DEFAULT_GUIDANCE, boost: bool = False
+) -> Trajectory:
+    """Sample from the seed's noise and keep x at every timestep of the schedule (``boost``:
+    quality boosting with the seed's noise, :class:`Boost`)."""
     timesteps = schedule(model, steps)
     x_T = initial_noise(model, seed)
     latents = [x_T]
-    denoise(model, x_T[None], timesteps, cond, guidance_scale, on_step=lambda _, x: latents.append(x[0].float().cpu()))
+    on_step = lambda _, x: latents.append(x[0].float().cpu())  # noqa: E731
+    denoise(model, x_T[None], timesteps, cond, guidance_scale, on_step=on_step, boost=Boost(seed) if boost else None)
     return Trajectory(timesteps, torch.stack(latents))
 
 

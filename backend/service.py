@@ -24,9 +24,10 @@ from PIL import Image
 from torch import Tensor
 
 from .basis import MAX_K, Basis, BasisProgress
+from .budget import Budget
 from .cache import ByteLRU
 from .concepts import Alignment, align, concept_change
-from .edit import EDIT_MODES, EditPoint, apply_edit, combine
+from .edit import EDIT_MODES, EditPoint, apply_edits, combine
 from .errors import EditError, InputError
 from .geometry import grassmann_distance, transport_direction
 from .hspace import model_basis
@@ -34,8 +35,13 @@ from .images import image_grid, to_pil
 from .labels import DirectionNames
 from .library import Library
 from .models import Conditioning, DiffusionModel, EditSettings
+from .paths import edits_on_paths
+from .precompute import PathPrecompute
+from .quota import SAVE_INTERVAL_S, SAVES_PER_VISITOR, Quota
+from .ranges import Calibration, calibrate, hf_limit
 from .registry import ModelRegistry, builtin_models
-from .sampling import Trajectory, denoise, sample_trajectory, sub_schedule
+from .sampling import Boost, Trajectory, render, sample_trajectory, sub_schedule
+from .slots import Slots
 from .specs import (
     BUILTIN_NAME,
     MAX_SEED,
@@ -44,12 +50,12 @@ from .specs import (
     BasisSpec,
     Labeller,
     SampleSpec,
-    basis_id,
+    cache_key,
     check_int,
     check_strength,
     check_vector,
     pairs,
-    parse_timestep,
+    timestep_index,
     slider_vector,
     unit,
 )
@@ -74,6 +80,15 @@ class ServiceConfig:
     #: Model name -> labeller (self-naming sliders); the host registers them (the app and the
     #: CLI register the cat-people labeller for the built-in model: backend.catpeople.semantics).
     labellers: Mapping[str, Labeller] = field(default_factory=dict)
+    budget: int | None = None  # most U-Net evaluations per request (backend.budget); None: no limit
+    heavy_slots: int = 1  # bases, trajectories, labellings computed at once (backend.slots)
+    render_slots: int = 2  # denoising batches run at once
+    saves_per_visitor: int = SAVES_PER_VISITOR  # web visitors' saves to the shared library (backend.quota)
+    save_interval_s: float = SAVE_INTERVAL_S
+    #: Quality boosting (stochastic steps at t <= 0.2 T, sampling.Boost): None = on for pixel
+    #: models, where it measurably cleans the ends of the sliders (BENCHMARKS.md), off for latent
+    #: models (the official code leaves it off on Stable Diffusion); True / False force it.
+    boost: bool | None = None
 
 
 class EigenfaceService:
@@ -83,8 +98,11 @@ class EigenfaceService:
         self.config = config or ServiceConfig()
         self.models = ModelRegistry(self.config.models, allow_any=self.config.allow_any_model, device=self.config.device)
         self.cache = ByteLRU(self.config.cache_bytes)
-        self.labels = DirectionNames(self, self.config.labellers, self.cache)
-        self.library = Library(self, self.config.library_dir)
+        self.slots = Slots(self.config.heavy_slots, self.config.render_slots)
+        self.budget = Budget(self.models, self.cache, self.config.budget)
+        self.labels = DirectionNames(self, self.config.labellers, self.cache, self.slots)
+        self.library = Library(self, self.config.library_dir, Quota("saved a direction", self.config.saves_per_visitor, self.config.save_interval_s))
+        self.paths = PathPrecompute(self, self.cache, chunk_size=self.config.basis_chunk_size)
         self._chunks: dict[str, int] = {}  # per model: the basis chunk size that fit after an out-of-memory
         self._chunks_lock = threading.Lock()
 
@@ -120,10 +138,8 @@ class EigenfaceService:
         return model.settings.guidance_scale if spec.guidance_scale is None else spec.guidance_scale
 
     def resolve_timestep(self, model: DiffusionModel, timesteps: Sequence[int], value: int | float | str | None) -> int:
-        """Index into the schedule of the point nearest a training timestep (int) or a fraction of T
-        (float); None is the model's own setting (``eigenface.json``, else 0.6 T)."""
-        t = parse_timestep(model.settings.timestep if value is None else value, model.num_train_timesteps)
-        return int(np.argmin([abs(s - t) for s in timesteps]))
+        """:func:`~backend.specs.timestep_index` (the budget prices with the same)."""
+        return timestep_index(model, timesteps, value)
 
     def _check_edit(self, spec: BasisSpec, mode: str, substeps: int | None, preview_steps: int | None) -> DiffusionModel:
         """Refuse bad edit options before any basis is computed for them."""
@@ -139,7 +155,14 @@ class EigenfaceService:
 
     # ----------------------------------------------------------------------------- sampling
     def _cached(self, key: Hashable, compute: Callable[[], Any]) -> tuple[Any, bool]:
-        return self.cache.get_or_compute(key, compute)
+        """The cached value, or ``compute()`` in the heavy slot (a hit takes no slot): what is
+        cached is what is expensive (trajectories, bases, concept alignments)."""
+
+        def in_slot() -> Any:
+            with self.slots.hold("heavy"):
+                return compute()
+
+        return self.cache.get_or_compute(key, in_slot)
 
     def conditioning(self, model: DiffusionModel, prompt: str | None) -> Conditioning | None:
         if not model.conditional:
@@ -149,7 +172,12 @@ class EigenfaceService:
     def trajectory(self, spec: SampleSpec) -> Trajectory:
         model = self.check_sample(spec)
         cond = self.conditioning(model, spec.prompt)
-        return self._cached(("trajectory", spec), lambda: sample_trajectory(model, spec.seed, spec.steps, cond, self.guidance(model, spec)))[0]
+        boost = self.boosted(model)
+        return self._cached(("trajectory", spec), lambda: sample_trajectory(model, spec.seed, spec.steps, cond, self.guidance(model, spec), boost))[0]
+
+    def boosted(self, model: DiffusionModel) -> bool:
+        """Whether this model's images take quality-boosting steps (ServiceConfig.boost)."""
+        return model.vae is None if self.config.boost is None else self.config.boost
 
     def generate(self, spec: SampleSpec) -> Image.Image:
         model = self.check_sample(spec)
@@ -181,8 +209,23 @@ class EigenfaceService:
             basis = self._basis(model, point.x_t, point.timestep, cond, spec.k, progress)
             return basis.to("cpu"), time.perf_counter() - start
 
-        (basis, seconds), cached = self._cached(("basis", *basis_id(spec, point.timestep)), compute)
-        return BasisResult(basis, point.x_t, point.timestep, point.index, 0.0 if cached else seconds, cached, tuple(warnings))
+        (basis, seconds), cached = self._cached(cache_key("basis", spec, point.timestep), compute)
+        calibration = self.calibration(spec, basis, point)
+        return BasisResult(
+            basis, point.x_t, point.timestep, point.index, 0.0 if cached else seconds, cached, tuple(warnings), calibration.ranges, calibration.travel
+        )
+
+    def calibration(self, spec: BasisSpec, basis: Basis, point: BasisResult) -> Calibration:
+        """Each direction's valid range and even-travel map (backend/ranges.py), cached beside the basis."""
+        model = self.check_sample(spec.sample)
+        cond = self.conditioning(model, spec.sample.prompt)
+
+        limit = hf_limit(point.timestep / model.num_train_timesteps, self.boosted(model))
+
+        def compute() -> Calibration:
+            return calibrate(model, point.x_t, point.timestep, basis.v, cond, self.guidance(model, spec.sample), limit=limit)
+
+        return self._cached(cache_key("ranges", spec, point.timestep), compute)[0]
 
     def _basis(self, model: DiffusionModel, x_t: Tensor, t: int, cond: Conditioning | None, k: int, progress) -> Basis:
         """:func:`~backend.hspace.model_basis`, starting at the chunk size that last fit this model."""
@@ -200,12 +243,17 @@ class EigenfaceService:
                 self._chunks[model.name] = min(fitted, self._chunks.get(model.name, fitted))
         return basis
 
-    def adopt_basis(self, spec: BasisSpec, basis: Basis, x_t: Tensor) -> bool:
-        """Use a saved basis for ``spec`` if it was computed at this very x_t (else recompute later)."""
+    def adopt_basis(self, spec: BasisSpec, basis: Basis, x_t: Tensor, calibration: Calibration | None = None) -> bool:
+        """Use a saved basis for ``spec`` if it was computed at this very x_t (else recompute later).
+
+        ``calibration``: its saved ranges, if the file had them (else they are computed when needed).
+        """
         point = self.point(spec)
         if basis.k != spec.k or x_t.shape != point.x_t.shape or not torch.equal(x_t, point.x_t):
             return False
-        self.cache.put(("basis", *basis_id(spec, point.timestep)), (basis, 0.0))
+        self.cache.put(cache_key("basis", spec, point.timestep), (basis, 0.0))
+        if calibration is not None and len(calibration.ranges) == basis.k:
+            self.cache.put(cache_key("ranges", spec, point.timestep), calibration)
         return True
 
     # ----------------------------------------------------------------------------- geometry
@@ -259,7 +307,7 @@ class EigenfaceService:
             except ValueError as exc:
                 raise InputError(str(exc)) from None
 
-        return self._cached(("concept", *basis_id(spec, result.timestep), concept, space), compute)[0], result
+        return self._cached(cache_key("concept", spec, result.timestep, concept, space), compute)[0], result
 
     def edit_concept(self, spec: BasisSpec, concept: str, strength: float, strengths: Mapping[int, float] | Sequence[float] = (), mode: str = "direct", *, space: str = "x", substeps: int | None = None, preview_steps: int | None = None) -> Image.Image:
         """The slider edit plus a move toward (strength > 0) or away from a text concept (:meth:`find_concept`)."""
@@ -300,7 +348,9 @@ class EigenfaceService:
             direction, strength = combine(torch.cat(rows), torch.cat(weights))
         else:
             direction, strength = torch.zeros(model.sample_shape), 0.0
-        return self._render_batch(spec, result, [(direction, strength)], mode, substeps, preview_steps)[0]
+        moved = values.nonzero().flatten().tolist()
+        slider = (moved[0], float(values[moved[0]])) if len(moved) == 1 and not extra else None
+        return self._render_batch(spec, result, [(direction, strength)], mode, substeps, preview_steps, [slider])[0]
 
     def edit_vector(self, spec: BasisSpec, vector: Tensor, strength: float, mode: str = "direct", *, substeps: int | None = None, preview_steps: int | None = None) -> Image.Image:
         """The image after moving x_t by ``strength`` along any direction of the sample shape."""
@@ -328,37 +378,50 @@ class EigenfaceService:
         edits = pairs(edits, "edits")
         uses_basis = mode == "geodesic" or any(not isinstance(d, Tensor) for d, _ in edits)
         result = self.discover(spec) if uses_basis else self.point(spec)
-        moves = []
+        moves, sliders = [], []
         for d, strength in edits:
+            strength = check_strength(strength)
             if isinstance(d, Tensor):
-                v = unit(check_vector(d, model.sample_shape))
+                moves.append((unit(check_vector(d, model.sample_shape)), strength))
+                sliders.append(None)
             else:
-                v = result.basis.v[check_int("direction index", d, 0, result.basis.k - 1)]
-            moves.append((v, check_strength(strength)))
+                index = check_int("direction index", d, 0, result.basis.k - 1)
+                moves.append((result.basis.v[index], strength))
+                sliders.append((index, strength))
         images: list[Image.Image] = []
         for first in range(0, len(moves), batch_size):
-            images += self._render_batch(spec, result, moves[first : first + batch_size], mode, substeps, preview_steps)
+            part = slice(first, first + batch_size)
+            images += self._render_batch(spec, result, moves[part], mode, substeps, preview_steps, sliders[part])
         return images
 
-    def _render_batch(self, spec: BasisSpec, result: BasisResult, edits: Sequence[tuple[Tensor, float]], mode: str, substeps: int | None, preview_steps: int | None) -> list[Image.Image]:
-        """Checked unit directions and strengths -> edited x_t's, denoised together."""
+    def edit_point(self, spec: BasisSpec, result: BasisResult) -> EditPoint:
+        """Where ``spec``'s edits start: x_t, its basis, and the Jacobian's conditioning."""
+        model = self.check_sample(spec.sample)
+        jac_cond = self.conditioning(model, spec.edit_prompt or spec.sample.prompt)
+        return EditPoint(model, result.x_t, result.timestep, None if jac_cond is None else jac_cond.cond, result.basis, self.config.jvp_mode)
+
+    def _render_batch(
+        self, spec: BasisSpec, result: BasisResult, edits: Sequence[tuple[Tensor, float]], mode: str, substeps: int | None, preview_steps: int | None,
+        sliders: Sequence[tuple[int, float] | None],
+    ) -> list[Image.Image]:
+        """Checked unit directions and strengths -> edited x_t's, denoised together.
+
+        ``sliders``: per edit, (basis index, signed strength) when it moves one basis direction.
+        Geodesic edits without explicit substeps go through the basis's cached paths
+        (:attr:`paths`) once they are ready (:func:`~backend.paths.edits_on_paths`).
+        """
         model = self.check_sample(spec.sample)
         traj = self.trajectory(spec.sample)
         cond = self.conditioning(model, spec.sample.prompt)
-        jac_cond = self.conditioning(model, spec.edit_prompt or spec.sample.prompt)
-        point = EditPoint(model, result.x_t, result.timestep, None if jac_cond is None else jac_cond.cond, result.basis, self.config.jvp_mode)
-        xs = []
-        for direction, strength in edits:
-            if strength == 0.0:
-                xs.append(result.x_t)
-                continue
+        point = self.edit_point(spec, result)
+        paths = self.paths.cached(spec, result) if mode == "geodesic" and substeps is None and result.basis.k else None
+        with self.slots.hold("render"):  # the basis, if any, was found (in the heavy slot) before
             try:
-                xs.append(apply_edit(point, direction, strength, mode, substeps).cpu())
+                xs = apply_edits(point, edits, mode, substeps) if paths is None else edits_on_paths(point, paths, edits, sliders)
             except EditError as exc:
                 raise InputError(str(exc)) from None
-        timesteps = sub_schedule(traj.timesteps, result.index, preview_steps)
-        x0 = denoise(model, torch.stack(xs), timesteps, cond, self.guidance(model, spec.sample))
-        return to_pil(model.decode(x0))
+            boost = Boost(spec.sample.seed) if self.boosted(model) else None
+            return to_pil(render(model, xs, sub_schedule(traj.timesteps, result.index, preview_steps), cond, self.guidance(model, spec.sample), boost))
 
     def strip(self, spec: BasisSpec, index: int, strengths: Sequence[float], mode: str = "direct", *, preview_steps: int | None = None) -> list[Image.Image]:
         """Edits along one direction at several strengths, rendered in batches (an atlas row)."""

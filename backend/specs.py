@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Callable, Hashable, Mapping, Protocol, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
 
-from .basis import Basis, BasisProgress
+from .basis import MAX_K, Basis, BasisProgress
 from .errors import InputError
 from .models import DiffusionModel, EditSettings
 from .sampling import DEFAULT_STEPS
@@ -33,6 +33,8 @@ BUILTIN_NAME = "catpeople"
 BUILTIN_TEXT_NAME = "catpeople-text"
 #: Largest |strength| accepted: ten times the noise's own scale is already far off the data.
 MAX_STRENGTH = 10.0
+#: Denoising steps of the quick image shown while a slider is being dragged (the page and the load test's check).
+PREVIEW_STEPS = 5
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,11 @@ class BasisResult:
     seconds: float  # time spent on the basis (0 when served from the cache)
     cached: bool
     warnings: tuple[str, ...] = ()
+    #: Per direction, the calibrated valid range (lo, hi), strength units, lo < 0 < hi
+    #: (backend/ranges.py); empty for a result without a basis.
+    ranges: tuple[tuple[float, float], ...] = ()
+    #: Per direction, strengths at evenly spaced slider positions u = -1 .. 1 (ranges.strength_at).
+    travel: tuple[tuple[float, ...], ...] = ()
 
 
 class Renderer(Protocol):
@@ -98,12 +105,58 @@ def basis_id(spec: BasisSpec, t: int) -> tuple:
     return (spec.sample, t, spec.k, spec.edit_prompt or None)
 
 
+def cache_key(kind: str, spec: BasisSpec, t: int, *extra: Hashable) -> tuple:
+    """The cache key of a basis ("basis") or of what is derived from it ("labels", "concept"):
+    the service stores under it and the budget looks it up to price only what is missing."""
+    return (kind, *basis_id(spec, t), *extra)
+
+
+def timestep_index(model: DiffusionModel, timesteps: Sequence[int], value: int | float | str | None) -> int:
+    """Index into the schedule of the point nearest a training timestep (int) or a fraction of T
+    (float); None is the model's own setting (``eigenface.json``, else 0.6 T)."""
+    t = parse_timestep(model.settings.timestep if value is None else value, model.num_train_timesteps)
+    return int(np.argmin([abs(s - t) for s in timesteps]))
+
+
+# --------------------------------------------------------------------------------- page ranges
+@dataclass(frozen=True)
+class Range:
+    """A setting's allowed values: the page's control shows exactly these, and every public
+    endpoint refuses what lies outside (a program gets no more than a visitor)."""
+
+    low: float
+    high: float
+    step: float = 1
+
+    def check(self, name: str, value: float) -> float:
+        if not self.low <= value <= self.high:
+            raise InputError(f"{name} must be within [{self.low:g}, {self.high:g}] (the page's range), got {value:g}")
+        return value
+
+
+#: The page's ranges of the basis settings, shared by its sliders (ui.explore) and the API checks (ui.editor).
+PAGE_RANGES: dict[str, Range] = {
+    "timestep": Range(0.05, 1.0, 0.01),
+    "k": Range(1, MAX_K, 1),
+    "steps": Range(2, 100, 1),
+}
+
+
 # --------------------------------------------------------------------------------- checks
+def describe(value: Any, limit: int = 40) -> str:
+    """A short repr for a message; safe for any value (an int past Python's digit limit has no repr)."""
+    try:
+        text = repr(value)
+    except ValueError:
+        return f"an integer of about {int(value.bit_length() * 0.30103)} digits"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def check_int(name: str, value: Any, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise InputError(f"{name} must be an integer, got {value!r}")
+        raise InputError(f"{name} must be an integer, got {describe(value)}")
     if not low <= value <= high:
-        raise InputError(f"{name} must be within [{low}, {high}], got {value}")
+        raise InputError(f"{name} must be within [{low}, {high}], got {describe(value)}")
     return int(value)
 
 

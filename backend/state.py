@@ -42,7 +42,7 @@ from .basis import MAX_K
 from .edit import EDIT_MODES
 from .errors import InputError
 from .sampling import DEFAULT_STEPS
-from .specs import BUILTIN_NAME, DEFAULT_K, DEFAULT_TIMESTEP, MAX_SEED, MAX_STEPS, MAX_STRENGTH, BasisSpec, SampleSpec
+from .specs import BUILTIN_NAME, DEFAULT_K, DEFAULT_TIMESTEP, MAX_SEED, MAX_STEPS, MAX_STRENGTH, BasisSpec, SampleSpec, describe
 
 SCHEMA_VERSION = 1
 #: Largest edit file accepted: a full state with 64 sliders and a long prompt is under 4 kB.
@@ -139,14 +139,10 @@ class EditState:
         if len(text) > MAX_JSON_BYTES:
             raise InputError(f"edit file is {len(text) / 1024:.0f} kB; the limit is {MAX_JSON_BYTES // 1024} kB")
         try:
-            data = json.loads(bytes(text).decode("utf-8"), parse_constant=_reject_constant)
+            text = bytes(text).decode("utf-8")
         except UnicodeDecodeError:
             raise InputError("edit file is not UTF-8 text") from None
-        except json.JSONDecodeError as exc:
-            raise InputError(f"edit file is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
-        except RecursionError:
-            raise InputError("edit file is nested too deeply") from None
-        return cls.from_dict(data)
+        return cls.from_dict(load_json(text, "edit file"))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "EditState":
@@ -219,10 +215,7 @@ def parse_sliders(values: Any, k: int) -> tuple[float, ...]:
             return ()
         if len(text) > MAX_JSON_BYTES:
             raise InputError(f"slider values are {len(text) / 1024:.0f} kB of text; the limit is {MAX_JSON_BYTES // 1024} kB")
-        try:
-            values = json.loads(text, parse_constant=_reject_constant)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"slider values must be a JSON list like [0.4, 0, -0.3] or an object like {{\"0\": 0.4}}: {exc.msg}") from None
+        values = load_json(text, "slider values", 'must be a JSON list like [0.4, 0, -0.3] or an object like {"0": 0.4}: ')
     if isinstance(values, np.ndarray):
         values = values.tolist()
     out = [0.0] * k
@@ -244,8 +237,27 @@ def parse_sliders(values: Any, k: int) -> tuple[float, ...]:
     return tuple(out)
 
 
+def load_json(text: str, what: str, expected: str = "are not valid JSON: ") -> Any:
+    """JSON from a stranger: every way :func:`json.loads` can fail becomes an InputError naming ``what``.
+
+    Besides malformed text, that is nesting deeper than Python's recursion limit (RecursionError)
+    and integers longer than ``sys.get_int_max_str_digits()`` (a ValueError that is not a
+    JSONDecodeError); NaN and Infinity are refused too.
+    """
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{what} {expected}{exc.msg} (line {exc.lineno}, column {exc.colno})") from None
+    except RecursionError:
+        raise InputError(f"{what}: nested too deeply to read") from None
+    except InputError:  # NaN or Infinity, refused by _reject_constant
+        raise
+    except ValueError:  # "Exceeds the limit (4300 digits) for integer string conversion"
+        raise InputError(f"{what}: a number has too many digits") from None
+
+
 def _index(key: Any, k: int) -> int:
-    if isinstance(key, str) and re.fullmatch(r"\d{1,3}", key.strip()):
+    if isinstance(key, str) and re.fullmatch(r"[0-9]{1,3}", key.strip()):
         key = int(key)
     if isinstance(key, bool) or not isinstance(key, (int, np.integer)):
         raise InputError(f"a slider index must be a whole number, got {key!r}")
@@ -267,8 +279,11 @@ def as_number(name: str, value: Any) -> float:
     if value is None or value == "":
         raise InputError(f"{name} is empty")
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise InputError(f"{name} must be a number, got {_describe(value)}")
-    value = float(value)
+        raise InputError(f"{name} must be a number, got {describe(value)}")
+    try:
+        value = float(value)
+    except OverflowError:  # an int beyond the float range
+        raise InputError(f"{name} must be a finite number, got {describe(value)}") from None
     if not math.isfinite(value):
         raise InputError(f"{name} must be a finite number, got {value}")
     return value
@@ -276,9 +291,9 @@ def as_number(name: str, value: Any) -> float:
 
 def _check_int(name: str, value: Any, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise InputError(f"{name} must be a whole number, got {_describe(value)}")
+        raise InputError(f"{name} must be a whole number, got {describe(value)}")
     if not low <= value <= high:
-        raise InputError(f"{name} must be within [{low}, {high}], got {value}")
+        raise InputError(f"{name} must be within [{low}, {high}], got {describe(value)}")
     return int(value)
 
 
@@ -291,26 +306,28 @@ def _check_timestep(value: Any) -> float:
 
 def _check_mode(value: Any) -> str:
     if not isinstance(value, str) or value not in EDIT_MODES:
-        raise InputError(f"mode must be one of {', '.join(EDIT_MODES)}, got {_describe(value)}")
+        raise InputError(f"mode must be one of {', '.join(EDIT_MODES)}, got {describe(value)}")
     return value
 
 
 def _check_prompt(value: Any) -> str:
     if not isinstance(value, str):
-        raise InputError(f"prompt must be text, got {_describe(value)}")
+        raise InputError(f"prompt must be text, got {describe(value)}")
     if len(value) > MAX_PROMPT_CHARS:
         raise InputError(f"prompt is {len(value)} characters long; the limit is {MAX_PROMPT_CHARS}")
     return value
 
 
 def _int_from_text(name: str, text: str) -> int:
-    if not re.fullmatch(r"\d{1,19}", text):
+    if not re.fullmatch(r"[0-9]{1,19}", text):
         raise InputError(f"{name} must be a whole number, got {text[:40]!r}")
     return int(text)
 
 
 def _float_from_text(name: str, text: str) -> float:
     try:
+        if not text.isascii():  # float() reads "߁" as 1: a link holds ASCII digits only
+            raise ValueError(text)
         value = float(text)
     except ValueError:
         raise InputError(f"{name} must be a number, got {text[:40]!r}") from None
@@ -322,7 +339,7 @@ def _sliders_from_query(text: str) -> dict[int, float]:
     out: dict[int, float] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         index, sep, value = part.partition(":")
-        if not sep or not re.fullmatch(r"\d{1,3}", index.strip()):
+        if not sep or not re.fullmatch(r"[0-9]{1,3}", index.strip()):
             raise InputError(f"slider values in a link look like s=0:0.4,2:-0.3; got {part[:40]!r}")
         out[int(index)] = _float_from_text(f"strength of direction {index.strip()}", value.strip())
     return out
@@ -335,7 +352,3 @@ def _reject_constant(name: str) -> float:
 def _format(value: float) -> str:
     return f"{value:.{DECIMALS}g}"
 
-
-def _describe(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from .basis import Basis
 from .errors import InputError
+from .ranges import Calibration
 
 #: Names of saved directions: they become file names, so no separators, no leading dot and no
 #: trailing space or dot (which some file systems drop, so two names would share one file).
@@ -28,13 +29,20 @@ MAX_FILE_BYTES = 512 << 20
 #: Most directions a library holds: the web app lets anyone save, so the folder must not grow
 #: without bound (a 64 px direction is 48 kB, an SD latent one 64 kB).
 MAX_LIBRARY_ENTRIES = 1000
+#: Provenance key marking a direction a web visitor saved. Only those may be evicted; anything
+#: else was placed by the host (the CLI, a copied file) and is read-only to visitors.
+VISITOR_KEY = "saved_by_visitor"
 
 
-def save_basis(directory: str | Path, basis: Basis, x_t: Tensor, meta: dict) -> Path:
-    """DIR/basis.safetensors (v, u, sigma, x_t as float32) and DIR/meta.json."""
+def save_basis(directory: str | Path, basis: Basis, x_t: Tensor, meta: dict, calibration: Calibration | None = None) -> Path:
+    """DIR/basis.safetensors (v, u, sigma, x_t as float32; with a calibration also ``range``
+    (k, 2) and ``travel``) and DIR/meta.json (with a calibration, ``"range": [[lo, hi], ...]``)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {"v": basis.v, "u": basis.u, "sigma": basis.sigma, "x_t": x_t}
+    if calibration is not None:
+        tensors.update(range=torch.tensor(calibration.ranges), travel=torch.tensor(calibration.travel))
+        meta = {**meta, "range": [[round(lo, 6), round(hi, 6)] for lo, hi in calibration.ranges]}
     save_file({k: t.detach().float().contiguous().cpu() for k, t in tensors.items()}, directory / "basis.safetensors")
     (directory / "meta.json").write_text(json.dumps(meta, indent=2))
     return directory / "basis.safetensors"
@@ -50,6 +58,21 @@ def load_basis(path: str | Path) -> tuple[Basis, Tensor, dict]:
         raise InputError(f"{path}: v, u and sigma disagree on k ({v.shape[0]}, {u.shape[0]}, {tuple(sigma.shape)})")
     basis = Basis(sigma, v, u, int(meta.get("iterations", 0)), bool(meta.get("converged", True)))
     return basis, tensors["x_t"], meta
+
+
+def load_calibration(path: str | Path, k: int) -> Calibration | None:
+    """The ranges saved in a basis file, or None for a file written before they existed (or a
+    malformed pair of tensors: the caller then calibrates again)."""
+    with safe_open(str(path), "pt") as handle:
+        names = set(handle.keys())
+        if not {"range", "travel"} <= names:
+            return None
+        ranges, travel = handle.get_tensor("range").double(), handle.get_tensor("travel").double()
+    if ranges.shape != (k, 2) or travel.ndim != 2 or travel.shape[0] != k or travel.shape[1] < 3 or not torch.isfinite(travel).all():
+        return None
+    if not ((ranges[:, 0] < 0).all() and (ranges[:, 1] > 0).all() and (travel.diff(dim=1) >= 0).all()):
+        return None
+    return Calibration(tuple((float(lo), float(hi)) for lo, hi in ranges.tolist()), tuple(tuple(row) for row in travel.tolist()))
 
 
 def save_direction(path: str | Path, v: Tensor, provenance: dict) -> Path:
@@ -120,7 +143,13 @@ class SavedDirection:
 
 
 class DirectionLibrary:
-    """A folder of named directions: ``<name>.safetensors`` each, provenance inside."""
+    """A folder of named directions: ``<name>.safetensors`` each, provenance inside.
+
+    Messages name directions, never the folder: the web app shows them to strangers. A file's
+    modification time is its last use (saving or loading touches it), so when the library is
+    full a visitor's save replaces the least recently used visitor's direction; the host's
+    directions are never evicted.
+    """
 
     def __init__(self, root: str | Path, max_entries: int = MAX_LIBRARY_ENTRIES):
         self.root = Path(root).expanduser()
@@ -134,23 +163,40 @@ class DirectionLibrary:
             )
         return self.root / f"{name}.safetensors"
 
-    def check_writable(self, name: str, overwrite: bool = True) -> Path:
+    def check_writable(self, name: str, overwrite: bool = True, evict: bool = False) -> Path:
         """The path ``name`` would be saved at, or the reason it cannot be: callers check before
         they spend a basis computation on a direction that could not be saved."""
         path = self._path(name)
         if path.is_file():
             if not overwrite:
                 raise InputError(f"a direction named {name!r} already exists; choose another name")
-        elif self.root.is_dir() and sum(1 for _ in self.root.glob("*.safetensors")) >= self.max_entries:
-            raise InputError(f"the direction library is full ({self.max_entries} directions); remove some from {self.root}")
+        elif self._count() >= self.max_entries and not (evict and self._evictable()):
+            raise InputError(f"the direction library is full ({self.max_entries} directions, none of them a visitor's that could make room)")
         return path
 
-    def save(self, name: str, v: Tensor, provenance: dict, overwrite: bool = True) -> SavedDirection:
+    def save(self, name: str, v: Tensor, provenance: dict, overwrite: bool = True, evict: bool = False) -> SavedDirection:
         """Write ``name``; with ``overwrite=False`` an existing name is refused (the web app's
-        library is shared, and one visitor must not replace another's direction)."""
-        path = self.check_writable(name, overwrite)
+        library is shared, and one visitor must not replace another's direction). With ``evict``
+        a full library first drops its least recently used visitor's direction."""
+        path = self.check_writable(name, overwrite, evict)
+        if not path.is_file() and self._count() >= self.max_entries:
+            self._evictable()[0].unlink(missing_ok=True)
         save_direction(path, v, provenance)
         return SavedDirection(name, path, provenance)
+
+    def _count(self) -> int:
+        return sum(1 for _ in self.root.glob("*.safetensors")) if self.root.is_dir() else 0
+
+    def _evictable(self) -> list[Path]:
+        """Visitors' directions, least recently used first."""
+        paths = []
+        for path in self.root.glob("*.safetensors"):
+            try:
+                if read_provenance(path).get(VISITOR_KEY):
+                    paths.append((path.stat().st_mtime, path.name, path))
+            except (InputError, OSError):
+                continue
+        return [path for *_, path in sorted(paths)]
 
     def delete(self, name: str) -> Path:
         """Remove ``name`` from the folder; the path it had."""
@@ -162,10 +208,29 @@ class DirectionLibrary:
         return path
 
     def load(self, name: str) -> tuple[Tensor, dict]:
+        """The direction and its provenance; counts as a use (see the class docstring)."""
         path = self._path(name)
         if not path.is_file():
             raise InputError(f"no saved direction named {name!r}")
-        return load_direction(path)
+        try:
+            loaded = load_direction(path)
+        except InputError:
+            raise InputError(f"saved direction {name!r} is not a readable direction file") from None
+        try:
+            os.utime(path)
+        except OSError:  # a read-only library still serves its directions
+            pass
+        return loaded
+
+    def provenance(self, name: str) -> dict:
+        """A saved direction's provenance, from its header alone."""
+        path = self._path(name)
+        if not path.is_file():
+            raise InputError(f"no saved direction named {name!r}")
+        try:
+            return read_provenance(path)
+        except InputError:
+            raise InputError(f"saved direction {name!r} is not a readable direction file") from None
 
     def list(self) -> list[SavedDirection]:
         """Every readable direction, by name. Reads headers only; a file that is not a readable

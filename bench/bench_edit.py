@@ -21,6 +21,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -28,26 +29,23 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import json  # noqa: E402
-
 import torch  # noqa: E402
 
-from backend.edit import combine, direct_edit  # noqa: E402
-from backend.sampling import DEFAULT_GUIDANCE, denoise, initial_noise, sub_schedule  # noqa: E402
+from backend.edit import EditPoint, apply_edits, combine  # noqa: E402
 from backend.images import to_pil  # noqa: E402
-from bench.bench_basis import BenchModel, Point, add_common_arguments, start_run, bench_model, bench_point, environment, environment_lines, measure  # noqa: E402
+from backend.sampling import DEFAULT_GUIDANCE, initial_noise, render, sub_schedule  # noqa: E402
+from bench.common import BenchModel, Point, add_common_arguments, bench_model, bench_point, environment, environment_lines, measure, start_run  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def slider_to_images(bm: BenchModel, point: Point, directions: torch.Tensor, sliders: torch.Tensor, timesteps, guidance: float):
-    """Slider vectors (B, k) -> B PIL images: edit x_t, denoise from t to 0, decode."""
-    xs = []
-    for values in sliders:
-        direction, strength = combine(directions, values)
-        xs.append(direct_edit(point.x, direction, strength))
-    x0 = denoise(bm.model, torch.stack(xs), timesteps, bm.cond, guidance)
-    return to_pil(bm.model.decode(x0))
+    """Slider vectors (B, k) -> B PIL images, as the service renders an edit: combine the sliders
+    into one direction (``combine``), move x_t (``apply_edits``, direct mode), denoise and decode
+    (``sampling.render``)."""
+    start = EditPoint(bm.model, point.x, point.t, bm.context)
+    edited = apply_edits(start, [combine(directions, values) for values in sliders], "direct")
+    return to_pil(render(bm.model, edited, timesteps, bm.cond, guidance))
 
 
 def time_calls(device: torch.device, fn, repeats: int) -> dict:
@@ -146,7 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
                 x_T = initial_noise(model, args.seed)[None]
 
                 def call():
-                    return to_pil(model.decode(denoise(model, x_T, timesteps, bm.cond, args.guidance)))
+                    return to_pil(render(model, x_T, timesteps, bm.cond, args.guidance))
             else:
                 # Slider values: each batch element moves a different slider by 0.5 (strength units of edit.py).
                 sliders = torch.zeros(batch, args.k)

@@ -26,37 +26,24 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import platform
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from backend.catpeople import semantics  # noqa: E402
-from backend.catpeople.estimator import FactorEstimator, factor_distance  # noqa: E402
-from backend.catpeople.render import FACTORS  # noqa: E402
-from backend.errors import InputError  # noqa: E402
 from backend.plots import heatmap  # noqa: E402
 from backend.service import EigenfaceService, ServiceConfig  # noqa: E402
 from backend.specs import BUILTIN_NAME, BasisSpec, SampleSpec  # noqa: E402
-
-#: Raw regressor outputs of the linear factors may overshoot [0, 1] by this much and still count
-#: as "in range" (estimate() clamps them, so the range check must look at the raw outputs).
-RANGE_TOL = 0.05
-#: Hue is read from (cos, sin); a resultant shorter than this means "no readable hue".
-MIN_HUE_RADIUS = 0.5
-_HUE = FACTORS.index("hue")
+from bench.common import ROOT, Report, log, table, with_field  # noqa: E402
+from bench.geometry_transport import section_transport  # noqa: E402
+from bench.geometry_validity import section_substeps, section_validity  # noqa: E402
 
 
 @dataclass
@@ -94,445 +81,13 @@ def override(sizes: Sizes, item: str) -> Sizes:
     """A copy of ``sizes`` with one field set from text: ``name=1,2,3`` / ``name=0.5`` / ``validity_modes=direct,geodesic-2``."""
     name, _, text = item.partition("=")
     name = name.strip()
-    if name not in Sizes.__dataclass_fields__:
-        raise ValueError(f"unknown field {name!r}; fields: {', '.join(Sizes.__dataclass_fields__)}")
-    current = getattr(sizes, name)
-    parts = [p.strip() for p in text.split(",") if p.strip()]
-    if name == "validity_modes":
-        modes = []
-        for p in parts:
-            mode, _, sub = p.partition("-")
-            modes.append((mode, int(sub) if sub else None))
-        value = tuple(modes)
-    elif isinstance(current, tuple):
-        kind = type(current[0]) if current else float
-        value = tuple(kind(p) for p in parts)
-    else:
-        value = type(current)(text)
-    return replace(sizes, **{name: value})
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-@dataclass
-class Report:
-    sections: dict[str, list[str]] = field(default_factory=dict)
-    header: list[str] = field(default_factory=list)
-
-    def text(self) -> str:
-        order = ["validity", "substeps", "transport", "compare", "timings"]
-        body = [line for name in order for line in self.sections.get(name, [])]
-        return "\n".join(self.header + body) + "\n"
-
-
-def table(header: list[str], rows: list[list]) -> list[str]:
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return out + [""]
-
-
-def pct(x: float) -> str:
-    return "n/a" if x != x else f"{100 * x:.0f}%"
-
-
-# ----------------------------------------------------------------------------------- images
-@torch.no_grad()
-def validity(estimator: FactorEstimator, images: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per image: is_face, factors in range (raw regressor outputs), both; the factors; and the
-    re-render error behind is_face, a graded "how far off the face manifold" that still ranks
-    edits when the pass/fail check rejects even the unedited sample."""
-    x = images.float()
-    r = estimator.regressor.resolution
-    if x.shape[-1] != r:
-        x = torch.nn.functional.interpolate(x, size=(r, r), mode="bilinear", antialias=True, align_corners=False)
-    raw = estimator.regressor.eval()(x)
-    linear = raw[:, : len(FACTORS) - 1]
-    hue_radius = torch.hypot(raw[:, -2], raw[:, -1])
-    in_range = ((linear >= -RANGE_TOL) & (linear <= 1 + RANGE_TOL)).all(dim=1) & (hue_radius >= MIN_HUE_RADIUS)
-    face = estimator.is_face(x)
-    return {"face": face, "range": in_range, "valid": face & in_range, "factors": estimator.estimate(x), "error": estimator.reconstruction_error(x)}
-
-
-# ------------------------------------------------------------------------------------ (a)
-def section_validity(service, estimator, sizes: Sizes, report: Report, deadline: float, flush=None) -> dict:
-    start = time.perf_counter()
-    modes = sizes.validity_modes
-    names = [m if s is None else f"{m}-{s}" for m, s in modes]
-    # records[name] = list of (|strength|, face, range, valid, seconds, error / unedited error, factor change);
-    # failures[name] = messages
-    records: dict[str, list[tuple]] = {n: [] for n in names}
-    failures: dict[str, list[str]] = {n: [] for n in names}
-    base_valid, used, basis_s = [], [], []
-    for seed in sizes.validity_seeds:
-        if used and time.monotonic() > deadline:
-            log(f"validity: budget spent, stopping after seeds {used}")
-            break
-        spec = BasisSpec(SampleSpec(seed=seed), timestep=sizes.timestep, k=sizes.k)
-        res = service.discover(spec)
-        basis_s.append(res.seconds)
-        base = validity(estimator, semantics.pil_to_tensor([service.generate(spec.sample)]))
-        base_valid.append(bool(base["valid"][0]))
-        base_error = float(base["error"][0])
-        for (mode, sub), name in zip(modes, names):
-            images, meta = [], []
-            for i in range(sizes.validity_dirs):
-                for s in sizes.validity_strengths:
-                    t0 = time.perf_counter()
-                    try:
-                        img = service.edit(spec, {i: s}, mode, substeps=sub)
-                    except InputError as exc:
-                        failures[name].append(f"seed {seed} dir {i} s={s:+g}: {exc}")
-                        records[name].append((abs(s), False, False, False, time.perf_counter() - t0, float("nan"), float("nan")))
-                        continue
-                    images.append(img)
-                    meta.append((abs(s), time.perf_counter() - t0))
-            if images:
-                v = validity(estimator, semantics.pil_to_tensor(images))
-                change = factor_distance(v["factors"], base["factors"].expand_as(v["factors"]).clone()).sum(dim=1)
-                for j, (a, sec) in enumerate(meta):
-                    records[name].append((a, bool(v["face"][j]), bool(v["range"][j]), bool(v["valid"][j]), sec, float(v["error"][j]) / base_error,
-                                          float(change[j])))
-            secs = [m[1] for m in meta]
-            log(f"validity seed {seed} {name}: {len(images)} edits, {np.mean(secs) if secs else float('nan'):.2f} s/edit, "
-                f"valid {sum(r[3] for r in records[name][-len(meta):]) if meta else 0}/{len(meta)}, failures {len(failures[name])}")
-        used.append(seed)
-        summary = _validity_lines(sizes, names, records, failures, base_valid, used, basis_s, time.perf_counter() - start, report)
-        if flush is not None:
-            flush()
-    seconds = time.perf_counter() - start
-    summary = _validity_lines(sizes, names, records, failures, base_valid, used, basis_s, seconds, report)
-    return {"seconds": seconds, "summary": summary, "seeds": used}
-
-
-def _validity_lines(sizes, names, records, failures, base_valid, used, basis_s, seconds, report) -> dict:
-    mags = sorted({abs(s) for s in sizes.validity_strengths})
-    lines = ["## (a) Validity of large edits", ""]
-    lines.append(
-        f"Seeds {used} (asked: {list(sizes.validity_seeds)}), top-{sizes.validity_dirs} directions, strengths "
-        f"{', '.join(f'{s:+g}' for s in sizes.validity_strengths)} (RMS per element of x_t), timestep {sizes.timestep:g}, k={sizes.k}. "
-        "An edit is *valid* when `estimator.is_face` holds and every raw factor output is in range "
-        f"(linear factors within [-{RANGE_TOL}, 1+{RANGE_TOL}] before `estimate()`'s clamp, hue resultant >= {MIN_HUE_RADIUS}). "
-        "A failure (InputError) counts as invalid. Seconds per edit = wall time of one `service.edit` call "
-        "(edit + denoise + decode; the basis at x_t is cached beforehand). *Error ratio*: the estimator's re-render "
-        "error of the edit over that of the unedited sample (median; 1 = as face-like as the sample, lower is better). "
-        "*Factor change*: sum over factors of the absolute change of the estimated factors from the unedited sample "
-        "(mean; how far the edit moved the face in ground-truth terms, which also pushes factors out of range)."
-    )
-    lines.append("")
-    lines.append(f"Unedited samples valid: {sum(base_valid)}/{len(base_valid)}.")
-    lines.append("")
-    if base_valid and sum(base_valid) < len(base_valid) / 2:
-        lines.append("**Warning:** the estimator rejects most *unedited* samples, so the absolute valid rates below are floored "
-                     "by sample quality, not by the edit; compare modes only relative to each other.")
-        lines.append("")
-    header = (["mode"] + [f"valid \\|s\\|={m:g}" for m in mags] + [f"error ratio \\|s\\|={m:g}" for m in mags]
-              + ["valid all", "face", "in range", "factor change", "failures", "s / edit"])
-    rows, summary = [], {}
-    for name in names:
-        rec = records[name]
-        row = [name]
-        for m in mags:
-            sel = [r for r in rec if abs(r[0] - m) < 1e-9]
-            row.append(pct(np.mean([r[3] for r in sel])) if sel else "n/a")
-        for m in mags:
-            ratios = [r[5] for r in rec if abs(r[0] - m) < 1e-9 and np.isfinite(r[5])]
-            row.append(f"{np.median(ratios):.2f}" if ratios else "n/a")
-        valid = np.mean([r[3] for r in rec]) if rec else float("nan")
-        secs = np.mean([r[4] for r in rec]) if rec else float("nan")
-        row += [f"{pct(valid)} ({sum(r[3] for r in rec)}/{len(rec)})", pct(np.mean([r[1] for r in rec]) if rec else float("nan")),
-                pct(np.mean([r[2] for r in rec]) if rec else float("nan")), f"{np.nanmean([r[6] for r in rec]) if rec else float('nan'):.2f}",
-                len(failures[name]), f"{secs:.2f}"]
-        rows.append(row)
-        ratios = [r[5] for r in rec if np.isfinite(r[5])]
-        summary[name] = {"valid": valid, "seconds": secs, "failures": len(failures[name]), "error_ratio": float(np.median(ratios)) if ratios else float("nan")}
-    lines += table(header, rows)
-    lines.append("By strength (to compare modes at equal face change rather than equal strength):")
-    lines.append("")
-    by_strength = []
-    for name in names:
-        for m in mags:
-            sel = [r for r in records[name] if abs(r[0] - m) < 1e-9]
-            if sel:
-                by_strength.append([name, f"{m:g}", f"{np.nanmean([r[6] for r in sel]):.2f}", pct(np.mean([r[2] for r in sel])),
-                                    f"{np.nanmedian([r[5] for r in sel]):.2f}"])
-    lines += table(["mode", "\\|s\\|", "factor change", "in range", "error ratio"], by_strength)
-    for name in names:
-        if failures[name]:
-            lines.append(f"Failures of {name} ({len(failures[name])}): " + "; ".join(failures[name][:5]) + (" ..." if len(failures[name]) > 5 else ""))
-            lines.append("")
-    lines.append(f"Section time {seconds:.0f} s (bases already cached by earlier sections are not counted again).")
-    lines.append("")
-    report.sections["validity"] = lines
-    return summary
-
-
-def section_substeps(service, estimator, sizes: Sizes, report: Report, deadline: float) -> dict:
-    start = time.perf_counter()
-    values = sorted(sizes.substep_values)
-    ref_n = max(values)
-    per = {n: {"valid": [], "sec": [], "pix": [], "fac": []} for n in values}
-    direct = {"valid": [], "sec": [], "pix": [], "fac": []}
-    failures: list[str] = []
-    used = []
-    for seed in sizes.substep_seeds:
-        if used and time.monotonic() > deadline:
-            log(f"substeps: budget spent, stopping after seeds {used}")
-            break
-        spec = BasisSpec(SampleSpec(seed=seed), timestep=sizes.timestep, k=sizes.k)
-        service.discover(spec)
-        for i in range(sizes.substep_dirs):
-            for s in sizes.substep_strengths:
-                images, secs = {}, {}
-                for n in values:
-                    t0 = time.perf_counter()
-                    try:
-                        images[n] = service.edit(spec, {i: s}, "geodesic", substeps=n)
-                    except InputError as exc:
-                        failures.append(f"seed {seed} dir {i} s={s:+g} substeps {n}: {exc}")
-                    secs[n] = time.perf_counter() - t0
-                t0 = time.perf_counter()
-                images["direct"] = service.edit(spec, {i: s}, "direct")
-                secs["direct"] = time.perf_counter() - t0
-                keys = list(images)
-                x = semantics.pil_to_tensor([images[key] for key in keys])
-                v = validity(estimator, x)
-                ref = keys.index(ref_n) if ref_n in images else None
-                for j, key in enumerate(keys):
-                    bucket = direct if key == "direct" else per[key]
-                    bucket["valid"].append(bool(v["valid"][j]))
-                    bucket["sec"].append(secs[key])
-                    if ref is not None:
-                        bucket["pix"].append(float(((x[j] - x[ref]) ** 2).mean().sqrt()))
-                        bucket["fac"].append(float(factor_distance(v["factors"][j : j + 1], v["factors"][ref : ref + 1].clone()).sum()))
-                for n in values:
-                    if n not in images:
-                        per[n]["valid"].append(False)
-                        per[n]["sec"].append(secs[n])
-        used.append(seed)
-        log(f"substeps seed {seed}: " + ", ".join(f"{n}: {np.mean(per[n]['sec']):.2f} s" for n in values))
-    seconds = time.perf_counter() - start
-
-    def mean(xs):
-        return float(np.mean(xs)) if xs else float("nan")
-
-    rows, stats = [], {}
-    for n in values:
-        b = per[n]
-        stats[n] = {"valid": mean(b["valid"]), "sec": mean(b["sec"]), "pix": mean(b["pix"]), "fac": mean(b["fac"])}
-        rows.append([f"geodesic-{n}", f"{pct(stats[n]['valid'])} ({sum(b['valid'])}/{len(b['valid'])})", f"{stats[n]['sec']:.2f}",
-                     f"{stats[n]['pix']:.4f}", f"{stats[n]['fac']:.3f}"])
-    rows.append(["direct (reference)", f"{pct(mean(direct['valid']))} ({sum(direct['valid'])}/{len(direct['valid'])})", f"{mean(direct['sec']):.2f}",
-                 f"{mean(direct['pix']):.4f}", f"{mean(direct['fac']):.3f}"])
-
-    # Recommendation: the fewest substeps that are as valid as the best setting (within one edit)
-    # and whose result is closer to the finest path than half of the 1-substep distance.
-    total = len(per[values[0]]["valid"]) or 1
-    best_valid = max(stats[n]["valid"] for n in values)
-    far = stats[values[0]]["fac"]
-    recommended = ref_n
-    for n in values:
-        ok_valid = stats[n]["valid"] >= best_valid - 1.0 / total - 1e-9
-        ok_close = n == ref_n or (far == far and stats[n]["fac"] <= 0.5 * far)
-        if ok_valid and ok_close:
-            recommended = n
-            break
-    lines = ["## (a') Geodesic substeps: quality / time", ""]
-    lines.append(
-        f"Seeds {used} (asked: {list(sizes.substep_seeds)}), top-{sizes.substep_dirs} directions, strengths "
-        f"{', '.join(f'{s:+g}' for s in sizes.substep_strengths)}. *pixel RMS* and *factor L1* are the distance of each edit "
-        f"to the {ref_n}-substep edit of the same (seed, direction, strength), the finest path here (0 for itself)."
-    )
-    lines.append("")
-    lines += table(["substeps", "valid", "s / edit", f"pixel RMS to {ref_n}", f"factor L1 to {ref_n}"], rows)
-    if failures:
-        lines.append(f"Failures ({len(failures)}): " + "; ".join(failures[:5]))
-        lines.append("")
-    lines.append(
-        f"**Recommendation: DEFAULT_SUBSTEPS['geodesic'] = {recommended}** (rule: fewest substeps whose valid rate is within one edit "
-        f"of the best and whose factor L1 to the {ref_n}-substep path is at most half the 1-substep one). "
-        f"Currently 4 in backend/edit.py. Section time {seconds:.0f} s."
-    )
-    lines.append("")
-    report.sections["substeps"] = lines
-    return {"seconds": seconds, "stats": stats, "recommended": recommended, "seeds": used}
-
-
-# ------------------------------------------------------------------------------------ (b)
-def response(service, spec, estimator, strength: float, index: int | None = None, vector: torch.Tensor | None = None) -> torch.Tensor:
-    """(F,) mean absolute factor change over edits at +-strength (direct mode)."""
-    return semantics.factor_response(service, spec, index, vector, (-strength, strength), estimator=estimator)
-
-
-@dataclass
-class Carried:
-    """One source direction applied to one target sample, transported and raw."""
-
-    source: int  # source seed
-    target: int  # target seed
-    index: int  # direction index in the source basis
-    source_response: torch.Tensor  # (F,) what it moves on the source
-    label: str  # its slider name on the source (label_directions' rule), or "mixed"
-    transported: torch.Tensor | None  # (F,) response on the target; None if transport failed
-    raw: torch.Tensor  # (F,) response of the untransported vector on the target
-
-    @property
-    def top(self) -> int:
-        return int(self.source_response.argmax())
-
-    def response(self, kind: str) -> torch.Tensor | None:
-        return self.transported if kind == "transported" else self.raw
-
-
-def section_transport(service, estimator, sizes: Sizes, report: Report, deadline: float) -> dict:
-    start = time.perf_counter()
-    strength = sizes.transport_strength
-    dirs = range(sizes.transport_dirs)
-    magnitudes = semantics.label_magnitudes(strength)
-
-    target_k = sizes.transport_target_k or sizes.k
-
-    def spec_of(seed: int, k: int = sizes.k) -> BasisSpec:
-        return BasisSpec(SampleSpec(seed=seed), timestep=sizes.timestep, k=k)
-
-    carried: list[Carried] = []
-    overlap, cosine, failures, sources = [], [], [], []
-    for src_seed in sizes.transport_sources:
-        if sources and time.monotonic() > deadline:
-            log(f"transport: budget spent, stopping after sources {sources}")
-            break
-        source_spec = spec_of(src_seed)
-        source = service.discover(source_spec).basis
-        # Responses at the label magnitudes (strength / 2, strength): the last row is the one compared on
-        # the targets; both name the directions that have a meaning to carry, by the sliders' own rule.
-        rows = {i: torch.stack([response(service, source_spec, estimator, m, index=i) for m in magnitudes]) for i in dirs}
-        src_resp = {i: r[-1] for i, r in rows.items()}
-        src_label = {i: semantics.label_from_response(i, r).label for i, r in rows.items()}
-        log(f"transport: seed {src_seed} directions move " + ", ".join(f"v{i} {FACTORS[int(r.argmax())]} ({src_label[i]})" for i, r in src_resp.items()))
-        for seed in sizes.transport_targets:
-            if seed == src_seed:
-                continue
-            spec = spec_of(seed, target_k)
-            target = service.discover(spec).basis
-            for i in dirs:
-                u = source.u[i].reshape(-1).double()
-                overlap.append(float((target.u.reshape(target.k, -1).double() @ u).norm() / u.norm()))
-                raw = source.v[i]
-                try:
-                    moved = service.transport(source, i, target)
-                except InputError as exc:
-                    failures.append(f"seed {src_seed} -> {seed} dir {i}: {exc}")
-                    moved = None
-                if moved is not None:
-                    cosine.append(float(torch.nn.functional.cosine_similarity(moved.reshape(1, -1).double(), raw.reshape(1, -1).double())))
-                carried.append(Carried(src_seed, seed, i, src_resp[i], src_label[i],
-                                       None if moved is None else response(service, spec, estimator, strength, vector=moved),
-                                       response(service, spec, estimator, strength, vector=raw)))
-            log(f"transport {src_seed} -> {seed}: " + ", ".join(
-                f"{kind} {[FACTORS[int(c.response(kind).argmax())] if c.response(kind) is not None else '-' for c in carried if (c.source, c.target) == (src_seed, seed)]}"
-                for kind in ("transported", "raw")))
-        sources.append(src_seed)
-    seconds = time.perf_counter() - start
-    kinds = ("transported", "raw")
-
-    def hit(c: Carried, kind: str) -> bool:  # a failed transport counts as a miss
-        r = c.response(kind)
-        return r is not None and int(r.argmax()) == c.top
-
-    def share(kind: str, among: list[Carried]) -> float:
-        return sum(hit(c, kind) for c in among) / len(among) if among else float("nan")
-
-    def rate(kind: str, among: list[Carried]) -> str:
-        return f"{pct(share(kind, among))} ({sum(hit(c, kind) for c in among)}/{len(among)})"
-
-    def others(c: Carried) -> list[Carried]:  # the other directions carried between the same two samples
-        return [o for o in carried if (o.source, o.target) == (c.source, c.target) and o.index != c.index]
-
-    def cross(kind: str) -> float:  # chance-like baseline: a target response vs another direction's source top factor
-        xs = [int(c.response(kind).argmax()) == o.top for c in carried if c.response(kind) is not None for o in others(c)]
-        return float(np.mean(xs)) if xs else float("nan")
-
-    def correlation(a: torch.Tensor, b: torch.Tensor) -> float:
-        return float(np.corrcoef(a.double().numpy(), b.double().numpy())[0, 1])
-
-    def profile(kind: str, matched: bool) -> float:  # graded: Pearson correlation of the factor-response profiles
-        xs = [correlation(c.response(kind), o.source_response) for c in carried if c.response(kind) is not None
-              for o in ([c] if matched else others(c))]
-        return float(np.mean(xs)) if xs else float("nan")
-
-    named = [c for c in carried if c.label != semantics.MIXED]
-    lines = ["## (b) Transport of directions between seeds", ""]
-    lines.append(
-        f"Sources: seeds {sources} (asked: {list(sizes.transport_sources)}), timestep {sizes.timestep:g}, k={sizes.k}; targets (k={target_k}): "
-        f"seeds {list(sizes.transport_targets)} other than the source. Each of a source's top-{sizes.transport_dirs} directions "
-        "v_i is carried to each target by `service.transport(source.basis, i, target.basis)` and applied there with "
-        f"`edit_vector` (direct mode) at +-{strength:g}; the factor response is the mean absolute change of the estimated "
-        "factors over the two signs (sign-free, so the arbitrary sign of a singular vector does not matter). A *hit* is a "
-        "target edit whose most-moved factor equals the one v_i moves most on its source. *raw* applies the source's v_i "
-        "unchanged. *Named*: only the directions that have a meaning to carry, those `label_directions` names on the source "
-        f"(one factor moves >= 2x any other at each of {' and '.join(f'+-{m:g}' for m in magnitudes)}); the others move a mix, "
-        "whose top factor is a weak target."
-    )
-    lines.append("")
-    rows = []
-    for src_seed in sources:
-        mine = [c for c in carried if c.source == src_seed]
-        names = sorted({f"v{c.index} {c.label}" for c in mine if c.label != semantics.MIXED})
-        mine_named = [c for c in mine if c.label != semantics.MIXED]
-        rows.append([str(src_seed), ", ".join(names) or "none"] + [rate(kind, mine) for kind in kinds] + [rate(kind, mine_named) for kind in kinds])
-    rows.append(["all", f"{len({(c.source, c.index) for c in named})} named"] + [f"**{rate(kind, carried)}**" for kind in kinds]
-                + [f"**{rate(kind, named)}**" for kind in kinds])
-    lines += table(["source seed", "named directions", "transported: hits", "raw v_i: hits", "named, transported", "named, raw"], rows)
-    per_factor = []
-    for name in sorted({c.label for c in named}):
-        group = [c for c in named if c.label == name]
-        per_factor.append([name, str(len({(c.source, c.index) for c in group}))] + [rate(kind, group) for kind in kinds])
-    if per_factor:
-        lines += table(["named factor", "source directions", "transported: hits", "raw v_i: hits"], per_factor)
-
-    def carried_to_most(kind: str) -> int:  # named source directions that hit on more than half of their targets
-        by_direction: dict[tuple[int, int], list[bool]] = {}
-        for c in named:
-            by_direction.setdefault((c.source, c.index), []).append(hit(c, kind))
-        return sum(sum(h) > len(h) / 2 for h in by_direction.values())
-
-    if named:
-        n_named = len({(c.source, c.index) for c in named})
-        lines.append(f"Named directions that move their factor on most of their targets: transported {carried_to_most('transported')} "
-                     f"of {n_named}, raw {carried_to_most('raw')} of {n_named}.")
-        lines.append("")
-    lines.append(
-        f"Baseline (a target's top factor vs *another* direction's source top factor): transported {pct(cross('transported'))}, "
-        f"raw {pct(cross('raw'))}; uniform chance over {len(FACTORS)} factors is {pct(1 / len(FACTORS))}."
-    )
-    lines.append("")
-    lines.append(
-        "Graded: the Pearson correlation, over the factors, between the target's response and the source direction's "
-        "response (1 = the same mix of factors moves in the same proportions; the hit rate only compares the top factor, "
-        "which is fragile when directions move several factors). Mean over the pairs; the baseline pairs a target "
-        "response with *another* source direction's response."
-    )
-    lines.append("")
-    lines += table(["", "same direction", "baseline (other direction)"],
-                   [[kind, f"**{profile(kind, True):+.3f}**", f"{profile(kind, False):+.3f}"] for kind in kinds])
-    if cosine:
-        lines.append(
-            f"|U_target^T u_i| / |u_i| (how much of the source direction's h-image lies in the target's top-{target_k} h-space): "
-            f"mean {np.mean(overlap):.3f}, min {np.min(overlap):.3f}. Cosine(transported, raw v_i): mean {np.mean(cosine):+.3f}, "
-            f"mean |cos| {np.mean(np.abs(cosine)):.3f}."
-        )
-        lines.append("")
-    if failures:
-        lines.append(f"Transport failures (InputError, {len(failures)}): " + "; ".join(failures[:5]))
-        lines.append("")
-    lines.append(f"Section time {seconds:.0f} s.")
-    lines.append("")
-    report.sections["transport"] = lines
-
-    return {"seconds": seconds, "sources": sources, "transported": share("transported", carried), "raw": share("raw", carried),
-            "named": {kind: share(kind, named) for kind in kinds},
-            "profile": {kind: profile(kind, True) for kind in kinds}, "profile_baseline": {kind: profile(kind, False) for kind in kinds}}
+    if name != "validity_modes":
+        return with_field(sizes, name, text)
+    modes = []
+    for p in (p.strip() for p in text.split(",") if p.strip()):
+        mode, _, sub = p.partition("-")
+        modes.append((mode, int(sub) if sub else None))
+    return replace(sizes, validity_modes=tuple(modes))
 
 
 def section_compare(service, sizes: Sizes, report: Report, heatmap_path: Path | None) -> dict:
@@ -641,8 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     jvp_mode = service.config.jvp_mode
     log(f"model loaded in {load_s:.1f} s on {device}, jvp {jvp_mode}")
 
-    report = Report()
-    report.header = [
+    report = Report(order=["head", "validity", "substeps", "transport", "compare", "timings"])
+    report.sections["head"] = [
         "# Geometry evaluation (built-in cat-people model)",
         "",
         f"`python bench/geometry_eval.py{' --quick' if args.quick else ''}{' --sections ' + args.sections if args.sections != parser.get_default('sections') else ''}"
@@ -657,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     def flush():
         out.write_text(report.text())
 
-    timings = [("model load", load_s)]
+    report.timings.append(("model load", load_s))
     results = {}
     for name in sections:
         log(f"section {name} ...")
@@ -669,10 +224,9 @@ def main(argv: list[str] | None = None) -> int:
             results[name] = section_substeps(service, estimator, sizes, report, deadline)
         elif name == "validity":
             results[name] = section_validity(service, estimator, sizes, report, deadline, flush)
-        timings.append((name, results[name]["seconds"]))
+        report.timings.append((name, results[name]["seconds"]))
         log(f"section {name}: {results[name]['seconds']:.1f} s")
-        report.sections["timings"] = ["## Timings", ""] + table(["step", "seconds"], [[n, f"{s:.1f}"] for n, s in timings]) + [
-            f"Total wall time {time.perf_counter() - wall:.0f} s.", ""]
+        report.timings_section(wall=time.perf_counter() - wall)
         flush()
     log(f"wrote {out} (total {time.perf_counter() - wall:.0f} s)")
     print(report.text())

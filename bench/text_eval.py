@@ -34,10 +34,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
-ROOT = Path(__file__).resolve().parents[1]
-for path in (ROOT, ROOT / "bench"):
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
@@ -46,7 +43,8 @@ from backend.catpeople.estimator import FactorEstimator  # noqa: E402
 from backend.catpeople.render import FACTORS, render_dataset  # noqa: E402
 from backend.catpeople.semantics import DEFAULT_ESTIMATOR, edit_responses, random_directions  # noqa: E402
 from backend.specs import BUILTIN_TEXT_NAME, BasisSpec, SampleSpec  # noqa: E402
-from catpeople_eval import Report, log, mark, pixel_statistics, r_squared  # noqa: E402
+from bench.catpeople_samples import pixel_statistics, r_squared  # noqa: E402
+from bench.common import ROOT, Report, log, mark  # noqa: E402
 
 UNIFORM_STD = 1 / math.sqrt(12)
 SECTIONS = ("vae", "samples", "adherence", "directions", "speed", "strip")
@@ -70,11 +68,11 @@ QUICK = Sizes(renders=128, samples=32, adherence_seeds=8, direction_seeds=(0, 1)
 
 def sample_batch(service, model, seeds: list[int], prompt: str) -> torch.Tensor:
     """Samples as the service draws them (seed -> noise -> DDIM with the model's guidance), batched."""
-    from backend.sampling import DEFAULT_STEPS, denoise, initial_noise, schedule
+    from backend.sampling import DEFAULT_STEPS, initial_noise, render, schedule
 
     spec = SampleSpec(model=model.name, prompt=prompt)
     x = torch.stack([initial_noise(model, s) for s in seeds])
-    return model.decode(denoise(model, x, schedule(model, DEFAULT_STEPS), service.conditioning(model, prompt), service.guidance(model, spec)))
+    return render(model, x, schedule(model, DEFAULT_STEPS), service.conditioning(model, prompt), service.guidance(model, spec))
 
 
 def samples(service, model, prompt: str, n: int, batch: int) -> torch.Tensor:
@@ -273,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     sizes = Sizes(**QUICK.__dict__) if args.quick else Sizes()
 
-    report = Report(json_path=Path(args.json) if args.json else None)
+    report = Report(order=["head", *SECTIONS], json_path=Path(args.json) if args.json else None)
     report.section("head")
     report.add("# Text-model evaluation" + (" (quick)" if args.quick else ""), "",
                f"`python bench/text_eval.py {' '.join(sys.argv[1:] if argv is None else argv)}` - torch {torch.__version__}, "
@@ -298,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     if "speed" in sections:
         section_speed(report, args.model_path, 8)
     report.flush_raw()
-    text = "\n".join(line for name in ("head", *SECTIONS) for line in report.sections.get(name, [])) + "\n"
+    text = report.text()
     print(text)
     if args.out:
         Path(args.out).write_text(text)

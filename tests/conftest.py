@@ -17,7 +17,7 @@ if _ROOT not in sys.path:
 
 import pytest  # noqa: E402
 
-from tests.fixtures import save_tiny_ddpm, save_tiny_sd  # noqa: E402
+from backend.testing import save_tiny_ddpm, save_tiny_sd  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,7 @@
 """The app's public API through gradio_client: every endpoint takes explicit inputs, no session state."""
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -8,12 +9,12 @@ from PIL import Image
 
 gradio_client = pytest.importorskip("gradio_client")
 
-from backend.specs import SampleSpec  # noqa: E402
+from backend.specs import BasisSpec, SampleSpec  # noqa: E402
 from tests.fixtures import app_service, launched  # noqa: E402
 
 SETTINGS = ("tiny", "", 3, 0.6, 4, 10)  # model, prompt, seed, timestep, k, steps
 SD_SETTINGS = ("sd", "a photo of a cat", 0, 0.6, 4, 4)
-PUBLIC = ["apply_concept", "apply_direction", "find_concept", "find_directions", "name_directions", "render", "save_direction", "saved_directions"]
+PUBLIC = ["apply_concept", "apply_direction", "find_concept", "find_directions", "geodesic_paths", "name_directions", "render", "save_direction", "saved_directions"]
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +41,25 @@ def test_every_event_has_an_api_name(demo_and_service):
     assert public == PUBLIC
     sliders = [f for f in events if f.api_name in ("preview", "settle")]
     assert [f.trigger_mode for f in sliders] == ["always_last", "always_last"]
+    names = {f.api_name for f in events}
+    assert {"paths_progress", "find_paths", "settle_geodesic"} <= names  # the precompute's progress, its start, the geodesic follow-up
+
+
+def test_geodesic_paths_endpoint_then_a_geodesic_render(served):
+    """The paths start in the background and are polled; then a one-slider geodesic render reads them."""
+    import time
+
+    service, client = served
+    status = json.loads(client.predict(*SETTINGS, api_name="/geodesic_paths"))
+    assert status["state"] in ("running", "ready")
+    deadline = time.monotonic() + 300
+    while status["state"] == "running" and time.monotonic() < deadline:
+        time.sleep(0.2)
+        status = json.loads(client.predict(*SETTINGS, api_name="/geodesic_paths"))
+    assert status["state"] == "ready" and status["done"] == status["total"] > 0
+    geodesic = _pixels(client.predict(*SETTINGS, "geodesic", "[0.5]", False, api_name="/render"))
+    direct = _pixels(client.predict(*SETTINGS, "direct", "[0.5]", False, api_name="/render"))
+    assert geodesic.shape == direct.shape and not np.array_equal(geodesic, direct)
 
 
 def _pixels(path) -> np.ndarray:
@@ -69,9 +89,11 @@ def test_public_endpoints_take_explicit_inputs(served):
 
 def test_find_directions_then_render(served):
     service, client = served
-    image, sigma = client.predict(*SETTINGS, api_name="/find_directions")
+    image, sigma, ranges = client.predict(*SETTINGS, api_name="/find_directions")
     sigma = json.loads(sigma)
     assert len(sigma) == 4 and all(a >= b > 0 for a, b in zip(sigma, sigma[1:]))
+    ranges = json.loads(ranges)
+    assert len(ranges) == 4 and all(lo < 0 < hi for lo, hi in ranges)
     generated = np.asarray(service.generate(SampleSpec(model="tiny", seed=3, steps=10)))
     assert np.array_equal(_pixels(image), generated)
 
@@ -184,3 +206,30 @@ def test_import_does_not_serve():
         app.parse_models("justapath")
     with pytest.raises(Exception, match="not a path"):
         app.parse_models("../x=/models/x")
+
+
+def test_an_abandoned_request_stops_on_the_server(served):
+    """A client that cancels mid-labelling: the server's U-Net stops being called, and nothing of
+    the half-done work is cached (counted through the model's own forwards, not timed)."""
+    service, client = served
+    forwards = [0]
+    hook = service.model("tiny").unet.register_forward_pre_hook(lambda module, args: forwards.__setitem__(0, forwards[0] + 1))
+    spec = BasisSpec(SampleSpec(model="tiny", seed=77, steps=100), timestep=1.0, k=32)
+    try:
+        job = client.submit("tiny", "", 77, 1.0, 32, 100, api_name="/name_directions")  # 64 renders of 100 steps after the basis
+        for _ in range(1200):
+            if "basis" not in service.budget.discover(spec).parts and forwards[0] > 0:
+                break  # the basis is done: the labelling's renders have begun
+            time.sleep(0.1)
+        job.cancel()
+        settled = -1
+        for _ in range(60):
+            if forwards[0] == settled:
+                break
+            settled = forwards[0]
+            time.sleep(1.0)
+        assert forwards[0] == settled, "the server kept computing after the client cancelled"
+        assert forwards[0] < 100 + 30 * 2 + 4 * 100  # fewer than the whole labelling takes
+        assert service.budget.labels(spec).total > 0  # no names cached: they were never finished
+    finally:
+        hook.remove()

@@ -78,6 +78,7 @@ def _shot(page, name: str) -> None:
     page.screenshot(path=str(ARTIFACTS / f"browser-{name}.png"), full_page=True)
 
 
+@pytest.mark.slow
 def test_find_move_reset(page, url):
     timings = {}
     start = time.perf_counter()
@@ -140,8 +141,9 @@ def test_find_move_reset(page, url):
 
 def test_url_restores_an_edit(page, url):
     page.goto(url + "?model=tiny&seed=0&t=0.6&k=4&steps=20&mode=direct&s=0:0.4,2:-0.3")
-    page.wait_for_function("() => { const n = document.querySelector('#direction-2 input[type=number]'); return n && n.value === '-0.3'; }")
-    assert page.locator("#direction-0 input[type=number]").input_value() == "0.4"
+    # sliders show positions on each direction's calibrated range: the signs of the strengths
+    page.wait_for_function("() => { const n = document.querySelector('#direction-2 input[type=number]'); return n && Number(n.value) < 0; }")
+    assert float(page.locator("#direction-0 input[type=number]").input_value()) > 0
     assert page.locator("#direction-3").is_visible() and not page.locator("#direction-4").is_visible()
     page.wait_for_function("() => document.querySelector('#eigen-share textarea, #eigen-share input').value.includes('s=0:0.4,2:-0.3')")
     _shot(page, "6-restored-from-url")
@@ -169,7 +171,7 @@ def test_broken_link_still_opens_the_page(page, url):
 
 def test_name_save_and_apply_a_direction(page, url):
     page.goto(url + "?model=tiny&seed=2&t=0.6&k=4&steps=20&mode=direct&s=0:0.5")
-    page.wait_for_function("() => { const n = document.querySelector('#direction-0 input[type=number]'); return n && n.value === '0.5'; }")
+    page.wait_for_function("() => { const n = document.querySelector('#direction-0 input[type=number]'); return n && Number(n.value) > 0; }")
     page.wait_for_function("() => document.querySelector('#eigen-share textarea, #eigen-share input').value.includes('s=0:0.5')")
     # The tiny model has no text encoder: the text controls say so and stay disabled.
     page.locator("#concept-note").get_by_text("has no text encoder").wait_for(state="visible")

@@ -123,6 +123,7 @@ def test_estimator_reads_past_the_models_artefacts(estimator):
     assert float(r2.min()) > 0.9, dict(zip(FACTORS, r2.tolist()))
 
 
+@pytest.mark.slow
 def test_train_estimator_fine_tunes_and_calibrates(tmp_path, estimator):
     tuned = train_estimator(minutes=0.02, batch_size=8, init=DEFAULT_ESTIMATOR, lr=1e-6, log_every=10**9)
     assert 0 < tuned.face_threshold < 0.05
@@ -264,6 +265,7 @@ def semantic(service, estimator):
     return semantic_ratio(service, seeds=[0, 1], k=4, n_random=3, strength=strength, estimator=estimator)
 
 
+@pytest.mark.slow
 def test_top_directions_are_semantic(semantic):
     """Top-4 directions move the estimated factors >= 3x more than random ones (2 seeds)."""
     assert semantic.direction_total.shape == (2, 4) and semantic.random_total.shape == (2, 3)
@@ -273,6 +275,7 @@ def test_top_directions_are_semantic(semantic):
     assert min(per_seed) >= 3.0, f"a seed's semantic ratio is below 3: {per_seed}"
 
 
+@pytest.mark.slow
 def test_factor_response_matches_the_ratio_run(service, estimator, semantic):
     """factor_response re-renders what semantic_ratio measured (same sample, basis, strengths)."""
     from backend.catpeople.semantics import factor_response

@@ -19,7 +19,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from backend.cli import main
-from backend.store import load_direction
+from backend.store import load_basis, load_direction, save_basis
 
 STEPS = ["--steps", "4"]
 
@@ -143,6 +143,7 @@ BAD = {
     "edit both basis and vector": (["edit", "--model", "{ddpm}", *STEPS, "--basis", "{basis}", "--vector", "{vector}", "--strength", "1", "--out", "{out}/x.png"], "either"),
     "edit basis without direction": (["edit", "--model", "{ddpm}", *STEPS, "--basis", "{basis}", "--out", "{out}/x.png"], "--direction"),
     "edit malformed direction": (["edit", "--model", "{ddpm}", *STEPS, "--basis", "{basis}", "--direction", "0:0.3", "--out", "{out}/x.png"], "INDEX=STRENGTH"),
+    "edit position past the end": (["edit", "--model", "{ddpm}", *STEPS, "--basis", "{basis}", "--direction", "0=1.5r", "--out", "{out}/x.png"], "within -1r .. 1r"),
     "edit vector without strength": (["edit", "--model", "{ddpm}", *STEPS, "--vector", "{vector}", "--out", "{out}/x.png"], "--strength"),
     "edit missing basis file": (["edit", "--model", "{ddpm}", *STEPS, "--basis", "{missing}/basis.safetensors", "--direction", "0=0.3", "--out", "{out}/x.png"], "no such file"),
     "edit pickled vector": (["edit", "--model", "{ddpm}", *STEPS, "--vector", "{pickled}", "--strength", "0.3", "--out", "{out}/x.png"], "only .safetensors"),
@@ -214,8 +215,9 @@ def test_generate(capsys, ddpm, original, tmp_path):
 
 def test_discover_outputs(ddpm, basis0, original):
     tensors = load_file(str(basis0 / "basis.safetensors"))
-    assert set(tensors) == {"v", "u", "sigma", "x_t"}
+    assert set(tensors) == {"v", "u", "sigma", "x_t", "range", "travel"}
     assert all(t.dtype == torch.float32 for t in tensors.values())
+    assert tensors["range"].shape == (2, 2) and tensors["travel"].shape == (2, 9)
     assert tensors["v"].shape == (2, 3, 16, 16)
     assert tensors["u"].shape == (2, 32, 8, 8)
     assert tensors["sigma"].shape == (2,)
@@ -230,6 +232,8 @@ def test_discover_outputs(ddpm, basis0, original):
     assert isinstance(meta["iterations"], int) and meta["iterations"] >= 1
     assert isinstance(meta["seconds"], float) and meta["seconds"] >= 0
     assert meta["sigma"] == pytest.approx(tensors["sigma"].tolist(), rel=1e-5)
+    assert np.allclose(meta["range"], tensors["range"].numpy(), atol=1e-6)
+    assert all(lo < 0 < hi for lo, hi in meta["range"])
 
     grid = Image.open(basis0 / "grid.png")
     assert grid.size == (5 * 16, 2 * 16)  # 5 columns (default), k = 2 rows
@@ -272,6 +276,26 @@ def test_edit_with_basis(capsys, ddpm, basis0, original, tmp_path):
     again = tmp_path / "again.png"
     _ok(["edit", "--model", ddpm, *STEPS, "--timestep", "500", "--basis", str(basis0 / "basis.safetensors"), "--direction", "0=0.3", "--out", str(again)])
     assert again.read_bytes() == edited.read_bytes()
+
+
+def test_edit_at_the_calibrated_ends(ddpm, basis0, tmp_path):
+    """I=hi / I=lo / I=Pr address the basis's calibrated range (meta.json "range"); an old file
+    without ranges is calibrated on the fly, to the same ends."""
+    meta = json.loads((basis0 / "meta.json").read_text())
+    lo, hi = meta["range"][0]
+    basis = str(basis0 / "basis.safetensors")
+    names = {"hi": "0=hi", "strength": f"0={hi!r}", "lo": "0=LO", "lo_strength": f"0={lo!r}", "half": "0=0.5r", "one_r": "0=1r"}
+    for name, item in names.items():
+        _ok(["edit", "--model", ddpm, *STEPS, "--basis", basis, "--direction", item, "--out", str(tmp_path / f"{name}.png")])
+    assert np.array_equal(_pixels(tmp_path / "hi.png"), _pixels(tmp_path / "strength.png"))
+    assert np.array_equal(_pixels(tmp_path / "hi.png"), _pixels(tmp_path / "one_r.png"))
+    assert np.array_equal(_pixels(tmp_path / "lo.png"), _pixels(tmp_path / "lo_strength.png"))
+    assert not np.array_equal(_pixels(tmp_path / "half.png"), _pixels(tmp_path / "hi.png"))
+    old = tmp_path / "old"
+    basis_v, x_t, old_meta = load_basis(basis)
+    save_basis(old, basis_v, x_t, {k: v for k, v in old_meta.items() if k != "range"})
+    _ok(["edit", "--model", ddpm, *STEPS, "--basis", str(old / "basis.safetensors"), "--direction", "0=hi", "--out", str(tmp_path / "old.png")])
+    assert np.array_equal(_pixels(tmp_path / "old.png"), _pixels(tmp_path / "hi.png"))
 
 
 def test_edit_with_basis_takes_its_timestep_from_the_file(ddpm, basis0, tmp_path):

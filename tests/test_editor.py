@@ -22,12 +22,12 @@ def test_atlas_rows_show_names_once_computed(tiny_ddpm_dir, tmp_path):
 
 
 def test_the_page_starts_from_each_models_settings(tiny_ddpm_dir, tmp_path):
-    """Choosing a model moves the timestep, atlas and GIF strengths to its eigenface.json."""
+    """Choosing a model moves the timestep to its eigenface.json; the atlas and the GIF span each
+    direction's own calibrated range (a fraction of it), whatever the model."""
     import gradio as gr
 
     from app import build_demo
-    from tests.fixtures import save_tiny_ddpm, save_tiny_sd
-    from ui.atlas import AtlasHandlers
+    from backend.testing import save_tiny_ddpm, save_tiny_sd
     from ui.explore import ExploreHandlers
 
     tuned = save_tiny_ddpm(tmp_path / "tuned")
@@ -38,7 +38,6 @@ def test_the_page_starts_from_each_models_settings(tiny_ddpm_dir, tmp_path):
     prompt, timestep, status = explore.model_changed("tiny", None, 0, 4, 10)
     assert timestep == 0.6
     assert explore.model_changed("tuned", None, 0, 4, 10)[1] == 0.35
-    assert AtlasHandlers(editor).strength_for("tuned") == 0.25 and AtlasHandlers(editor).strength_for("tiny") == 0.5
 
     # A text model's own prompt fills the prompt box when it is chosen; a pixel model's box is empty and hidden.
     sd = tmp_path / "sd"
@@ -51,7 +50,7 @@ def test_the_page_starts_from_each_models_settings(tiny_ddpm_dir, tmp_path):
     demo = build_demo(service)  # the first model's settings are the page's initial values
     values = {c.elem_id or c.label: c.value for c in demo.blocks.values() if isinstance(c, (gr.Slider, gr.Number))}
     assert values["Edit timestep (fraction of T)"] == 0.35 and values["Seed"] == 7
-    assert values["Atlas strength s"] == values["GIF: strength (−s … +s)"] == 0.25
+    assert values["Atlas reach"] == values["GIF: reach (fraction of the direction's range)"] == 1.0
 
 
 def test_the_slider_pool_is_the_one_way_back_to_an_edit_state():
@@ -69,3 +68,39 @@ def test_the_slider_pool_is_the_one_way_back_to_an_edit_state():
     assert SliderPool.state(found, "direct").sliders == () and state.strengths() == {0: 0.4}
     with pytest.raises(InputError, match="nothing here yet"):
         SliderPool.state(None, "direct", (), "nothing here yet")
+    # with calibrated ranges, a slider position is a point of its direction's travel
+    travel = ((-0.2, -0.15, -0.1, -0.05, 0.0, 0.02, 0.05, 0.1, 0.3), (-0.4, -0.3, -0.2, -0.1, 0.0, 0.1, 0.2, 0.3, 0.4))
+    ranged = Found(found.state, found.sigma, 600, 0.1, False, (), ((-0.2, 0.3), (-0.4, 0.4)), travel)
+    assert SliderPool.state(ranged, "direct", [1.0, -0.5]).sliders == (0.3, -0.2)
+    assert SliderPool.state(ranged, "direct", [0.25]).sliders == (0.02,)
+    assert ranged.position(0, 0.05) == pytest.approx(0.5) and ranged.position(1, -0.4) == -1.0
+
+
+def test_geodesic_paths_on_the_page_progress_then_instant_and_latest_wins(tiny_ddpm_dir, tmp_path):
+    """Find directions starts the paths (the timer polls them, the mode note drops "(slow)");
+    a two-slider geodesic release shows the direct image first and the geodesic one after,
+    unless a newer release came meanwhile."""
+    import gradio as gr
+    import numpy as np
+
+    from ui.explore import ExploreHandlers
+
+    service = EigenfaceService(ServiceConfig(models={"tiny": str(tiny_ddpm_dir)}, device="cpu"))
+    explore = ExploreHandlers(Editor(service, tmp_path))
+    request = gr.Request(session_hash="tab-1")
+    *_, found = explore.find_directions("tiny", "", 3, 0.6, 4, 10)
+    mode, note, timer = explore.start_paths(request, found)
+    assert timer.active or "ready" in note
+    service.paths.wait("tab-1", timeout=300)
+    mode, note, timer = explore.path_progress(request)
+    assert not timer.active and note.startswith("Geodesic paths ready") and "(slow)" not in mode["info"]
+
+    values = [0.4, -0.3, 0.0, 0.0]
+    first, _, _ = explore.settle(request, found, "geodesic", "", *values)
+    direct, _, _ = explore.settle(request, found, "direct", "", *values)
+    explore.settle(request, found, "geodesic", "", *values)
+    geodesic, _ = explore.settle_geodesic(request, found, "geodesic", *values)
+    assert np.array_equal(np.asarray(first), np.asarray(direct))  # the stand-in is the direct edit
+    assert not np.array_equal(np.asarray(geodesic), np.asarray(direct))
+    explore.settle(request, found, "geodesic", "", 0.2, 0.0, 0.0, 0.0)  # a newer release: one slider, read off the paths
+    assert explore.settle_geodesic(request, found, "geodesic", *values) == (gr.skip(), gr.skip())

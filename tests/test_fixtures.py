@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.fixtures import make_tiny_clip_tokenizer, save_tiny_ddpm
+from backend.testing import make_tiny_clip_tokenizer, random_sd, save_tiny_ddpm
 
 
 def _load(path: Path):
@@ -83,7 +83,18 @@ def test_builders_leave_global_rng_alone(tmp_path):
     expected = torch.rand(3)
     torch.manual_seed(123)
     save_tiny_ddpm(tmp_path / "x")
+    random_sd("sd-tiny", torch.device("cpu"))
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_random_sd_is_seeded_and_shaped_like_sd():
+    model, cond = random_sd("sd-tiny", torch.device("cpu"), seed=3)
+    again, _ = random_sd("sd-tiny", torch.device("cpu"), seed=3)
+    assert model.sample_shape == (4, 16, 16) and cond.cond.shape == (1, 77, 32) and not torch.equal(cond.cond, cond.uncond)
+    assert all(torch.equal(a, b) for a, b in zip(model.unet.state_dict().values(), again.unet.state_dict().values()))
+    with torch.no_grad():
+        image = model.decode(torch.zeros(1, *model.sample_shape))
+    assert image.shape == (1, 3, 128, 128)
 
 
 def test_handwritten_tokenizer():

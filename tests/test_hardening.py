@@ -1,8 +1,9 @@
-"""Strangers' input at the service boundary: every bad request is an InputError, never a crash."""
+"""Strangers' input at the service boundary: every bad request is an InputError that names what was bad, never a crash."""
 
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 
 from backend.errors import InputError
 from backend.service import EigenfaceService, ServiceConfig
-from backend.specs import BasisSpec, SampleSpec
+from backend.specs import MAX_SEED, MAX_STRENGTH, BasisSpec, SampleSpec
 
 STEPS = 3
 
@@ -32,17 +33,67 @@ models = st.one_of(st.sampled_from(["ddpm", "sd", "", "../etc/passwd", "owner/na
 prompts = st.one_of(st.just(""), st.text(max_size=100), st.just("word " * 200), anything)
 
 
-def _call_or_input_error(fn) -> None:
+#: How a refusal names each field of a request (the checks' own words for it).
+FIELD_WORDS = {
+    "model": r"\bmodel\b", "seed": r"\bseed\b", "steps": r"\bsteps\b", "prompt": r"\bprompt\b", "timestep": r"\btimestep\b",
+    "k": r"\bk\b", "mode": r"\bmode\b", "strengths": r"\b(slider values|direction index|strength)\b",
+}
+
+
+def _int_within(value, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _timestep_ok(value) -> bool:
+    """The documented timestep forms: an integer training timestep, a fraction in (0, 1], or either as text."""
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            value = float(text) if any(c in text for c in ".eE") else int(text)
+        except ValueError:
+            return False
+    if isinstance(value, float):
+        return math.isfinite(value) and 0 < value <= 1
+    return _int_within(value, 0, 999)
+
+
+def _strength_ok(value) -> bool:
+    try:
+        return not isinstance(value, bool) and math.isfinite(float(value)) and abs(float(value)) <= MAX_STRENGTH
+    except (TypeError, ValueError):
+        return False
+
+
+def _sliders_ok(strengths, k) -> bool:
+    if not isinstance(strengths, (dict, list, tuple)):
+        return False
+    items = strengths.items() if isinstance(strengths, dict) else enumerate(strengths)
+    return all(_int_within(i, 0, k - 1) and _strength_ok(v) for i, v in items)
+
+
+def _refused_naming(fn, bad: set[str]) -> None:
+    """``fn`` either works, when nothing in the request is bad, or raises an InputError whose
+    message names one of the bad fields (so a person knows what to change)."""
     try:
         fn()
     except InputError as exc:
-        assert str(exc).strip(), "an InputError must say what was wrong"
+        message = str(exc)
+        assert bad, f"a valid request was refused: {message}"
+        assert any(re.search(FIELD_WORDS[name], message) for name in bad), f"{message!r} names none of the bad fields {sorted(bad)}"
+    else:
+        assert not bad, f"accepted although {sorted(bad)} are bad"
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(model=models, seed=anything, prompt=prompts, steps=st.one_of(st.integers(-3, 5), anything))
 def test_generate_never_crashes(service, model, seed, prompt, steps):
-    _call_or_input_error(lambda: service.generate(SampleSpec(model=model, seed=seed, prompt=prompt, steps=steps)))
+    bad = {name for name, ok in (
+        ("model", model in ("ddpm", "sd")),
+        ("seed", _int_within(seed, 0, MAX_SEED)),
+        ("steps", _int_within(steps, 1, 1000)),
+        ("prompt", isinstance(prompt, str) and (not prompt or model == "sd")),
+    ) if not ok}
+    _refused_naming(lambda: service.generate(SampleSpec(model=model, seed=seed, prompt=prompt, steps=steps)), bad)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -60,15 +111,23 @@ def test_generate_never_crashes(service, model, seed, prompt, steps):
 )
 def test_edit_never_crashes(service, model, seed, timestep, k, strengths, mode):
     prompt = "a cat" if model == "sd" else ""
-    spec = BasisSpec(SampleSpec(model=model, seed=seed, prompt=prompt, steps=STEPS), timestep, k if not isinstance(k, int) or k < 6 else 2)
-    _call_or_input_error(lambda: service.edit(spec, strengths, mode, substeps=2, preview_steps=2))
+    k = k if not isinstance(k, int) or k < 6 else 2
+    spec = BasisSpec(SampleSpec(model=model, seed=seed, prompt=prompt, steps=STEPS), timestep, k)
+    k_ok = _int_within(k, 1, 64)
+    bad = {name for name, ok in (
+        ("timestep", _timestep_ok(timestep)),
+        ("k", k_ok),
+        ("strengths", k_ok and _sliders_ok(strengths, k)),
+        ("mode", mode in ("direct", "guidance", "geodesic")),
+    ) if not ok}
+    _refused_naming(lambda: service.edit(spec, strengths, mode, substeps=2, preview_steps=2), bad)
 
 
 def test_wrong_vectors_are_refused(service):
     spec = BasisSpec(SampleSpec(model="ddpm", seed=0, steps=STEPS), 0.6, 2)
     shape = service.model("ddpm").sample_shape
     for bad in (torch.zeros(shape), torch.ones(3, 3), torch.full(shape, math.nan), torch.ones(shape, dtype=torch.int64), [1.0, 2.0]):
-        with pytest.raises(InputError):
+        with pytest.raises(InputError, match=r"\bdirection\b"):
             service.edit_vector(spec, bad, 0.3)
 
 

@@ -9,12 +9,14 @@ import torch
 
 from backend.models import load_model
 from backend.sampling import (
+    Boost,
     NoiseSchedule,
     Trajectory,
     ddim_step,
     denoise,
     guided_output,
     initial_noise,
+    render,
     sample_trajectory,
     schedule,
     sub_schedule,
@@ -164,6 +166,23 @@ def test_denoising_from_any_point_resumes_the_trajectory_exactly(ddpm, ddpm_traj
     assert seen == list(range(STEPS - index))
 
 
+def test_quality_boosting_is_stochastic_only_at_the_end_and_repeats_exactly(ddpm):
+    """Boosted steps (t <= 0.2 T) add the seed's fixed noise: the same seed gives the same
+    trajectory, the steps before 0.2 T are the deterministic ones, and x_0 differs from DDIM's."""
+    plain = sample_trajectory(ddpm, seed=0, steps=10)
+    boosted = sample_trajectory(ddpm, seed=0, steps=10, boost=True)
+    assert torch.equal(boosted.latents, sample_trajectory(ddpm, seed=0, steps=10, boost=True).latents)
+    first_boosted = next(i for i, t in enumerate(plain.timesteps) if t <= 0.2 * ddpm.num_train_timesteps)
+    assert torch.equal(boosted.latents[: first_boosted + 1], plain.latents[: first_boosted + 1])
+    assert not torch.equal(boosted.x0, plain.x0)
+    # resuming from any point of the boosted trajectory (as an edit does) reproduces it, in a batch too
+    index = first_boosted - 1
+    x = boosted.latents[index]
+    both = denoise(ddpm, torch.stack([x, -x]), boosted.timesteps[index:], boost=Boost(0))
+    torch.testing.assert_close(both[0], boosted.x0, atol=1e-5, rtol=1e-5)
+    assert not torch.equal(denoise(ddpm, x[None], boosted.timesteps[index:], boost=Boost(1))[0], both[0])  # another seed's noise
+
+
 def test_denoise_batches_are_independent(ddpm, ddpm_traj):
     x = ddpm_traj.latents[2]
     both = denoise(ddpm, torch.stack([x, -x]), ddpm_traj.timesteps[2:])
@@ -176,6 +195,27 @@ def test_pixel_model_decodes_to_unit_range(ddpm, ddpm_traj):
     image = ddpm.decode(ddpm_traj.x0[None])
     assert image.shape == (1, 3, 16, 16) and image.dtype == torch.float32
     assert float(image.min()) >= 0 and float(image.max()) <= 1
+
+
+def test_render_is_denoise_then_decode(ddpm, ddpm_traj):
+    """The service's render path: x_t from the trajectory renders to the sample's own image, byte for byte."""
+    images = render(ddpm, ddpm_traj.latents[1][None], ddpm_traj.timesteps[1:])
+    assert torch.equal(images, ddpm.decode(ddpm_traj.x0[None]))
+
+
+def test_apply_edits_stacks_edits_of_one_point(ddpm, ddpm_traj):
+    """Edits of one x_t for one batched render: a zero strength is x_t itself, a direct edit the
+    straight step, every row on the CPU."""
+    from backend.edit import EditPoint, apply_edits, direct_edit
+
+    x = ddpm_traj.latents[2]
+    v = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
+    v = v / v.norm()
+    edited = apply_edits(EditPoint(ddpm, x, ddpm_traj.timesteps[2]), [(v, 0.0), (v, 0.3), (-v, 0.3)], "direct")
+    assert edited.shape == (3, *x.shape) and edited.device.type == "cpu"
+    assert torch.equal(edited[0], x)
+    assert torch.equal(edited[1], direct_edit(x, v, 0.3)) and torch.equal(edited[2], direct_edit(x, -v, 0.3))
+    assert not torch.equal(edited[1], x)
 
 
 # ------------------------------------------------------------------------------ text conditioning

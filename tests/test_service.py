@@ -19,7 +19,7 @@ from backend.geometry import principal_angles
 from backend.cache import record_computed
 from backend.service import EigenfaceService, ServiceConfig
 from backend.specs import BasisSpec, SampleSpec, parse_timestep
-from tests.fixtures import save_tiny_ddpm, save_tiny_ldm, save_tiny_pixel_text
+from backend.testing import save_tiny_ddpm, save_tiny_ldm, save_tiny_pixel_text
 
 STEPS = 4
 K = 4
@@ -55,16 +55,16 @@ def pixels(image) -> np.ndarray:
 
 
 @pytest.fixture
-def recorded_denoise(monkeypatch):
-    """Record the x_t batches the service hands to denoise (i.e. the edited points)."""
+def recorded_render(monkeypatch):
+    """Record the x_t batches the service hands to render (i.e. the edited points)."""
     calls = []
-    real = service_module.denoise
+    real = service_module.render
 
     def spy(model, x, timesteps, *args, **kwargs):
         calls.append((x.detach().clone(), tuple(timesteps)))
         return real(model, x, timesteps, *args, **kwargs)
 
-    monkeypatch.setattr(service_module, "denoise", spy)
+    monkeypatch.setattr(service_module, "render", spy)
     return calls
 
 
@@ -130,10 +130,10 @@ def test_zero_strength_reproduces_generate_sd(svc):
         assert png(svc.edit(SD_BASIS, {1: 0.0}, mode)) == original
 
 
-def test_direct_edit_moves_x_t_by_strength_sqrt_n(svc, recorded_denoise):
+def test_direct_edit_moves_x_t_by_strength_sqrt_n(svc, recorded_render):
     result = svc.discover(DDPM_BASIS)
     image = svc.edit(DDPM_BASIS, {0: 0.3})
-    (x, timesteps), = recorded_denoise
+    (x, timesteps), = recorded_render
     assert x.shape == (1, 3, 16, 16)
     delta = x[0] - result.x_t
     n = result.x_t.numel()
@@ -143,41 +143,41 @@ def test_direct_edit_moves_x_t_by_strength_sqrt_n(svc, recorded_denoise):
     assert png(image) != png(svc.generate(DDPM))
 
 
-def test_negative_strength_moves_the_other_way(svc, recorded_denoise):
+def test_negative_strength_moves_the_other_way(svc, recorded_render):
     result = svc.discover(DDPM_BASIS)
     svc.edit(DDPM_BASIS, {2: -0.25})
-    delta = recorded_denoise[0][0][0] - result.x_t
+    delta = recorded_render[0][0][0] - result.x_t
     torch.testing.assert_close(delta, -0.25 * math.sqrt(768) * result.basis.v[2], atol=1e-5, rtol=1e-5)
 
 
-def test_two_sliders_combine(svc, recorded_denoise):
+def test_two_sliders_combine(svc, recorded_render):
     result = svc.discover(DDPM_BASIS)
     v = result.basis.v
     svc.edit(DDPM_BASIS, {0: 0.3, 2: -0.4})
-    delta = recorded_denoise[0][0][0] - result.x_t
+    delta = recorded_render[0][0][0] - result.x_t
     expected = math.sqrt(768) * (0.3 * v[0] - 0.4 * v[2])
     torch.testing.assert_close(delta, expected, atol=1e-5, rtol=1e-5)
     assert float(delta.norm()) == pytest.approx(0.5 * math.sqrt(768), rel=1e-5)  # orthonormal: |(0.3, -0.4)| = 0.5
     # the full slider list means the same as the sparse mapping
     svc.edit(DDPM_BASIS, [0.3, 0.0, -0.4, 0.0])
-    torch.testing.assert_close(recorded_denoise[1][0], recorded_denoise[0][0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(recorded_render[1][0], recorded_render[0][0], atol=1e-6, rtol=0)
 
 
-def test_edit_vector_direct_matches_slider_edit(svc, recorded_denoise):
+def test_edit_vector_direct_matches_slider_edit(svc, recorded_render):
     result = svc.discover(DDPM_BASIS)
     svc.edit_vector(DDPM_BASIS, 5.0 * result.basis.v[1], 0.4)  # the vector's length does not matter
-    delta = recorded_denoise[0][0][0] - result.x_t
+    delta = recorded_render[0][0][0] - result.x_t
     torch.testing.assert_close(delta, 0.4 * math.sqrt(768) * result.basis.v[1], atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("mode, substeps", [("guidance", 4), ("geodesic", 2)])
-def test_curved_modes_run_and_change_the_image(svc, recorded_denoise, mode, substeps):
+def test_curved_modes_run_and_change_the_image(svc, recorded_render, mode, substeps):
     result = svc.discover(DDPM_BASIS)
     original = svc.generate(DDPM)
     image = svc.edit(DDPM_BASIS, {0: 0.5}, mode, substeps=substeps)
     assert image.size == original.size
     assert np.abs(pixels(image) - pixels(original)).max() > 0
-    x = recorded_denoise[0][0][0]
+    x = recorded_render[0][0][0]
     assert torch.isfinite(x).all()
     moved = float((x - result.x_t).norm())
     assert 0.05 * 0.5 * math.sqrt(768) < moved < 2 * 0.5 * math.sqrt(768)
@@ -186,20 +186,20 @@ def test_curved_modes_run_and_change_the_image(svc, recorded_denoise, mode, subs
     assert png(svc.edit(DDPM_BASIS, {0: 0.5}, mode, substeps=substeps)) == png(image)  # deterministic
 
 
-def test_geodesic_path_length_is_the_strength(svc, recorded_denoise):
+def test_geodesic_path_length_is_the_strength(svc, recorded_render):
     """Geodesic shooting moves in `substeps` steps of |strength| sqrt(n) / substeps each."""
     result = svc.discover(DDPM_BASIS)
     svc.edit(DDPM_BASIS, {1: 0.2}, "geodesic", substeps=1)  # one step: a straight move along v_1
-    delta = recorded_denoise[0][0][0] - result.x_t
+    delta = recorded_render[0][0][0] - result.x_t
     torch.testing.assert_close(delta, 0.2 * math.sqrt(768) * result.basis.v[1], atol=1e-4, rtol=1e-4)
 
 
-def test_preview_steps(svc, recorded_denoise):
+def test_preview_steps(svc, recorded_render):
     full = svc.edit(DDPM_BASIS, {0: 0.3})
     preview = svc.edit(DDPM_BASIS, {0: 0.3}, preview_steps=1)
     assert preview.size == full.size and preview.mode == full.mode
-    assert recorded_denoise[0][1] == (500, 250, 0) and recorded_denoise[1][1] == (500,)
-    torch.testing.assert_close(recorded_denoise[1][0], recorded_denoise[0][0])  # the same edited x_t
+    assert recorded_render[0][1] == (500, 250, 0) and recorded_render[1][1] == (500,)
+    torch.testing.assert_close(recorded_render[1][0], recorded_render[0][0])  # the same edited x_t
     assert svc.edit(DDPM_BASIS, {0: 0.3}, preview_steps=99).size == full.size
 
 
@@ -400,11 +400,11 @@ def test_render_edits_refuses_bad_input(svc, edits, kwargs, message):
         svc.render_edits(DDPM_BASIS, edits, **kwargs)
 
 
-def test_vectors_add_to_the_slider_edit(svc, recorded_denoise):
+def test_vectors_add_to_the_slider_edit(svc, recorded_render):
     v = svc.discover(DDPM_BASIS).basis.v
     x_t = svc.discover(DDPM_BASIS).x_t
     svc.edit(DDPM_BASIS, {0: 0.3}, vectors=[(7.0 * v[1], -0.4)])  # a vector's length does not matter
-    delta = recorded_denoise[0][0][0] - x_t
+    delta = recorded_render[0][0][0] - x_t
     torch.testing.assert_close(delta, math.sqrt(768) * (0.3 * v[0] - 0.4 * v[1]), atol=1e-5, rtol=1e-5)
 
 
@@ -420,7 +420,7 @@ def library_service(make_service, tmp_path) -> EigenfaceService:
     return make_service(library_dir=str(tmp_path / "library"))
 
 
-def test_save_the_slider_edit_and_apply_it(library_service, recorded_denoise):
+def test_save_the_slider_edit_and_apply_it(library_service, recorded_render):
     s = library_service
     result = s.discover(DDPM_BASIS)
     saved = s.library.save("wide smile", DDPM_BASIS, {0: 0.3, 2: -0.4})
@@ -435,11 +435,11 @@ def test_save_the_slider_edit_and_apply_it(library_service, recorded_denoise):
     # At its own image, the saved direction at the saved strength is the slider edit again.
     s.library.edit(DDPM_BASIS, "wide smile", 0.5)
     s.edit(DDPM_BASIS, {0: 0.3, 2: -0.4})
-    torch.testing.assert_close(recorded_denoise[0][0], recorded_denoise[1][0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(recorded_render[0][0], recorded_render[1][0], atol=1e-5, rtol=1e-5)
     # On top of the sliders: one summed move.
     s.library.edit(DDPM_BASIS, "wide smile", 0.5, {1: 0.2})
     expected = math.sqrt(768) * (0.3 * result.basis.v[0] + 0.2 * result.basis.v[1] - 0.4 * result.basis.v[2])
-    torch.testing.assert_close(recorded_denoise[2][0][0] - result.x_t, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(recorded_render[2][0][0] - result.x_t, expected, atol=1e-5, rtol=1e-5)
 
 
 def test_save_one_direction(library_service):
@@ -501,14 +501,14 @@ def test_a_direction_of_another_model_is_refused(library_service):
         s.library.edit(SD_BASIS, "no record", 0.3, transport=True)
 
 
-def test_transport_carries_a_saved_direction_into_another_image(library_service, recorded_denoise):
+def test_transport_carries_a_saved_direction_into_another_image(library_service, recorded_render):
     s = library_service
     other = BasisSpec(SampleSpec(model="ddpm", seed=1, steps=STEPS), timestep=0.5, k=K)
     s.library.save("d0", DDPM_BASIS, index=0)
     target = s.discover(other)
     s.library.edit(other, "d0", 0.3)
     s.library.edit(other, "d0", 0.3, transport=True)
-    as_saved, moved = (x[0][0] - target.x_t for x in recorded_denoise)
+    as_saved, moved = (x[0][0] - target.x_t for x in recorded_render)
     torch.testing.assert_close(as_saved, 0.3 * math.sqrt(768) * s.discover(DDPM_BASIS).basis.v[0], atol=1e-5, rtol=1e-5)
     unit = moved / moved.norm()
     assert float(moved.norm()) == pytest.approx(0.3 * math.sqrt(768), rel=1e-4)
@@ -525,11 +525,11 @@ def test_library_location_comes_from_the_environment(monkeypatch, tmp_path):
 
 
 # ------------------------------------------------------------------------------ text concepts through the service
-def test_edit_concept_moves_along_the_found_direction(svc, recorded_denoise):
+def test_edit_concept_moves_along_the_found_direction(svc, recorded_render):
     alignment, result = svc.find_concept(SD_BASIS, "a horse")
     assert svc.find_concept(SD_BASIS, "a horse")[0] is alignment  # cached with the basis
     svc.edit_concept(SD_BASIS, "a horse", -0.3)
-    delta = recorded_denoise[0][0][0] - result.x_t
+    delta = recorded_render[0][0][0] - result.x_t
     torch.testing.assert_close(delta, -0.3 * math.sqrt(256) * alignment.direction, atol=1e-4, rtol=1e-4)
     with pytest.raises(InputError, match="'ddpm' has no text encoder"):
         svc.edit_concept(DDPM_BASIS, "a horse", 0.3)
@@ -590,7 +590,7 @@ def test_record_computed_collects_only_this_threads_new_entries(make_service):
         worker.start()
         worker.join()
         s.discover(spec)  # cached: nothing new
-    assert [key[0] for key, _ in entries] == ["trajectory", "basis"]
+    assert [key[0] for key, _ in entries] == ["trajectory", "basis", "ranges"]
     assert all(key[1] == spec.sample for key, _ in entries)
     fresh = make_service()
     for key, value in entries:

@@ -17,7 +17,7 @@ from backend.catpeople.captions import ATTRIBUTES, DROP, WORDS, caption, caption
 from backend.catpeople.render import FACTORS, NUM_FACTORS, render, render_dataset, sample_factors
 from backend.catpeople.text_model import TextModelConfig
 from backend.catpeople.train_text import TextTrainConfig, train_text
-from backend.catpeople.vocab import clip_tokenizer, write_clip_tokenizer_files
+from backend.vocab import clip_tokenizer, write_clip_tokenizer_files
 from backend.models import BUILTIN_TEXT_MODEL, EditSettings
 
 HORSE = FACTORS.index("horse")

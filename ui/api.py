@@ -84,6 +84,17 @@ class ApiHandlers:
         })
 
     @guard
+    def geodesic_paths(self, model: str, prompt: str, seed: int, timestep: float, k: int, steps: int) -> str:
+        """Start (or look up) the precompute of the k directions' geodesic paths, in the
+        background, and return its status as JSON: state ("running", "ready", "failed"), batched
+        steps done and total, seconds. Call again to poll; once "ready", a one-slider ``render``
+        in geodesic mode is as fast as a direct one."""
+        state = self._state(model, prompt, seed, timestep, k, steps)
+        self.editor.discover(state)  # on the accelerator, like the page's Find directions
+        status = self.editor.start_paths(state, f"api:{state.to_query()}")
+        return json.dumps({"state": status.state, "done": status.done, "total": status.total, "seconds": round(status.seconds, 3), "message": status.message})
+
+    @guard
     def apply_concept(self, model, prompt, seed, timestep, k, steps, mode, sliders, concept, strength):
         """The slider edit plus ``strength`` toward (> 0) or away from (< 0) a text concept."""
         return self.editor.apply_concept(self._state(model, prompt, seed, timestep, k, steps, mode, sliders), concept, strength)
@@ -111,7 +122,7 @@ SETTINGS = ("model", "prompt", "seed", "timestep", "k", "steps")
 #: Defaults of the other parameters (the values of the hidden inputs the image endpoints use).
 HIDDEN_DEFAULTS = {"sliders": "[]", "source": SAVE_SLIDERS, "name": "", "concept": ""}
 #: Endpoints answering JSON text, served by ``gr.api``: name -> concurrency group (None: not queued).
-JSON_ENDPOINTS = {"name_directions": "batch", "save_direction": "render", "saved_directions": None, "find_concept": "render"}
+JSON_ENDPOINTS = {"name_directions": "batch", "save_direction": "render", "saved_directions": None, "find_concept": "render", "geodesic_paths": "render"}
 
 
 def build_api() -> Api:
@@ -143,8 +154,6 @@ def wire_api(h: ApiHandlers, api: Api, controls: list[gr.components.Component], 
     models = Literal[tuple(value for _, value in controls[0].choices)]  # type: ignore[valid-type]
     for name, concurrency in JSON_ENDPOINTS.items():
         options = {"concurrency_id": concurrency} if concurrency else {"queue": False}
-        if concurrency == "batch":
-            options["concurrency_limit"] = 1
         gr.api(documented(getattr(h, name), defaults, model=models), api_name=name, **options)
 
 

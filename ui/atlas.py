@@ -29,11 +29,6 @@ class AtlasHandlers:
         return image, note, True
 
     @guard
-    def strength_for(self, model: str) -> float:
-        """A new model brings its own useful edit strength (its eigenface.json)."""
-        return self.editor.settings(model).strength
-
-    @guard
     def refresh(self, found: Found | None, mode: str, strength: float, is_open: bool, progress=gr.Progress()):
         """After a new basis, mode or strength: recompute if the atlas is open (else leave it stale)."""
         if not is_open:
@@ -53,8 +48,8 @@ class AtlasHandlers:
         image = self.editor.atlas(found, used, strength, progress)
         s = found.state
         note = (
-            f"Seed {s.seed}, t = {s.timestep:g} T, {used} edits from −{strength:g} to +{strength:g} "
-            f"(middle column: unedited). Rows in order of σ, the direction's stretch factor."
+            f"Seed {s.seed}, t = {s.timestep:g} T, {used} edits across {strength:.0%} of each direction's calibrated range "
+            f"(strengths in brackets; middle column: unedited). Rows in order of σ, the direction's stretch factor."
         )
         if used != mode:
             note += " The atlas shows geodesic edits as direct steps; the sliders use the geodesic."
@@ -74,7 +69,7 @@ class Atlas:
 def build_atlas(service: EigenfaceService) -> Atlas:
     with gr.Accordion("Atlas: what each direction does", open=False, elem_id="eigen-atlas") as accordion:
         with gr.Row():
-            strength = gr.Slider(SLIDER_STEP, SLIDER_MAX, value=service.settings(service.model_names[0]).strength, step=SLIDER_STEP, label="Atlas strength s", info=f"{ATLAS_COLUMNS} edits per row from −s to +s", scale=1)
+            strength = gr.Slider(SLIDER_STEP, SLIDER_MAX, value=SLIDER_MAX, step=SLIDER_STEP, label="Atlas reach", info=f"{ATLAS_COLUMNS} edits per row across this fraction of each direction's range", scale=1)
             note = gr.Markdown(NO_BASIS)
         image = gr.Image(label="Atlas", type="pil", format="png", interactive=False, buttons=["download", "fullscreen"], elem_id="eigen-atlas-image")
     return Atlas(accordion, strength, image, note, gr.State(False))
@@ -85,14 +80,14 @@ def refresh_step(h: AtlasHandlers, atlas: Atlas, pool: SliderPool) -> dict:
     """A ``.then`` step (keywords) that refreshes the atlas if it is open."""
     return dict(
         fn=h.refresh, inputs=[pool.found, pool.mode, atlas.strength, atlas.is_open], outputs=[atlas.image, atlas.note],
-        concurrency_id="batch", concurrency_limit=1, show_progress_on=[atlas.image],
+        concurrency_id="batch", show_progress_on=[atlas.image],
     )
 
 
 def wire_atlas(h: AtlasHandlers, atlas: Atlas, pool: SliderPool) -> None:
     atlas.accordion.expand(
         h.opened, [pool.found, pool.mode, atlas.strength], [atlas.image, atlas.note, atlas.is_open],
-        api_name="atlas_open", api_visibility="private", concurrency_id="batch", concurrency_limit=1, show_progress_on=[atlas.image],
+        api_name="atlas_open", api_visibility="private", concurrency_id="batch", show_progress_on=[atlas.image],
     )
     atlas.accordion.collapse(h.closed, None, atlas.is_open, api_name="atlas_close", api_visibility="private", queue=False)
     atlas.strength.release(**refresh_step(h, atlas, pool), api_name="atlas_strength", api_visibility="private", trigger_mode="always_last")

@@ -14,17 +14,19 @@ from typing import Any, Callable, TypeVar
 import gradio as gr
 
 from backend.basis import MAX_K
+from backend.cancel import Cancelled
 from backend.errors import EigenfaceError
+
+from .sessions import REQUESTS
 
 log = logging.getLogger("eigenface.app")
 
 #: The slider pool: one slider per possible direction, the first k shown.
 N_SLIDERS = MAX_K
-#: Slider range and step, in the service's strength unit (RMS change of x_t per element).
-#: Past about |0.6| the images get noisy; the range still allows a look at what happens.
+#: Slider range and step. The direction sliders are positions on each direction's calibrated
+#: range (backend/ranges.py; Found.strength turns them into strengths); the saved-direction and
+#: text sliders are in the service's strength unit (RMS change of x_t per element).
 SLIDER_MIN, SLIDER_MAX, SLIDER_STEP = -1.0, 1.0, 0.05
-#: Denoising steps of the quick image shown while a slider is being dragged.
-PREVIEW_STEPS = 5
 #: Atlas rows: this many edits from -s to +s along each direction.
 ATLAS_COLUMNS = 5
 #: Largest seed the page takes: browsers hold numbers as doubles, exact up to 2**53.
@@ -49,6 +51,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 def guard(fn: F) -> F:
     """Handler wrapper: bad input -> a toast with its message; anything else -> logged, generic toast.
 
+    The handler runs as one of :data:`ui.sessions.REQUESTS`: it stops when its client leaves
+    or the same page sends a newer request to the same handler (:class:`Cancelled`).
+
     ``functools.wraps`` keeps the signature, so Gradio still sees ``gr.Progress`` and
     ``gr.Request`` parameters.
     """
@@ -56,9 +61,12 @@ def guard(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            with REQUESTS.running(fn.__qualname__):
+                return fn(*args, **kwargs)
         except gr.Error:
             raise
+        except Cancelled as exc:
+            raise gr.Error(f"Stopped: {exc}.", print_exception=False) from None
         except EigenfaceError as exc:
             raise gr.Error(str(exc), print_exception=False) from None
         except Exception:

@@ -21,6 +21,7 @@ from typing import Any, Callable, ParamSpec, TypeVar
 import torch
 
 from backend.cache import ByteLRU, leaves, record_computed
+from backend.cancel import check
 
 from .common import ZERO_GPU, gpu
 
@@ -40,6 +41,7 @@ class Device:
     def call(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         """``fn(*args, **kwargs)``; ``fn`` is a bound method of the service or its parts, or a
         module-level function. Entries a ZeroGPU worker computed land in ``self.cache``."""
+        check()  # an abandoned request does not start (a forked GPU worker cannot see its token later)
         if ZERO_GPU:
             kwargs.pop("progress", None)  # a callback cannot reach back across the fork
         owner_id = None

@@ -13,17 +13,17 @@ import random
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import gradio as gr
 
-from backend.basis import MAX_K
 from backend.edit import EDIT_MODES
 from backend.errors import InputError
+from backend.precompute import PathStatus
 from backend.sampling import DEFAULT_STEPS
 from backend.service import EigenfaceService
-from backend.specs import DEFAULT_K
+from backend.specs import DEFAULT_K, PAGE_RANGES
 from backend.state import EditState
 
 from .common import MAX_UI_SEED, N_SLIDERS, RANDOM_SEED_MAX, guard
@@ -61,12 +61,14 @@ class ExploreHandlers:
     def find_directions(self, model, prompt, seed, timestep, k, steps, progress=gr.Progress()):
         """Compute (or fetch from the cache) the top-k directions of an image.
 
-        Returns the unedited image and the k singular values as a JSON list.
+        Returns the unedited image, the k singular values as a JSON list, and the k calibrated
+        ranges as a JSON list of [lo, hi] strengths (each direction's edit is valid within them).
         """
         state = self.editor.state(model, prompt, seed, timestep, k, steps)
         found = self.editor.discover(state, progress)
         image = self.editor.original(state)
-        return image, json.dumps([round(s, 6) for s in found.sigma]), found
+        ranges = json.dumps([[round(lo, 6), round(hi, 6)] for lo, hi in found.ranges])
+        return image, json.dumps([round(s, 6) for s in found.sigma]), ranges, found
 
     # ---------------------------------------------------------------- page-only steps
     @guard
@@ -108,13 +110,49 @@ class ExploreHandlers:
 
     @guard
     def settle(self, request: gr.Request, found: Found | None, mode: str, page_url: str, *values: float):
-        """Full-quality image for the current sliders (slider release, mode change)."""
+        """Full-quality image for the current sliders (slider release, mode change). A geodesic
+        edit that needs a fresh shoot (several sliders, or paths not ready) shows the direct
+        edit here at once; :meth:`settle_geodesic` replaces it when the shoot is done."""
         if found is None:
             return gr.skip(), gr.skip(), gr.skip()
         state = SliderPool.state(found, mode, values)
         self._settle(request, state)
-        image = self.editor.render(state)
+        shown = state if self.editor.instant(state) else replace(state, mode="direct")
+        image = self.editor.render(shown)
         return image, (self.editor.original(state), image), share_link(page_url, state)
+
+    @guard
+    def settle_geodesic(self, request: gr.Request, found: Found | None, mode: str, *values: float):
+        """After :meth:`settle`: the geodesic image it stood in for, unless a newer edit came
+        meanwhile (the latest request wins; a superseded result is never shown)."""
+        if found is None:
+            return gr.skip(), gr.skip()
+        state = SliderPool.state(found, mode, values)
+        if self.editor.instant(state) or self._last_settled(request) != state:
+            return gr.skip(), gr.skip()
+        image = self.editor.render(state)
+        if self._last_settled(request) != state:
+            return gr.skip(), gr.skip()
+        return image, (self.editor.original(state), image)
+
+    # ---------------------------------------------------------------- geodesic paths
+    @guard
+    def start_paths(self, request: gr.Request, found: Found | None):
+        """Start the shown basis's geodesic paths in the background; the timer polls them."""
+        session = getattr(request, "session_hash", None)
+        if found is None or session is None:
+            return gr.skip(), gr.skip(), gr.Timer(active=False)
+        status = self.editor.start_paths(found.state, session)
+        return (*paths_shown(status), gr.Timer(active=status.state == "running"))
+
+    @guard
+    def path_progress(self, request: gr.Request):
+        """Timer tick: the precompute's progress, and the mode's note once paths are ready."""
+        session = getattr(request, "session_hash", None)
+        if session is None:
+            return gr.skip(), gr.skip(), gr.Timer(active=False)
+        status = self.editor.path_status(session)
+        return (*paths_shown(status), gr.Timer(active=status.state == "running"))
 
     @guard
     def reset_all(self, request: gr.Request, found: Found | None, mode: str, page_url: str):
@@ -144,6 +182,26 @@ class ExploreHandlers:
 
 #: Browser sessions whose last full-quality edit is remembered (to drop late previews).
 MAX_SESSIONS = 4096
+MODE_INFO = "direct: one step · guidance: along the model's response · geodesic: follows the curved space"
+#: The page's edit mode until a person picks another: geodesic edits at the slider ends re-render
+#: as faces better and carry less speckle than direct ones (BENCHMARKS.md, bench/bench_paths.py
+#: --sections quality), and with the paths cached they cost what a direct edit costs. Links and
+#: files keep the mode they name; the CLI keeps direct.
+DEFAULT_MODE = "geodesic"
+#: How often the page asks for the precompute's progress while it runs.
+PATHS_POLL_S = 0.5
+
+
+def paths_shown(status: PathStatus) -> tuple[dict, str]:
+    """The mode control's note and the progress line for a precompute status."""
+    if status.state == "ready":
+        return gr.update(info=f"{MODE_INFO} (paths ready: as fast as direct for one slider)"), f"Geodesic paths ready ({status.seconds:.1f} s)."
+    if status.state == "running":
+        done = f"step {status.done} of {status.total}" if status.total else "starting"
+        return gr.update(info=f"{MODE_INFO} (slow until its paths are ready)"), f"Computing geodesic paths in the background: {done} ({status.seconds:.0f} s)."
+    if status.state == "failed":
+        return gr.update(info=f"{MODE_INFO} (slow)"), f"Geodesic paths failed: {status.message}"
+    return gr.update(info=f"{MODE_INFO} (slow)"), ""
 
 
 # ================================================================================= layout
@@ -166,7 +224,10 @@ class Explore:
     name: gr.Button
     share: gr.Textbox
     sigma_json: gr.Textbox
+    ranges_json: gr.Textbox
     page_url: gr.State
+    paths: gr.Markdown  # the geodesic precompute's progress
+    paths_timer: gr.Timer
 
     @property
     def found(self) -> gr.State:
@@ -194,12 +255,15 @@ def build_explore(service: EigenfaceService) -> Explore:
             with gr.Row(equal_height=True):
                 seed = gr.Number(settings.seed, precision=0, minimum=0, maximum=MAX_UI_SEED, label="Seed", scale=3, min_width=100)
                 random_seed = gr.Button("Random seed", scale=2, min_width=90, size="md")
-            timestep = gr.Slider(0.05, 1.0, value=settings.timestep, step=0.01, label="Edit timestep (fraction of T)", info="Early (high) = coarse semantics")
-            k = gr.Slider(1, MAX_K, value=DEFAULT_K, step=1, precision=0, label="Directions k")
-            steps = gr.Slider(2, 100, value=DEFAULT_STEPS, step=1, precision=0, label="DDIM steps")
-            mode = gr.Radio(list(EDIT_MODES), value="direct", label="Edit mode", info="direct: one step · guidance: along the model's response · geodesic: follows the curved space (slow)")
+            t_range, k_range, steps_range = (PAGE_RANGES[name] for name in ("timestep", "k", "steps"))  # the API holds to these too
+            timestep = gr.Slider(t_range.low, t_range.high, value=settings.timestep, step=t_range.step, label="Edit timestep (fraction of T)", info="Early (high) = coarse semantics")
+            k = gr.Slider(k_range.low, k_range.high, value=DEFAULT_K, step=k_range.step, precision=0, label="Directions k")
+            steps = gr.Slider(steps_range.low, steps_range.high, value=DEFAULT_STEPS, step=steps_range.step, precision=0, label="DDIM steps")
+            mode = gr.Radio(list(EDIT_MODES), value=DEFAULT_MODE, label="Edit mode", info=f"{MODE_INFO} (slow)", elem_id="edit-mode")
             find = gr.Button("Find directions", variant="primary", elem_id="find-directions")
             status = gr.Markdown(NO_DIRECTIONS, elem_id="eigen-status")
+            paths = gr.Markdown("", elem_id="eigen-paths")
+            paths_timer = gr.Timer(PATHS_POLL_S, active=False)
         with gr.Column(scale=2, min_width=320):
             with gr.Tabs():
                 with gr.Tab("Image"):
@@ -215,7 +279,11 @@ def build_explore(service: EigenfaceService) -> Explore:
                 reset_all = gr.Button("Reset all sliders", elem_id="reset-all", min_width=120)
                 name = gr.Button("Name the sliders", visible=False, elem_id="name-directions", min_width=120)
     sigma_json = gr.Textbox(visible=False, label="σ (JSON)")
-    return Explore(model, prompt, seed, random_seed, timestep, k, steps, mode, find, status, image, compare, pool, reset_all, name, share, sigma_json, gr.State(""))
+    ranges_json = gr.Textbox(visible=False, label="ranges (JSON)")
+    return Explore(
+        model, prompt, seed, random_seed, timestep, k, steps, mode, find, status, image, compare, pool, reset_all, name, share, sigma_json, ranges_json, gr.State(""),
+        paths, paths_timer,
+    )
 
 
 # ================================================================================= events
@@ -229,13 +297,13 @@ def wire_explore(h: ExploreHandlers, ex: Explore, after_basis: Callable[[Any, st
         after_basis(dep, prefix)
 
     find = ex.find.click(
-        h.find_directions, ex.controls, [ex.image, ex.sigma_json, ex.found],
-        api_name="find_directions", preprocess=False, concurrency_id="basis", concurrency_limit=1, show_progress_on=[ex.image],
+        h.find_directions, ex.controls, [ex.image, ex.sigma_json, ex.ranges_json, ex.found],
+        api_name="find_directions", preprocess=False, concurrency_id="basis", show_progress_on=[ex.image],
     )
     find_then_show(find, "find")
     seeded = ex.random_seed.click(h.random_seed, None, ex.seed, api_name="random_seed", api_visibility="private", queue=False).then(
-        h.find_directions, ex.controls, [ex.image, ex.sigma_json, ex.found],
-        api_name="random_seed_find", api_visibility="private", preprocess=False, concurrency_id="basis", concurrency_limit=1, show_progress_on=[ex.image],
+        h.find_directions, ex.controls, [ex.image, ex.sigma_json, ex.ranges_json, ex.found],
+        api_name="random_seed_find", api_visibility="private", preprocess=False, concurrency_id="basis", show_progress_on=[ex.image],
     )
     find_then_show(seeded, "random")
 
@@ -244,22 +312,25 @@ def wire_explore(h: ExploreHandlers, ex: Explore, after_basis: Callable[[Any, st
         api_name="preview", api_visibility="private", trigger_mode="always_last", show_progress="hidden", concurrency_id="render",
     )
     settle_in = [ex.found, ex.mode, ex.page_url, *sliders]
+    geodesic_in, geodesic_out = [ex.found, ex.mode, *sliders], [ex.image, ex.compare]
     gr.on(
         [s.release for s in sliders], h.settle, settle_in, [ex.image, ex.compare, share],
         api_name="settle", api_visibility="private", trigger_mode="always_last", show_progress="hidden", concurrency_id="render", cancels=[preview],
-    )
+    ).then(h.settle_geodesic, geodesic_in, geodesic_out, api_name="settle_geodesic", api_visibility="private", show_progress="hidden", concurrency_id="geodesic")
     moded = ex.mode.input(
         h.settle, settle_in, [ex.image, ex.compare, share],
         api_name="mode_changed", api_visibility="private", trigger_mode="always_last", concurrency_id="render", cancels=[preview], show_progress_on=[ex.image],
     )
+    moded.then(h.settle_geodesic, geodesic_in, geodesic_out, api_name="mode_geodesic", api_visibility="private", show_progress="hidden", concurrency_id="geodesic")
     after_basis(moded, "mode")
+    ex.paths_timer.tick(h.path_progress, None, [ex.mode, ex.paths, ex.paths_timer], api_name="paths_progress", api_visibility="private", show_progress="hidden", queue=False)
     ex.reset_all.click(
         h.reset_all, [ex.found, ex.mode, ex.page_url], [ex.image, ex.compare, share, *sliders],
         api_name="reset_all", api_visibility="private", cancels=[preview], concurrency_id="render",
     )
     ex.name.click(
         h.name_directions, ex.found, [ex.status, *sliders],
-        api_name="name_sliders", api_visibility="private", concurrency_id="batch", concurrency_limit=1, show_progress_on=[ex.status],
+        api_name="name_sliders", api_visibility="private", concurrency_id="batch", show_progress_on=[ex.status],
     )
     ex.model.input(h.model_changed, [ex.model, ex.found, ex.seed, ex.k, ex.steps], [ex.prompt, ex.timestep, ex.status], api_name="model_changed", api_visibility="private")
     gr.on(

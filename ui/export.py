@@ -31,8 +31,8 @@ class ExportHandlers:
         return self.editor.export_json(SliderPool.state(found, mode, values, NOTHING_YET))
 
     @guard
-    def gif(self, found: Found | None, mode: str, direction, strength):
-        return self.editor.export_gif(SliderPool.state(found, mode, (), NOTHING_YET), direction, strength)
+    def gif(self, found: Found | None, mode: str, direction, reach):
+        return self.editor.export_gif(found, SliderPool.state(found, mode, (), NOTHING_YET), direction, reach)
 
 
 # ================================================================================= layout
@@ -56,7 +56,7 @@ def build_export(service: EigenfaceService) -> Export:
             load = gr.UploadButton(f"Load edit (JSON, ≤ {MAX_JSON_BYTES // 1024} kB)", file_types=[".json"], size="md", elem_id="load-edit")
         with gr.Row(equal_height=True):
             gif_direction = gr.Number(0, precision=0, minimum=0, maximum=MAX_K - 1, label="GIF: direction", min_width=100)
-            gif_strength = gr.Slider(SLIDER_STEP, SLIDER_MAX, value=service.settings(service.model_names[0]).strength, step=SLIDER_STEP, label="GIF: strength (−s … +s)", min_width=160)
+            gif_strength = gr.Slider(SLIDER_STEP, SLIDER_MAX, value=SLIDER_MAX, step=SLIDER_STEP, label="GIF: reach (fraction of the direction's range)", min_width=160)
             gif = gr.Button("Traversal (GIF)", size="md")
         files = gr.File(label="Download", interactive=False, elem_id="eigen-download")
     return Export(png, json, gif, gif_direction, gif_strength, load, files, gr.State(None))
@@ -69,5 +69,5 @@ def wire_export(h: ExportHandlers, export: Export, pool: SliderPool) -> None:
     export.json.click(h.json, pool.inputs, export.files, api_name="export_json", api_visibility="private", queue=False)
     export.gif.click(
         h.gif, [pool.found, pool.mode, export.gif_direction, export.gif_strength], export.files,
-        api_name="export_gif", api_visibility="private", concurrency_id="batch", concurrency_limit=1,
+        api_name="export_gif", api_visibility="private", concurrency_id="batch",
     )

@@ -43,9 +43,14 @@ class Page:
         self._wire(demo)
 
     def after_basis(self, dep: Any, prefix: str) -> None:
-        """Append to ``dep`` (an event that changed the displayed basis or mode) the refresh of
-        the atlas and of the steering controls."""
-        pool = self.explore.pool
+        """Append to ``dep`` (an event that changed the displayed basis or mode) the start of its
+        geodesic paths' precompute (a no-op when they are cached or running), then the refresh
+        of the atlas and of the steering controls."""
+        pool, ex = self.explore.pool, self.explore
+        dep = dep.then(
+            self.explore_h.start_paths, pool.found, [ex.mode, ex.paths, ex.paths_timer],
+            api_name=f"{prefix}_paths", api_visibility="private", show_progress="hidden", queue=False,
+        )
         for i, step in enumerate([atlas.refresh_step(self.atlas_h, self.atlas, pool), steer.refresh_step(self.steer_h, self.steer, pool)]):
             dep = dep.then(**step, api_name=f"{prefix}_after_{i}", api_visibility="private")
 
@@ -55,8 +60,6 @@ class Page:
         atlas.wire_atlas(self.atlas_h, self.atlas, pool)
         steer.wire_steer(self.steer_h, self.steer, pool)
         export.wire_export(self.export_h, self.export, pool)
-        for name, strength in (("atlas_model_strength", self.atlas.strength), ("gif_model_strength", self.export.gif_strength)):
-            ex.model.input(self.atlas_h.strength_for, ex.model, strength, api_name=name, api_visibility="private", queue=False)
         wire_api(self.api_h, self.api, ex.controls, ex.mode)
 
         restored = outputs(ex)
@@ -64,12 +67,12 @@ class Page:
             self.restorer.read, self.export.load, self.export.pending, api_name="read_edit", api_visibility="private", show_progress="hidden",
         ).then(
             self.restorer.load, [self.export.pending, ex.page_url], restored,
-            api_name="load_edit", api_visibility="private", concurrency_id="basis", concurrency_limit=1, show_progress_on=[ex.image],
+            api_name="load_edit", api_visibility="private", concurrency_id="basis", show_progress_on=[ex.image],
         )
         self.after_basis(loaded, "load")
         opened = demo.load(
             self.restorer.on_load, None, [ex.page_url, *restored],
-            api_name="on_load", api_visibility="private", concurrency_id="basis", concurrency_limit=1, show_progress_on=[ex.image],
+            api_name="on_load", api_visibility="private", concurrency_id="basis", show_progress_on=[ex.image],
         )
         self.after_basis(opened, "on_load")  # a link may have restored a basis
         demo.load(self.steer_h.refresh, None, self.steer.saved, api_name="saved_on_load", api_visibility="private", queue=False)

@@ -45,18 +45,21 @@ class SliderPool:
 
     @staticmethod
     def state(found: Found | None, mode: str, values: Sequence[float] = (), missing: str = NO_BASIS) -> EditState:
-        """The displayed basis with the page's mode and the first k slider values (none: the
-        unedited image). ``missing``: the message when there is no basis yet."""
+        """The displayed basis with the page's mode and the first k slider positions turned into
+        strengths (each slider spans its direction's calibrated range, evenly in x0 change;
+        none: the unedited image). ``missing``: the message when there is no basis yet."""
         if found is None:
             raise InputError(missing)
-        return replace(found.state, mode=mode, sliders=tuple(float(v or 0.0) for v in values[: found.state.k]))
+        strengths = tuple(found.strength(i, float(v or 0.0)) for i, v in enumerate(values[: found.state.k]))
+        return replace(found.state, mode=mode, sliders=strengths)
 
 
-def shown(found: Found, values: Sequence[float] = (), labels: Sequence[str] | None = None) -> list[dict]:
-    """Updates that show the basis's k sliders at ``values`` (default zero) and hide the rest."""
-    values = list(values) + [0.0] * (N_SLIDERS - len(values))
+def shown(found: Found, strengths: Sequence[float] = (), labels: Sequence[str] | None = None) -> list[dict]:
+    """Updates that show the basis's k sliders at the positions of ``strengths`` (default zero)
+    and hide the rest."""
+    values = [found.position(i, s) for i, s in enumerate(strengths)] + [0.0] * (N_SLIDERS - len(strengths))
     return [
-        gr.update(visible=True, value=values[i], label=slider_label(i, found.sigma[i], labels))
+        gr.update(visible=True, value=values[i], label=slider_label(i, found, labels))
         if i < found.state.k
         else gr.update(visible=False, value=0)
         for i in range(N_SLIDERS)
@@ -65,15 +68,19 @@ def shown(found: Found, values: Sequence[float] = (), labels: Sequence[str] | No
 
 def relabelled(found: Found, labels: Sequence[str]) -> list:
     """Updates that put the directions' names on the shown sliders (values untouched)."""
-    return [gr.update(label=slider_label(i, found.sigma[i], labels)) if i < found.state.k else gr.skip() for i in range(N_SLIDERS)]
+    return [gr.update(label=slider_label(i, found, labels)) if i < found.state.k else gr.skip() for i in range(N_SLIDERS)]
 
 
 def zeroed() -> list[dict]:
     return [gr.update(value=0) for _ in range(N_SLIDERS)]
 
 
-def slider_label(index: int, sigma: float, labels: Sequence[str] | None = None) -> str:
-    """"3 · ears · σ=1.2" once the directions are named, "direction 3 · σ=1.2" before."""
-    if labels:
-        return f"{index} · {labels[index]} · σ={sigma:.3g}"
-    return f"direction {index} · σ={sigma:.3g}"
+def slider_label(index: int, found: Found, labels: Sequence[str] | None = None) -> str:
+    """"3 · ears · σ=1.2 · −0.15…+0.21" once the directions are named, "direction 3 · ..." before;
+    the range is the strengths the slider's ends stand for."""
+    name = f"{index} · {labels[index]}" if labels else f"direction {index}"
+    text = f"{name} · σ={found.sigma[index]:.3g}"
+    if index < len(found.ranges):
+        lo, hi = found.ranges[index]
+        text += f" · {lo:+.2f}…{hi:+.2f}".replace("-", "−")
+    return text

@@ -309,6 +309,30 @@ def random_directions(shape: Sequence[int], n: int, seed: int) -> Tensor:
     return v / v.flatten(1).norm(dim=1).reshape(n, *([1] * len(shape)))
 
 
+def seed_responses(
+    service: Renderer,
+    spec: BasisSpec,
+    n_random: int,
+    strengths: Sequence[float],
+    *,
+    estimator: FactorEstimator | None = None,
+    random_seed: int = 0,
+    mode: str = "direct",
+) -> tuple[list[EditResponse], list[EditResponse]]:
+    """The :class:`EditResponse` of each top-``spec.k`` direction and of ``n_random`` random
+    directions at one sample, edits at each of ``strengths``, rendered in one batched call:
+    what :func:`seed_semantics` sums up, and what the evaluation (bench/catpeople_eval.py)
+    tabulates strength by strength."""
+    if n_random < 1:
+        raise InputError(f"n_random must be at least 1, got {n_random}")
+    model = service.model(spec.sample.model)
+    k = service.discover(spec).basis.k
+    # Random directions depend on the sample's seed too, so different seeds see different ones.
+    vectors = random_directions(model.sample_shape, n_random, random_seed * 1_000_003 + spec.sample.seed)
+    responses = edit_responses(service, spec, list(range(k)) + list(vectors), strengths, estimator=estimator, mode=mode)
+    return responses[:k], responses[k:]
+
+
 def seed_semantics(
     service: Renderer,
     spec: BasisSpec,
@@ -320,16 +344,7 @@ def seed_semantics(
     mode: str = "direct",
 ) -> SeedSemantics:
     """Top-``spec.k`` directions and ``n_random`` random directions at one sample, edits at +-strength."""
-    if n_random < 1:
-        raise InputError(f"n_random must be at least 1, got {n_random}")
-    estimator = estimator or default_estimator()
-    model = service.model(spec.sample.model)
-    k = service.discover(spec).basis.k
-    strengths = (-strength, strength)
-    # Random directions depend on the sample's seed too, so different seeds see different ones.
-    vectors = random_directions(model.sample_shape, n_random, random_seed * 1_000_003 + spec.sample.seed)
-    responses = edit_responses(service, spec, list(range(k)) + list(vectors), strengths, estimator=estimator, mode=mode)
-    directions, randoms = responses[:k], responses[k:]
+    directions, randoms = seed_responses(service, spec, n_random, (-strength, strength), estimator=estimator, random_seed=random_seed, mode=mode)
     return SeedSemantics(
         seed=spec.sample.seed,
         direction_response=torch.stack([r.response for r in directions]),

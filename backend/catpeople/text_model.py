@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from .captions import WORDS
-from .vocab import clip_tokenizer, write_clip_tokenizer_files
+from ..vocab import clip_tokenizer, write_clip_tokenizer_files
 
 
 @dataclass

@@ -1,0 +1,144 @@
+#!/usr/bin/env python3
+"""Are the calibrated slider ends valid, and are they far enough? (issue 15's evidence)
+
+For each seed and edit timestep on the built-in model: the service's own basis and calibrated
+ranges (``EigenfaceService.discover``), then every top direction edited to both ends of its
+range and to today's fixed +-0.2, rendered exactly as the page renders them. Each image is
+scored against the unedited image of its seed:
+
+* face-check error: the factor estimator's re-render error (``FactorEstimator.reconstruction_error``);
+* speckle: mean |Laplacian| of the image (``backend.ranges.high_frequency``, the statistic the
+  calibration reads from the predicted x0, here on the final pixels);
+* factor movement: total estimated factor change (``factor_distance`` summed over factors).
+
+An end is valid when both its face-check error and its speckle are within ``--tolerance``
+(1.2) times the unedited image's. Targets: >= 90 % of end images valid; ends move the factors
+>= 2x as much as +-0.2.
+
+    python bench/slider_ranges.py --out bench/results/slider_ranges.md
+    python bench/slider_ranges.py --seeds 0,1 --timesteps 0.3 --k 4 --boost off   # quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from backend.catpeople.estimator import factor_distance  # noqa: E402
+from backend.catpeople.semantics import default_estimator  # noqa: E402
+from backend.images import pil_to_tensor  # noqa: E402
+from backend.edit import strength_scale  # noqa: E402
+from backend.ranges import high_frequency, predicted_x0  # noqa: E402
+from backend.sampling import NoiseSchedule  # noqa: E402
+from backend.service import EigenfaceService, ServiceConfig  # noqa: E402
+from backend.specs import BasisSpec, SampleSpec  # noqa: E402
+from bench.common import Report, environment, environment_lines, fmt, log, mark, pct, provenance  # noqa: E402
+
+#: Today's fixed slider strength (the built-in model's eigenface.json) the ends are compared with.
+BASELINE = 0.2
+
+
+def score_seed(service: EigenfaceService, spec: BasisSpec, fixed: list[float]) -> dict:
+    """Ratios to the unedited image and factor changes of every direction at lo, hi, then -s, +s
+    for each fixed strength s (columns in that order)."""
+    estimator = default_estimator()
+    result = service.discover(spec)
+    k = result.basis.k
+    columns = 2 + 2 * len(fixed)
+    edits = [(i, v) for i in range(k) for v in (*result.ranges[i], *(x for s in fixed for x in (-s, s)))]
+    images = pil_to_tensor([service.generate(spec.sample), *service.render_edits(spec, edits)])
+    error = estimator.reconstruction_error(images)
+    speckle = high_frequency(images)
+    factors = estimator.estimate(images)
+    moved = factor_distance(factors[1:], factors[:1].expand(len(edits), -1).clone()).sum(dim=1)
+    rows = torch.arange(len(edits)) + 1
+    # the calibration's own reading at each edit: the predicted x0's high-frequency ratio, one U-Net call at t
+    model = service.model(spec.sample.model)
+    moves = torch.stack([result.basis.v[i] * v * strength_scale(result.x_t.shape) for i, v in edits])
+    x0 = predicted_x0(model, NoiseSchedule.from_config(model.scheduler_config), torch.cat([result.x_t[None], result.x_t[None] + moves]), result.timestep, None, 1.0)
+    predicted = high_frequency(x0)
+    return {
+        "predicted_hf": (predicted[rows] / predicted[0]).view(k, columns).tolist(),
+        "ranges": [list(r) for r in result.ranges],
+        "error": (error[rows] / error[0]).view(k, columns).tolist(),
+        "speckle": (speckle[rows] / speckle[0]).view(k, columns).tolist(),
+        "moved": moved.view(k, columns).tolist(),
+        "base_is_face": bool(error[0] <= estimator.face_threshold),
+        "base_speckle": float(speckle[0]),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--seeds", default="0,1,2,3,4,5,6,7")
+    p.add_argument("--timesteps", default="0.3,0.6", help="edit timesteps, fractions of T")
+    p.add_argument("--k", type=int, default=8)
+    p.add_argument("--tolerance", type=float, default=1.2)
+    p.add_argument("--fixed", default=str(BASELINE), help="fixed strengths to compare with (the first is the ratio's baseline)")
+    p.add_argument("--boost", choices=["auto", "on", "off"], default="auto", help="quality boosting (ServiceConfig.boost)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", type=Path, default=None, help="markdown report (also printed)")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    timesteps = [float(t) for t in args.timesteps.split(",")]
+    fixed = [float(s) for s in args.fixed.split(",")]
+    service = EigenfaceService(ServiceConfig(device="cpu", boost={"auto": None, "on": True, "off": False}[args.boost]))
+    report = Report(order=["head", "validity"])
+    report.section("head")
+    report.add("# Calibrated slider ranges on the built-in model", "", *environment_lines(environment(torch.device("cpu"), argv, "slider_ranges.py")),
+               f"- {provenance()}", "")
+    report.section("validity")
+    rows, raw = [], {}
+    start = time.perf_counter()
+    for t in timesteps:
+        scores = []
+        for seed in seeds:
+            t0 = time.perf_counter()
+            scores.append(score_seed(service, BasisSpec(SampleSpec(seed=seed), t, args.k), fixed))
+            log(f"t={t} seed {seed}: {time.perf_counter() - t0:.1f} s")
+        raw[str(t)] = scores
+        err = torch.tensor([s["error"] for s in scores])  # (seeds, k, 4)
+        spk = torch.tensor([s["speckle"] for s in scores])
+        moved = torch.tensor([s["moved"] for s in scores])
+        hf = torch.tensor([s["predicted_hf"] for s in scores])
+        correlation = float(torch.corrcoef(torch.stack([hf.flatten(), spk.flatten()]))[0, 1])
+        ok = (err <= args.tolerance) & (spk <= args.tolerance)
+        ends = [abs(v) for s in scores for r in s["ranges"] for v in r]
+        valid = lambda c: pct(float(ok[..., c].float().mean()))  # noqa: E731
+        ratio = float(moved[..., :2].mean() / moved[..., 2:4].mean())
+        rows.append([
+            f"{t}", f"{sum(s['base_speckle'] for s in scores) / len(scores):.3f}", f"{sum(ends) / len(ends):.3f} ({min(ends):.2f}-{max(ends):.2f})",
+            valid(slice(0, 2)), pct(float((err[..., :2] <= args.tolerance).float().mean())), pct(float((spk[..., :2] <= args.tolerance).float().mean())),
+            fmt(float(moved[..., :2].mean())),
+            *(v for j in range(len(fixed)) for v in (valid(slice(2 + 2 * j, 4 + 2 * j)), fmt(float(moved[..., 2 + 2 * j : 4 + 2 * j].mean())))),
+            f"{ratio:.2f}x", f"{correlation:.2f}", mark(float(ok[..., :2].float().mean()) >= 0.9 and ratio >= 2),
+        ])
+    report.add(
+        f"Seeds {seeds}, top {args.k} directions, both calibrated ends per direction vs fixed +-{', +-'.join(f'{s:g}' for s in fixed)}; "
+        f"boost {args.boost}. 'valid' = face-check error and speckle both within {args.tolerance}x the unedited image's; "
+        f"'moved' = mean total factor change; 'ratio' = moved at the ends / moved at +-{fixed[0]:g}; "
+        f"'corr' = Pearson correlation, over every edit, of the calibration's reading (predicted-x0 high-frequency ratio at t) "
+        f"with the final image's speckle ratio.", "")
+    report.table(["timestep", "unedited speckle", "mean end (min-max)", "ends valid", "ends: face err ok", "ends: speckle ok", "moved at ends",
+                  *(h for s in fixed for h in (f"+-{s:g} valid", f"moved at +-{s:g}")), "ratio", "corr(predicted hf, speckle)", "targets (>=90 %, >=2x)"], rows)
+    report.add(f"Wall time {time.perf_counter() - start:.0f} s.", "")
+    text = report.text()
+    print(text)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+        args.out.with_suffix(".json").write_text(__import__("json").dumps(raw, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

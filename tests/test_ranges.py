@@ -1,0 +1,69 @@
+"""backend.ranges: calibrated slider ranges and the even-travel map, on the tiny checkpoints."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from backend.ranges import MAX_END, MIN_END, TRAVEL_POINTS, Calibration, _crossing, _largest_valid, hf_limit, position_of, strength_at
+from backend.service import EigenfaceService, ServiceConfig
+from backend.specs import BasisSpec, SampleSpec
+from backend.store import load_calibration, save_basis
+
+
+@pytest.fixture(scope="module")
+def svc(tiny_ddpm_dir, tiny_sd_dir) -> EigenfaceService:
+    return EigenfaceService(ServiceConfig(models={"ddpm": str(tiny_ddpm_dir), "sd": str(tiny_sd_dir)}, device="cpu"))
+
+
+@pytest.mark.parametrize("model", ["ddpm", "sd"])
+def test_discover_returns_one_range_per_direction(svc, model):
+    prompt = "a cat" if model == "sd" else ""
+    result = svc.discover(BasisSpec(SampleSpec(model, seed=1, prompt=prompt, steps=4), 0.6, 3))
+    assert len(result.ranges) == len(result.travel) == 3
+    for (lo, hi), travel in zip(result.ranges, result.travel):
+        assert -MAX_END <= lo <= -MIN_END and MIN_END <= hi <= MAX_END
+        assert len(travel) == 2 * TRAVEL_POINTS + 1
+        assert travel[0] == lo and travel[-1] == hi and travel[TRAVEL_POINTS] == 0.0
+        assert all(a <= b for a, b in zip(travel, travel[1:]))
+    assert svc.discover(BasisSpec(SampleSpec(model, seed=1, prompt=prompt, steps=4), 0.6, 3)).ranges == result.ranges  # cached
+
+
+def test_slider_position_and_strength_are_inverse():
+    travel = (-0.3, -0.1, -0.05, -0.02, 0.0, 0.1, 0.2, 0.25, 0.5)
+    assert strength_at(travel, -1.0) == -0.3 and strength_at(travel, 1.0) == 0.5 and strength_at(travel, 0.0) == 0.0
+    assert strength_at(travel, 2.0) == 0.5  # clamped
+    for u in (-0.9, -0.4, 0.1, 0.6, 0.95):
+        assert position_of(travel, strength_at(travel, u)) == pytest.approx(u, abs=1e-6)
+    assert position_of(travel, 3.0) == 1.0
+
+
+def test_crossing_brackets_and_extrapolates():
+    # ratio 1 at 0, 1.1 at 0.25, 1.3 at 0.5 -> crossing of 1.2 halfway between the probes
+    assert _crossing([(0.0, 1.0, 0.0), (0.25, 1.1, 0.1), (0.5, 1.3, 0.2)], 1.2) == pytest.approx(0.375)
+    # everything below: extrapolate along the last segment
+    assert _crossing([(0.0, 1.0, 0.0), (0.25, 1.05, 0.1), (0.5, 1.1, 0.2)], 1.2) == pytest.approx(1.0)
+    # flat: as far as allowed
+    assert _crossing([(0.0, 1.0, 0.0), (0.25, 1.0, 0.1), (0.5, 1.0, 0.2)], 1.2) == MAX_END
+    # the end is the largest strength before the first failure, never below MIN_END
+    assert _largest_valid([(0.0, 1.0, 0.0), (0.25, 1.1, 0.1), (0.4, 1.3, 0.1), (0.5, 1.15, 0.2)], 1.2) == 0.25
+    assert _largest_valid([(0.0, 1.0, 0.0), (0.25, 1.5, 0.1)], 1.2) == MIN_END
+
+
+def test_basis_file_keeps_ranges_and_old_files_load(svc, tmp_path):
+    result = svc.discover(BasisSpec(SampleSpec("ddpm", seed=2, steps=4), 0.6, 2))
+    calibration = Calibration(result.ranges, result.travel)
+    save_basis(tmp_path / "new", result.basis, result.x_t, {}, calibration)
+    loaded = load_calibration(tmp_path / "new" / "basis.safetensors", 2)
+    assert loaded is not None
+    assert np.allclose(loaded.ranges, calibration.ranges, atol=1e-6) and np.allclose(loaded.travel, calibration.travel, atol=1e-6)
+    save_basis(tmp_path / "old", result.basis, result.x_t, {})  # as written before ranges existed
+    assert load_calibration(tmp_path / "old" / "basis.safetensors", 2) is None
+    assert load_calibration(tmp_path / "new" / "basis.safetensors", 3) is None  # another k: recalibrate
+
+
+def test_the_limit_tightens_with_t_and_loosens_with_boosting():
+    assert hf_limit(0.3, True) == 1.25 and hf_limit(0.6, True) == 1.10
+    assert hf_limit(0.1, True) == 1.25 and hf_limit(0.9, False) == hf_limit(0.6, False)  # held outside the anchors
+    assert hf_limit(0.6, True) < hf_limit(0.45, True) < hf_limit(0.3, True)
+    assert all(hf_limit(t, False) < hf_limit(t, True) for t in (0.3, 0.45, 0.6))

@@ -180,6 +180,7 @@ class Editor:
         if state.mode != "geodesic" or not strengths:
             return True
         spec = state.basis_spec()
+        self._afford(self.service.budget.discover(spec))  # the basis may not be found yet (an API call)
         return self.service.paths.covers(spec, self.service.discover(spec), strengths)
 
     def labels(self, state: EditState, compute: bool = True) -> tuple[str, ...] | None:

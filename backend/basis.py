@@ -91,7 +91,7 @@ def jvp(h_fn: HFn, x: Tensor, v: Tensor, mode: JvpMode = "exact", fd_eps: float 
 def jvp_at(h_fn: HFn, points: Tensor, v: Tensor, mode: JvpMode = "exact", fd_eps: float = DEFAULT_FD_EPS) -> Tensor:
     """J(points[b]) v[b] for tangents v (B, *x_shape) each at its own point (B, *x_shape).
 
-    One batched pass serves tangents at many points (:func:`local_bases` solves several
+    One batched pass serves tangents at many points (:func:`~backend.lockstep.local_bases` solves several
     bases at once this way); ``mode`` and ``fd_eps`` as in :func:`jvp`.
     """
     if mode == "exact":
@@ -236,7 +236,7 @@ class Products:
         return list(out.split([r.shape[0] for r in rows]))
 
 
-def _finished(solver: Solver, answer: Tensor | None) -> tuple[Product | None, Basis | None]:
+def advance_solver(solver: Solver, answer: Tensor | None) -> tuple[Product | None, Basis | None]:
     """Advance a solver by one answer (None: start it): its next request, or its basis."""
     try:
         return (next(solver) if answer is None else solver.send(answer)), None
@@ -261,7 +261,7 @@ def krylov(
     It yields ``("jvp", tangents (b, *x_shape))`` and ``("vjp", cotangents (b, *h_shape))``
     and is sent back J tangents / J^T cotangents at x; it returns the :class:`Basis`. Why:
     the maths stays in one place while the caller decides how products are taken, so
-    :func:`local_bases` can answer the requests of many points with one batched U-Net pass.
+    :func:`~backend.lockstep.local_bases` can answer the requests of many points with one batched U-Net pass.
     Arguments as in :func:`local_basis`.
     """
     if not 1 <= k <= MAX_K:
@@ -385,44 +385,7 @@ def local_basis(
     x = x.detach()
     products = Products(h_fn, jvp_mode, fd_eps, vjp_dtype, vectorize_vjp, chunk_size)
     solver = krylov(x, k, block_size=block_size, max_iters=max_iters, tol=tol, max_krylov=max_krylov, init=init, generator=generator, callback=callback)
-    request, basis = _finished(solver, None)
+    request, basis = advance_solver(solver, None)
     while basis is None:
-        request, basis = _finished(solver, products.at(x, request))
+        request, basis = advance_solver(solver, products.at(x, request))
     return basis
-
-
-def local_bases(
-    products: Products,
-    points: Sequence[Tensor],
-    k: int,
-    *,
-    inits: Sequence[Tensor | None],
-    generators: Sequence[torch.Generator | None],
-    **solver_kwargs: Any,
-) -> list[Basis]:
-    """:func:`local_basis` at several points at once, every round's products in one batched pass.
-
-    Each point has its own warm start and random generator, so each basis is what
-    :func:`local_basis` would give there (up to the round-off of a different batch size);
-    on a CPU one pass of B samples costs far less than B passes of one. ``solver_kwargs``
-    go to :func:`krylov`. Points that converge early simply leave the batch.
-    """
-    solvers = [krylov(x.detach(), k, init=init, generator=g, **solver_kwargs) for x, init, g in zip(points, inits, generators)]
-    pending: dict[int, Product] = {}
-    bases: list[Basis | None] = [None] * len(solvers)
-    for i, solver in enumerate(solvers):
-        pending[i], bases[i] = _finished(solver, None)
-    pending = {i: r for i, r in pending.items() if r is not None}
-    while pending:
-        for kind in ("jvp", "vjp"):
-            group = [i for i, request in pending.items() if request[0] == kind]
-            if not group:
-                continue
-            answers = products.at_many(kind, [points[i].detach() for i in group], [pending[i][1] for i in group])
-            for i, answer in zip(group, answers):
-                request, bases[i] = _finished(solvers[i], answer)
-                if request is None:
-                    del pending[i]
-                else:
-                    pending[i] = request
-    return [b for b in bases if b is not None]

@@ -16,12 +16,12 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Generator, Sequence
+from typing import Any, Callable, Generator
 
 import torch
 from torch import Tensor
 
-from .basis import Basis, HFn, Products, jvp, local_bases, local_basis
+from .basis import Basis, HFn, jvp, local_basis
 
 
 def _rows(t: Tensor) -> Tensor:
@@ -254,76 +254,21 @@ def geodesic_shoot(
     ``init`` and ``max_iters``.  Raises ValueError where transport finds no component of
     the direction in the new tangent space.
     """
-    _check_shoot(x, direction, length, substeps, basis_iters)
+    check_shot(x, direction, length, substeps, basis_iters)
     start = time.perf_counter()
     x = x.detach()
     if basis is None:
         basis = local_basis(h_fn, x, k, **basis_kwargs)
     update_kwargs = {**basis_kwargs, "max_iters": basis_iters}
-    shoot = _shoot(x, direction, length, substeps, k, basis, keep_bases, final_basis, step_callback)
-    request, path = _advance(shoot, None)
+    shoot = shot(x, direction, length, substeps, k, basis, keep_bases, final_basis, step_callback)
+    request, path = advance_shot(shoot, None)
     while path is None:
         point, init = request
-        request, path = _advance(shoot, local_basis(h_fn, point, k, **{**update_kwargs, "init": init}))
+        request, path = advance_shot(shoot, local_basis(h_fn, point, k, **{**update_kwargs, "init": init}))
     return replace(path, seconds=time.perf_counter() - start)
 
 
-def geodesic_shoots(
-    products: Products,
-    x: Tensor,
-    directions: Tensor,
-    lengths: Sequence[float],
-    *,
-    substeps: Sequence[int],
-    basis: Basis,
-    basis_iters: int = 3,
-    seed: int = 0,
-    step_callback: Callable[[int, int], None] | None = None,
-    **solver_kwargs: Any,
-) -> list[GeodesicPath]:
-    """:func:`geodesic_shoot` from one x along several directions at once.
-
-    directions: (P, *x_shape); lengths and substeps: P each.  Every shot is the one
-    :func:`geodesic_shoot` makes with ``generator=torch.Generator().manual_seed(seed)`` and
-    ``final_basis=False``, but the basis updates of all shots at each step are solved
-    together (:func:`~backend.basis.local_bases`), so a step costs one batched U-Net pass per
-    product instead of P: the way to shoot 2k paths on a CPU in seconds, not minutes.
-    ``step_callback(done, total)`` is called after each round of updates (``total``: the
-    longest shot's updates, one fewer than its substeps); raising from it abandons every shot.
-    """
-    for d, length, n in zip(directions, lengths, substeps, strict=True):
-        _check_shoot(x, d, length, n, basis_iters)
-    start = time.perf_counter()
-    x = x.detach()
-    shots = [_shoot(x, d, length, n, basis.k, basis, False, False, None) for d, length, n in zip(directions, lengths, substeps)]
-    generators = [torch.Generator().manual_seed(seed) for _ in shots]
-    pending: dict[int, tuple[Tensor, Tensor]] = {}
-    paths: list[GeodesicPath | None] = [None] * len(shots)
-    for i, shot in enumerate(shots):
-        request, paths[i] = _advance(shot, None)
-        if request is not None:
-            pending[i] = request
-    total, done = max(substeps) - 1, 0
-    while pending:
-        order = list(pending)
-        bases = local_bases(
-            products, [pending[i][0] for i in order], basis.k, inits=[pending[i][1] for i in order],
-            generators=[generators[i] for i in order], **{**solver_kwargs, "max_iters": basis_iters},
-        )
-        for i, new in zip(order, bases):
-            request, paths[i] = _advance(shots[i], new)
-            if request is None:
-                del pending[i]
-            else:
-                pending[i] = request
-        done += 1
-        if step_callback is not None:
-            step_callback(done, total)
-    seconds = time.perf_counter() - start
-    return [replace(path, seconds=seconds) for path in paths if path is not None]
-
-
-def _check_shoot(x: Tensor, direction: Tensor, length: float, substeps: int, basis_iters: int) -> None:
+def check_shot(x: Tensor, direction: Tensor, length: float, substeps: int, basis_iters: int) -> None:
     if substeps < 1:
         raise ValueError(f"substeps must be >= 1, got {substeps}")
     if basis_iters < 1:
@@ -338,7 +283,7 @@ def _check_shoot(x: Tensor, direction: Tensor, length: float, substeps: int, bas
 BasisRequest = tuple[Tensor, Tensor]
 
 
-def _advance(shot: Generator[BasisRequest, Basis, GeodesicPath], answer: Basis | None) -> tuple[BasisRequest | None, GeodesicPath | None]:
+def advance_shot(shot: Generator[BasisRequest, Basis, GeodesicPath], answer: Basis | None) -> tuple[BasisRequest | None, GeodesicPath | None]:
     """Advance a shot by one basis (None: start it): its next request, or its path."""
     try:
         return (next(shot) if answer is None else shot.send(answer)), None
@@ -346,7 +291,7 @@ def _advance(shot: Generator[BasisRequest, Basis, GeodesicPath], answer: Basis |
         return None, stop.value
 
 
-def _shoot(
+def shot(
     x: Tensor,
     direction: Tensor,
     length: float,

@@ -14,7 +14,7 @@ substeps = j)``. Between grid points the straight line is the one-substep geodes
 lower point, up to the turn of the direction within one step.
 
 Cost: all 2k shots move in lockstep and every step's basis updates are solved together
-(:func:`~backend.geometry.geodesic_shoots`), one batched U-Net pass per product.
+(:func:`~backend.lockstep.geodesic_shoots`), one batched U-Net pass per product.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from torch import Tensor
 from .basis import Products
 from .edit import EditPoint, apply_edits, strength_scale
 from .errors import EditError
-from .geometry import geodesic_shoots
+from .lockstep import geodesic_shoots
 from .hspace import jacobian_context
 
 #: Grid steps per sign: the substeps a geodesic edit of the range end takes by default

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from backend.basis import Products, local_basis, local_bases
+from backend.basis import Products, local_basis
+from backend.lockstep import local_bases
 from backend.edit import strength_scale
 from backend.geometry import geodesic_shoot
 from backend.paths import CachedPaths, precompute_paths

@@ -82,7 +82,7 @@ def high_frequency(x0: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def _predicted_x0(model: DiffusionModel, noise: NoiseSchedule, xs: Tensor, t: int, cond: Conditioning | None, guidance_scale: float) -> Tensor:
+def predicted_x0(model: DiffusionModel, noise: NoiseSchedule, xs: Tensor, t: int, cond: Conditioning | None, guidance_scale: float) -> Tensor:
     """x0 predicted at x_t for a batch of edited x_t's, BATCH at a time (float32, on the CPU)."""
     out = []
     for first in range(0, xs.shape[0], BATCH):
@@ -116,11 +116,11 @@ def calibrate(
     def evaluate(strengths: Tensor) -> tuple[Tensor, Tensor]:
         """(hf ratio, x0 change) of the edits rows * signs * strengths (one column per call)."""
         xs = x_t[None] + (signs * strengths * scale).view(-1, *([1] * x_t.ndim)) * rows
-        x0 = _predicted_x0(model, noise, xs, t, cond, guidance_scale)
+        x0 = predicted_x0(model, noise, xs, t, cond, guidance_scale)
         change = (x0 - base_x0).flatten(1).norm(dim=1) / scale
         return high_frequency(x0) / base_hf, change
 
-    base_x0 = _predicted_x0(model, noise, x_t[None], t, cond, guidance_scale)
+    base_x0 = predicted_x0(model, noise, x_t[None], t, cond, guidance_scale)
     base_hf = high_frequency(base_x0).clamp_min(1e-12)
     # measured[j]: (strength, hf ratio, x0 change) points of row j, starting at the unedited point
     measured: list[list[tuple[float, float, float]]] = [[(0.0, 1.0, 0.0)] for _ in range(ends)]

@@ -152,3 +152,15 @@ def test_catpeople_eval_quick(tmp_path):
     assert finite(ratio) and ratio >= 3 and semantic["pass"], semantic["ratio"]
     assert f"**{ratio:.2f}**" in text
     assert (docs / "atlas.png").is_file()
+
+
+def test_slider_ranges(tmp_path):
+    """The ends' validity table: percentages and factor changes in range, one row per timestep, raw numbers beside it."""
+    out = tmp_path / "ranges.md"
+    text = run_bench("slider_ranges", "--seeds", "72", "--timesteps", "0.3", "--k", "2", "--fixed", "0.2,0.4", "--threads", "1", "--out", str(out))
+    (row,) = table_rows(text, "0.3")
+    percents = [float(cell.rstrip("%")) for cell in row if cell.endswith("%")]
+    assert len(percents) == 5 and all(0 <= p <= 100 for p in percents)
+    raw = json.loads(out.with_suffix(".json").read_text())["0.3"][0]
+    assert len(raw["ranges"]) == 2 and all(lo < 0 < hi for lo, hi in raw["ranges"])
+    assert all(len(row) == 6 and all(finite(v) and v > 0 for v in row) for row in raw["speckle"])

@@ -344,3 +344,23 @@ def test_a_broken_allow_listed_model_does_not_show_the_hosts_path(tmp_path):
     cli_mode = EigenfaceService(ServiceConfig(models={}, allow_any_model=True, device="cpu"))
     with pytest.raises(InputError, match="model_index.json"):  # whoever may name a path is told why
         cli_mode.model(str(tmp_path / "broken"))
+
+
+def test_background_geodesic_paths_run_in_the_heavy_slot(service, tmp_path):
+    editor = Editor(service, tmp_path)
+    state = editor.state("tiny", "", 3, 0.6, 2, 4, "geodesic")
+    editor.discover(state)
+    counter = Counter(service)
+    editor.start_paths(state, "visitor")
+    assert service.paths.wait("visitor", timeout=600).state == "ready"
+    assert counter.heavy_or_render and all(heavy == 1 for heavy, _ in counter.heavy_or_render)
+
+
+def test_a_geodesic_preview_of_an_unfound_basis_is_priced_first(tiny_ddpm_dir, tmp_path):
+    service = make_service(tiny_ddpm_dir, tmp_path, budget=200)
+    counter = Counter(service)
+    editor = Editor(service, tmp_path / "exports")
+    state = editor.state("tiny", "", 5, 0.6, 4, 4, "geodesic", "[0.3]")
+    with pytest.raises(BudgetError):
+        editor.render(state, preview=True)
+    assert counter.evaluations == 0

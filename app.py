@@ -26,9 +26,8 @@ import gradio as gr  # noqa: E402
 from backend.budget import DEFAULT_BUDGET  # noqa: E402
 from backend.catpeople.semantics import labellers_for  # noqa: E402
 from backend.errors import InputError  # noqa: E402
-from backend.models import BUILTIN_MODEL  # noqa: E402
+from backend.registry import builtin_models  # noqa: E402
 from backend.service import DEFAULT_LIBRARY, EigenfaceService, ServiceConfig  # noqa: E402
-from backend.specs import BUILTIN_NAME  # noqa: E402
 from backend.state import EditState, check_model_name  # noqa: E402
 from ui.common import CSS, ZERO_GPU  # noqa: E402
 from ui.page import Page  # noqa: E402
@@ -70,8 +69,8 @@ def launch_options(sessions: int = DEFAULT_SESSIONS) -> dict:
 
 # ------------------------------------------------------------------------------------ CLI
 def parse_models(text: str | None) -> dict[str, str]:
-    """'name=path,name2=path2' -> {name: path}; the built-in model comes first unless renamed over."""
-    models = {BUILTIN_NAME: str(BUILTIN_MODEL)}
+    """'name=path,name2=path2' -> {name: path}; the built-in models come first unless renamed over."""
+    models = builtin_models()
     for item in filter(None, (part.strip() for part in (text or "").split(","))):
         name, sep, source = item.partition("=")
         if not sep or not source.strip():

@@ -24,11 +24,10 @@ BOOST_CHOICES = {"auto": None, "on": True, "off": False}
 
 # ------------------------------------------------------------------------------ shared pieces
 def _models() -> dict[str, str]:
-    """The CLI's named models: the built-in one (any other path or hub id is allowed too)."""
-    from .models import BUILTIN_MODEL
-    from .specs import BUILTIN_NAME
+    """The CLI's named models: the built-in ones (any other path or hub id is allowed too)."""
+    from .registry import builtin_models
 
-    return {BUILTIN_NAME: str(BUILTIN_MODEL)}
+    return builtin_models()
 
 
 def _service(args: argparse.Namespace):
@@ -100,7 +99,7 @@ def _discover(args: argparse.Namespace) -> None:
         "edit_prompt": spec.edit_prompt or "",
         "seed": spec.sample.seed,
         "steps": spec.sample.steps,
-        "guidance_scale": spec.sample.guidance_scale,
+        "guidance_scale": service.guidance(service.model(spec.sample.model), spec.sample),
         "timestep": result.timestep,
         "k": result.basis.k,
         "iterations": result.basis.iterations,
@@ -300,7 +299,7 @@ def _sample_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"DDIM steps (default {DEFAULT_STEPS}, as in the app)")
     p.add_argument("--prompt", default="", help="text prompt (Stable Diffusion models only)")
-    p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE, help="classifier-free guidance scale (SD)")
+    p.add_argument("--guidance", type=float, default=None, help=f"classifier-free guidance scale (default: the model's eigenface.json, else {DEFAULT_GUIDANCE})")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when present)")
     p.add_argument("--boost", choices=list(BOOST_CHOICES), default="auto",
                    help="quality boosting: stochastic steps with fixed noise for t <= 0.2 T (auto: on for pixel models, off for latent models like SD)")

@@ -69,7 +69,7 @@ class Library:
         sample = spec.sample
         provenance = {
             "model": sample.model, "prompt": sample.prompt, "seed": sample.seed, "steps": sample.steps,
-            "guidance_scale": sample.guidance_scale, "timestep": result.timestep, "k": result.basis.k,
+            "guidance_scale": model.settings.guidance_scale if sample.guidance_scale is None else sample.guidance_scale, "timestep": result.timestep, "k": result.basis.k,
             "edit_prompt": spec.edit_prompt or "", "shape": list(model.sample_shape), **made_of, "strength": round(strength, 6),
             **({VISITOR_KEY: True} if visitor is not None else {}),
         }
@@ -122,7 +122,7 @@ def saved_spec(name: str, provenance: Mapping[str, Any]) -> BasisSpec:
     try:
         sample = SampleSpec(
             model=provenance["model"], seed=provenance["seed"], prompt=provenance["prompt"], steps=provenance["steps"],
-            guidance_scale=float(provenance.get("guidance_scale", DEFAULT_GUIDANCE)),
+            guidance_scale=float(provenance.get("guidance_scale", DEFAULT_GUIDANCE)),  # older files: SD's default
         )
         return BasisSpec(sample, timestep=provenance["timestep"], k=provenance["k"], edit_prompt=provenance.get("edit_prompt") or None)
     except (KeyError, TypeError, ValueError):

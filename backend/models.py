@@ -28,11 +28,16 @@ from .errors import ModelError, first_line
 
 logger = logging.getLogger(__name__)
 
-#: Where the built-in model lives, relative to the repository root.
+#: Where the built-in models live, relative to the repository root: the pixel model, and the
+#: text-to-image model in Stable Diffusion's layout (it loads like any SD checkpoint).
 BUILTIN_MODEL = Path(__file__).resolve().parent.parent / "assets" / "catpeople"
+BUILTIN_TEXT_MODEL = BUILTIN_MODEL.parent / "catpeople-text"
 
 #: A checkpoint's own edit settings live in this file beside model_index.json (optional).
 SETTINGS_FILE = "eigenface.json"
+
+#: Classifier-free guidance scale when neither the request nor the checkpoint names one (SD's usual).
+DEFAULT_GUIDANCE = 7.5
 
 _HUB_ID_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
@@ -56,12 +61,15 @@ class EditSettings:
     noise and leaves its data manifold at smaller strengths. So a checkpoint may say so in
     ``eigenface.json`` (``{"timestep": 0.3, "strength": 0.2, "seed": 72}``), and the CLI, the
     service and the app start from it; an explicit timestep or strength always wins. ``seed``
-    only picks the page's first image.
+    only picks the page's first image. A text model may add the prompt the page opens with and
+    the guidance scale it was trained for (a small model wants less than SD's 7.5).
     """
 
     timestep: float = 0.6  # fraction of T in (0, 1]
     strength: float = 0.5  # a typical |strength| for atlases, GIFs and naming directions
     seed: int = 0  # the seed the web page opens with: a sample that shows the model well
+    prompt: str = ""  # the prompt the web page opens with (text models)
+    guidance_scale: float = DEFAULT_GUIDANCE  # classifier-free guidance when a request names none
 
     @classmethod
     def read(cls, directory: Path) -> "EditSettings":
@@ -72,17 +80,22 @@ class EditSettings:
             values = json.loads(path.read_text())
             if not isinstance(values, dict):
                 raise ValueError(f"expected an object, got {type(values).__name__}")
-            numbers = {key: float(values[key]) for key in ("timestep", "strength") if key in values}
+            numbers = {key: float(values[key]) for key in ("timestep", "strength", "guidance_scale") if key in values}
             seed = values.get("seed", 0)
             if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
                 raise ValueError(f"seed must be a whole number >= 0, got {seed!r}")
-            settings = cls(**numbers, seed=seed)
+            prompt = values.get("prompt", "")
+            if not isinstance(prompt, str):
+                raise ValueError(f"prompt must be text, got {prompt!r}")
+            settings = cls(**numbers, seed=seed, prompt=prompt)
         except (OSError, ValueError, TypeError, AttributeError) as exc:
             raise ModelError(f"{path}: not an Eigenface settings file ({{\"timestep\": 0.6, \"strength\": 0.5, \"seed\": 0}}): {exc}") from None
         if not 0 < settings.timestep <= 1:
             raise ModelError(f"{path}: timestep must be a fraction of T in (0, 1], got {settings.timestep}")
         if not (math.isfinite(settings.strength) and settings.strength > 0):
             raise ModelError(f"{path}: strength must be positive, got {settings.strength}")
+        if not (math.isfinite(settings.guidance_scale) and 0 <= settings.guidance_scale <= 50):
+            raise ModelError(f"{path}: guidance_scale must be within [0, 50], got {settings.guidance_scale}")
         return settings
 
 

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Mapping
 
 from .errors import InputError, ModelError
-from .models import BUILTIN_MODEL, DiffusionModel, EditSettings, load_model
+from .models import BUILTIN_MODEL, BUILTIN_TEXT_MODEL, DiffusionModel, EditSettings, load_model
+from .specs import BUILTIN_NAME, BUILTIN_TEXT_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -97,9 +98,18 @@ def canonical_model_name(name: str, models: Mapping[str, str]) -> str:
     return str(path)
 
 
+def builtin_models() -> dict[str, str]:
+    """The shipped models by name, the pixel model first (a checkout without the text model's
+    weights offers the pixel model alone)."""
+    models = {BUILTIN_NAME: str(BUILTIN_MODEL)}
+    if (BUILTIN_TEXT_MODEL / "model_index.json").is_file():
+        models[BUILTIN_TEXT_NAME] = str(BUILTIN_TEXT_MODEL)
+    return models
+
+
 def is_builtin(source: str) -> bool:
-    """Whether a model source is the shipped cat-people model's directory."""
-    return local_path(source) == BUILTIN_MODEL.resolve()
+    """Whether a model source is one of the shipped cat-people models' directories."""
+    return local_path(source) in {BUILTIN_MODEL.resolve(), BUILTIN_TEXT_MODEL.resolve()}
 
 
 def local_path(source: str) -> Path | None:

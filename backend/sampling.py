@@ -23,11 +23,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .models import Conditioning, DiffusionModel
+from .models import DEFAULT_GUIDANCE, Conditioning, DiffusionModel
 
 #: The default number of DDIM steps, shared by the CLI, the service and the app so images match.
 DEFAULT_STEPS = 20
-DEFAULT_GUIDANCE = 7.5
 
 
 @dataclass(frozen=True)

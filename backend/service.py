@@ -34,12 +34,12 @@ from .hspace import model_basis
 from .images import image_grid, to_pil
 from .labels import DirectionNames
 from .library import Library
-from .models import BUILTIN_MODEL, Conditioning, DiffusionModel, EditSettings
+from .models import Conditioning, DiffusionModel, EditSettings
 from .paths import edits_on_paths
 from .precompute import PathPrecompute
 from .quota import SAVE_INTERVAL_S, SAVES_PER_VISITOR, Quota
 from .ranges import Calibration, calibrate, hf_limit
-from .registry import ModelRegistry
+from .registry import ModelRegistry, builtin_models
 from .sampling import Boost, Trajectory, render, sample_trajectory, sub_schedule
 from .slots import Slots
 from .specs import (
@@ -70,7 +70,7 @@ DEFAULT_RENDER_BATCH = 16
 
 @dataclass
 class ServiceConfig:
-    models: Mapping[str, str] = field(default_factory=lambda: {BUILTIN_NAME: str(BUILTIN_MODEL)})
+    models: Mapping[str, str] = field(default_factory=builtin_models)
     allow_any_model: bool = False  # CLI: any path or hub id; app: the allow-list only
     cache_bytes: int = 1 << 30
     device: str | None = None
@@ -128,9 +128,14 @@ class EigenfaceService:
             raise InputError("prompt must be text")
         if spec.prompt and not model.conditional:
             raise InputError(f"model {spec.model!r} is unconditional: it takes no prompt")
-        if not math.isfinite(spec.guidance_scale) or not 0 <= spec.guidance_scale <= 50:
+        if spec.guidance_scale is not None and (not math.isfinite(spec.guidance_scale) or not 0 <= spec.guidance_scale <= 50):
             raise InputError(f"guidance_scale must be within [0, 50], got {spec.guidance_scale}")
         return model
+
+    @staticmethod
+    def guidance(model: DiffusionModel, spec: SampleSpec) -> float:
+        """The spec's guidance scale; None is the model's own (``eigenface.json``, else 7.5)."""
+        return model.settings.guidance_scale if spec.guidance_scale is None else spec.guidance_scale
 
     def resolve_timestep(self, model: DiffusionModel, timesteps: Sequence[int], value: int | float | str | None) -> int:
         """:func:`~backend.specs.timestep_index` (the budget prices with the same)."""
@@ -168,7 +173,7 @@ class EigenfaceService:
         model = self.check_sample(spec)
         cond = self.conditioning(model, spec.prompt)
         boost = self.boosted(model)
-        return self._cached(("trajectory", spec), lambda: sample_trajectory(model, spec.seed, spec.steps, cond, spec.guidance_scale, boost))[0]
+        return self._cached(("trajectory", spec), lambda: sample_trajectory(model, spec.seed, spec.steps, cond, self.guidance(model, spec), boost))[0]
 
     def boosted(self, model: DiffusionModel) -> bool:
         """Whether this model's images take quality-boosting steps (ServiceConfig.boost)."""
@@ -218,7 +223,7 @@ class EigenfaceService:
         limit = hf_limit(point.timestep / model.num_train_timesteps, self.boosted(model))
 
         def compute() -> Calibration:
-            return calibrate(model, point.x_t, point.timestep, basis.v, cond, spec.sample.guidance_scale, limit=limit)
+            return calibrate(model, point.x_t, point.timestep, basis.v, cond, self.guidance(model, spec.sample), limit=limit)
 
         return self._cached(cache_key("ranges", spec, point.timestep), compute)[0]
 
@@ -416,7 +421,7 @@ class EigenfaceService:
             except EditError as exc:
                 raise InputError(str(exc)) from None
             boost = Boost(spec.sample.seed) if self.boosted(model) else None
-            return to_pil(render(model, xs, sub_schedule(traj.timesteps, result.index, preview_steps), cond, spec.sample.guidance_scale, boost))
+            return to_pil(render(model, xs, sub_schedule(traj.timesteps, result.index, preview_steps), cond, self.guidance(model, spec.sample), boost))
 
     def strip(self, spec: BasisSpec, index: int, strengths: Sequence[float], mode: str = "direct", *, preview_steps: int | None = None) -> list[Image.Image]:
         """Edits along one direction at several strengths, rendered in batches (an atlas row)."""

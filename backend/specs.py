@@ -20,7 +20,7 @@ from torch import Tensor
 from .basis import MAX_K, Basis, BasisProgress
 from .errors import InputError
 from .models import DiffusionModel, EditSettings
-from .sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS
+from .sampling import DEFAULT_STEPS
 
 #: Edit timestep as a fraction of the training schedule: early enough for coarse semantics
 #: (method.md: t ~ 0.6-0.8 T), late enough that the seed's image is already decided.
@@ -30,6 +30,7 @@ DEFAULT_K = 8
 MAX_SEED = 2**63 - 1
 MAX_STEPS = 1000
 BUILTIN_NAME = "catpeople"
+BUILTIN_TEXT_NAME = "catpeople-text"
 #: Largest |strength| accepted: ten times the noise's own scale is already far off the data.
 MAX_STRENGTH = 10.0
 #: Denoising steps of the quick image shown while a slider is being dragged (the page and the load test's check).
@@ -44,7 +45,7 @@ class SampleSpec:
     seed: int = 0
     prompt: str = ""
     steps: int = DEFAULT_STEPS
-    guidance_scale: float = DEFAULT_GUIDANCE
+    guidance_scale: float | None = None  # classifier-free guidance; None: the model's own (eigenface.json, else 7.5)
 
 
 @dataclass(frozen=True)

@@ -22,13 +22,12 @@ Shapes (defaults):
 
 from __future__ import annotations
 
-import json
-import tempfile
 from pathlib import Path
 
 import torch
 
 from .models import Conditioning, DiffusionModel
+from .vocab import clip_tokenizer, write_clip_tokenizer_files
 
 # Words that get whole-word BPE merges in the hand-written tokenizer.  Anything
 # else still tokenizes (byte-level fallback to single characters), so every
@@ -42,68 +41,10 @@ _DDPM_HSPACE_CHANNELS = 32
 _SD_HSPACE_CHANNELS = 64
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP byte -> printable-unicode table (byte-level BPE alphabet)."""
-    bs = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
-
-
-def _write_clip_tokenizer_files(directory: Path) -> tuple[Path, Path]:
-    """Write a CLIP-style ``vocab.json``/``merges.txt`` pair.
-
-    Layout follows the real CLIP vocabulary: the 256 byte characters, the same
-    with the ``</w>`` end-of-word suffix, merged words, then the two special
-    tokens.  522 + merges ids in total, i.e. below the text encoder's vocab_size.
-    """
-    alphabet = list(_bytes_to_unicode().values())
-    vocab: dict[str, int] = {}
-    for ch in alphabet:
-        vocab[ch] = len(vocab)
-    for ch in alphabet:
-        vocab[ch + "</w>"] = len(vocab)
-    merges: list[str] = []
-    for word in _TOKENIZER_WORDS:
-        cur = word[0]
-        for i, ch in enumerate(word[1:]):
-            nxt = ch + ("</w>" if i == len(word) - 2 else "")
-            merge = f"{cur} {nxt}"
-            cur = cur + nxt
-            if merge not in merges:
-                merges.append(merge)
-            vocab.setdefault(cur, len(vocab))
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    vocab_path = directory / "vocab.json"
-    merges_path = directory / "merges.txt"
-    vocab_path.write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-    merges_path.write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
-    return vocab_path, merges_path
-
-
 def make_tiny_clip_tokenizer():
-    """Build the hand-written CLIP tokenizer (no hub access needed).
-
-    transformers 5 pitfall: ``CLIPTokenizer(vocab_file=..., merges_file=...)``
-    silently ignores the files and yields a 2-token tokenizer; the files must be
-    passed as ``vocab=``/``merges=``.
-    """
-    from transformers import CLIPTokenizer
-
-    with tempfile.TemporaryDirectory() as tmp:
-        vocab_path, merges_path = _write_clip_tokenizer_files(Path(tmp))
-        tok = CLIPTokenizer(vocab=str(vocab_path), merges=str(merges_path), model_max_length=77)
-    assert len(tok) > 2, "CLIPTokenizer ignored the vocab/merges files"
+    """Build the hand-written CLIP tokenizer (no hub access needed): whole-word tokens for
+    ``_TOKENIZER_WORDS``, byte-level fallback for anything else."""
+    tok = clip_tokenizer(_TOKENIZER_WORDS, 77)
     a, b = tok("a cat").input_ids, tok("a horse").input_ids
     assert a != b, "tokenizer maps distinct prompts to identical ids"
     return tok
@@ -217,7 +158,7 @@ def save_tiny_sd(path: Path, seed: int = 0, sample_size: int = 8) -> Path:
     StableDiffusionPipeline(**dummy_sd_components(seed, sample_size)).save_pretrained(path, safe_serialization=True)
     # transformers 5 saves only tokenizer.json; real SD checkpoints also ship the
     # slow-tokenizer files, so add them for loaders that want vocab.json/merges.txt.
-    _write_clip_tokenizer_files(path / "tokenizer")
+    write_clip_tokenizer_files(path / "tokenizer", _TOKENIZER_WORDS)
     return path
 
 

@@ -21,7 +21,7 @@ from bench.common import Report, log, mark
 if TYPE_CHECKING:
     from bench.catpeople_eval import Sizes
 
-SHORT = {"nose": "nose", "ears": "ears", "smile": "smile", "eyes": "eyes", "hue": "hue", "head_x": "hx", "head_y": "hy", "background": "bg"}
+SHORT = {"nose": "nose", "ears": "ears", "smile": "smile", "eyes": "eyes", "hue": "hue", "head_x": "hx", "head_y": "hy", "background": "bg", "horse": "horse"}
 
 
 def _semantic_seed(service, estimator, spec, sizes: Sizes, random_seed: int = 0, magnitudes: list[float] | None = None) -> dict:

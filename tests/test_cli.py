@@ -160,6 +160,10 @@ BAD = {
     "estimator batch 0": (["train-estimator", "--out", "{out}", "--minutes", "0.01", "--batch-size", "0"], "--batch-size"),
     "estimator minutes 0": (["train-estimator", "--out", "{out}", "--minutes", "0"], "--minutes"),
     "estimator init not an estimator": (["train-estimator", "--out", "{out}", "--minutes", "0.01", "--init", "{inputs}"], "not an estimator"),
+    "text minutes 0": (["train-text", "--out", "{out}", "--minutes", "0"], "--minutes"),
+    "text vae minutes over budget": (["train-text", "--out", "{out}", "--minutes", "1", "--vae-minutes", "2"], "--vae-minutes"),
+    "text pool under a batch": (["train-text", "--out", "{out}", "--minutes", "1", "--vae-minutes", "0.5", "--pool", "8"], "--pool"),
+    "text device misspelt": (["train-text", "--out", "{out}", "--minutes", "1", "--vae-minutes", "0.5", "--device", "tpu"], "not a torch device"),
 }
 
 

@@ -27,7 +27,7 @@ def test_the_page_starts_from_each_models_settings(tiny_ddpm_dir, tmp_path):
     import gradio as gr
 
     from app import build_demo
-    from backend.testing import save_tiny_ddpm
+    from backend.testing import save_tiny_ddpm, save_tiny_sd
     from ui.explore import ExploreHandlers
 
     tuned = save_tiny_ddpm(tmp_path / "tuned")
@@ -38,6 +38,14 @@ def test_the_page_starts_from_each_models_settings(tiny_ddpm_dir, tmp_path):
     prompt, timestep, status = explore.model_changed("tiny", None, 0, 4, 10)
     assert timestep == 0.6
     assert explore.model_changed("tuned", None, 0, 4, 10)[1] == 0.35
+
+    # A text model's own prompt fills the prompt box when it is chosen; a pixel model's box is empty and hidden.
+    sd = tmp_path / "sd"
+    save_tiny_sd(sd)
+    (sd / "eigenface.json").write_text('{"prompt": "a cat"}')
+    with_text = ExploreHandlers(Editor(EigenfaceService(ServiceConfig(models={"sd": str(sd), "tiny": str(tiny_ddpm_dir)}, device="cpu")), tmp_path))
+    assert with_text.model_changed("sd", None, 0, 4, 10)[0] == {"__type__": "update", "visible": True, "value": "a cat"}
+    assert with_text.model_changed("tiny", None, 0, 4, 10)[0]["value"] == ""
 
     demo = build_demo(service)  # the first model's settings are the page's initial values
     values = {c.elem_id or c.label: c.value for c in demo.blocks.values() if isinstance(c, (gr.Slider, gr.Number))}

@@ -628,6 +628,7 @@ def test_a_model_brings_its_edit_settings(tuned_ddpm, tiny_ddpm_dir):
     [("not json", "not an Eigenface settings file"), ('{"timestep": 1.5}', "within|in \\(0, 1\\]"), ('{"timestep": 0}', "in \\(0, 1\\]"),
      ('{"strength": -1}', "strength must be positive"), ('{"strength": "nan"}', "strength must be positive"), ('[0.3]', "not an Eigenface settings file"),
      ('{"seed": -1}', "seed must be a whole number"), ('{"seed": 1.5}', "seed must be a whole number"), ('{"seed": true}', "seed must be a whole number"),
+     ('{"guidance_scale": 80}', "guidance_scale must be within"), ('{"prompt": 3}', "prompt must be text"),
      ('{"timestep": 0.3, "colour": 1}', None)],
 )
 def test_bad_settings_files_are_refused_clearly(tmp_path, text, message):
@@ -640,6 +641,23 @@ def test_bad_settings_files_are_refused_clearly(tmp_path, text, message):
         return
     with pytest.raises(ModelError, match=message):
         EditSettings.read(tmp_path)
+
+
+def test_a_text_model_brings_its_prompt_and_guidance(tiny_sd_dir, tmp_path):
+    """A text model's eigenface.json names the page's first prompt and its own guidance scale,
+    which applies whenever a request names none."""
+    import shutil
+
+    from backend.models import EditSettings
+
+    tuned = tmp_path / "tuned_sd"
+    shutil.copytree(tiny_sd_dir, tuned)
+    (tuned / "eigenface.json").write_text('{"prompt": "a cat", "guidance_scale": 3.0}')
+    service = EigenfaceService(ServiceConfig(models={"tuned": str(tuned)}, device="cpu"))
+    assert service.settings("tuned") == EditSettings(prompt="a cat", guidance_scale=3.0)
+    own = service.trajectory(SampleSpec(model="tuned", prompt="a cat", steps=STEPS))
+    assert torch.equal(own.x0, service.trajectory(SampleSpec(model="tuned", prompt="a cat", steps=STEPS, guidance_scale=3.0)).x0)
+    assert not torch.equal(own.x0, service.trajectory(SampleSpec(model="tuned", prompt="a cat", steps=STEPS, guidance_scale=7.5)).x0)
 
 
 def test_hub_checkpoints_read_their_settings_too(tmp_path, monkeypatch):

@@ -165,10 +165,12 @@ class ExploreHandlers:
 
     @guard
     def model_changed(self, model: str, found: Found | None, seed, k, steps):
-        """Show the prompt box for text-conditioned models and move the timestep to the model's own."""
+        """Show the prompt box for text-conditioned models, with the model's own prompt, and move the
+        timestep to the model's own."""
         conditional = self.editor.conditional(model)
-        timestep = self.editor.settings(model).timestep
-        return gr.update(visible=conditional, value=""), timestep, stale_status(found, model, "", seed, timestep, k, steps)
+        settings = self.editor.settings(model)
+        prompt = settings.prompt if conditional else ""
+        return gr.update(visible=conditional, value=prompt), settings.timestep, stale_status(found, model, prompt, seed, settings.timestep, k, steps)
 
     @guard
     def notice(self, found: Found | None, model, prompt, seed, timestep, k, steps):
@@ -248,7 +250,8 @@ def build_explore(service: EigenfaceService) -> Explore:
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=260):
             model = gr.Dropdown(models, value=models[0], label="Model", info="Models this server offers")
-            prompt = gr.Textbox("", label="Prompt", visible=False, max_lines=3, placeholder="a photo of ...")
+            # A model whose eigenface.json names a prompt is a text model: the page opens with it.
+            prompt = gr.Textbox(settings.prompt, label="Prompt", visible=bool(settings.prompt), max_lines=3, placeholder="a photo of ...")
             with gr.Row(equal_height=True):
                 seed = gr.Number(settings.seed, precision=0, minimum=0, maximum=MAX_UI_SEED, label="Seed", scale=3, min_width=100)
                 random_seed = gr.Button("Random seed", scale=2, min_width=90, size="md")

@@ -28,7 +28,7 @@ class Page:
         editor = Editor(service)
         first = service.model_names[0]
         settings = service.settings(first)
-        self.restorer = Restorer(editor, EditState(model=first, seed=settings.seed, timestep=settings.timestep))
+        self.restorer = Restorer(editor, EditState(model=first, prompt=settings.prompt, seed=settings.seed, timestep=settings.timestep))
         self.explore_h = explore.ExploreHandlers(editor)
         self.atlas_h = atlas.AtlasHandlers(editor)
         self.steer_h = steer.SteerHandlers(editor)

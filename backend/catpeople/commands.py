@@ -27,6 +27,21 @@ def _train(args: argparse.Namespace) -> None:
     print(f"saved {train(config)}")
 
 
+def _train_text(args: argparse.Namespace) -> None:
+    from .train_text import TextTrainConfig, train_text
+
+    config = TextTrainConfig(
+        out=args.out,
+        minutes=args.minutes,
+        vae_minutes=args.vae_minutes,
+        pool=args.pool,
+        batch_size=args.batch_size,
+        device=args.device,
+        seed=args.seed,
+    )
+    print(f"saved {train_text(config)}")
+
+
 def _train_estimator(args: argparse.Namespace) -> None:
     from .estimator import train_estimator
 
@@ -54,6 +69,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the U-Net (worth it on a GPU for runs over a few minutes)")
     p.add_argument("--snr-gamma", type=float, default=None, help="Min-SNR-gamma loss weighting (e.g. 5; default: plain epsilon MSE)")
     p.set_defaults(func=_train)
+
+    p = sub.add_parser("train-text", help="train the cat-people text-to-image model (Stable Diffusion layout, resumable)")
+    p.add_argument("--out", required=True, help="output directory; run again with the same --out to resume")
+    p.add_argument("--minutes", type=float, default=60.0, help="wall-clock budget of the whole run, resumes included")
+    p.add_argument("--vae-minutes", type=float, default=12.0, help="of the budget, the autoencoder's share")
+    p.add_argument("--pool", type=int, default=40_000, help="renders drawn once and shared by both stages")
+    p.add_argument("--batch-size", type=int, default=64, help="denoiser batch size")
+    p.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda, ...")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_train_text)
 
     p = sub.add_parser("train-estimator", help="train the cat-people factor estimator")
     _training_args(p, minutes=2.0, batch_size=256)

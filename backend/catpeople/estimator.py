@@ -101,7 +101,7 @@ class FactorEstimator:
     def calibrate(self, seed: int = 1, n: int = 1024) -> float:
         """Set the face threshold from augmented clean renders: a valid face re-renders within
         three times the error of the 99th-percentile clean render."""
-        factors = sample_factors(n, torch.Generator().manual_seed(seed))
+        factors = sample_factors(n, torch.Generator().manual_seed(seed), horse=True)
         clean = render(factors, self.regressor.resolution)
         errors = self.reconstruction_error(_augment(clean, torch.Generator().manual_seed(seed + 1)))
         self.face_threshold = float(torch.quantile(errors, 0.99) * 3)
@@ -119,14 +119,35 @@ class FactorEstimator:
         (directory / "estimator.json").write_text(json.dumps(config, indent=2))
 
     @classmethod
-    def load(cls, directory: str | Path) -> "FactorEstimator":
+    def load(cls, directory: str | Path, grow: bool = False) -> "FactorEstimator":
+        """Load a saved estimator. ``grow`` accepts one trained before the renderer gained its
+        later factors (its factors are a prefix of :data:`FACTORS`): the new outputs start at
+        zero weight, ready to be fine-tuned; it cannot read them until it is."""
         directory = Path(directory)
         config = json.loads((directory / "estimator.json").read_text())
-        if config["factors"] != list(FACTORS):
-            raise ValueError(f"{directory} was trained for factors {config['factors']}, this renderer has {list(FACTORS)}")
+        old = config["factors"]
+        if old != list(FACTORS) and not (grow and old == list(FACTORS[: len(old)])):
+            raise ValueError(f"{directory} was trained for factors {old}, this renderer has {list(FACTORS)}")
         regressor = FactorRegressor(config["resolution"], config["width"])
-        regressor.load_state_dict(load_file(directory / "estimator.safetensors"))
+        state = load_file(directory / "estimator.safetensors")
+        regressor.load_state_dict(_grow_head(state, len(old)) if old != list(FACTORS) else state)
         return cls(regressor.eval(), float(config["face_threshold"]))
+
+
+def _grow_head(state: dict[str, Tensor], old_factors: int) -> dict[str, Tensor]:
+    """Widen the last layer of a regressor trained on the first ``old_factors`` factors.
+
+    Outputs are [linear factors..., cos hue, sin hue]; new linear factors go before the hue
+    pair with zero weights and a bias of 0.5 (the middle of their range).
+    """
+    keys = sorted((k for k in state if k.startswith("head.") and k.endswith(".weight")), key=lambda k: int(k.split(".")[1]))
+    last = keys[-1].rsplit(".", 1)[0]
+    weight, bias = state[f"{last}.weight"], state[f"{last}.bias"]
+    extra = NUM_FACTORS - old_factors
+    grown = dict(state)
+    grown[f"{last}.weight"] = torch.cat([weight[:-2], weight.new_zeros(extra, weight.shape[1]), weight[-2:]])
+    grown[f"{last}.bias"] = torch.cat([bias[:-2], bias.new_full((extra,), 0.5), bias[-2:]])
+    return grown
 
 
 def face_mask(factors: Tensor, resolution: int) -> Tensor:
@@ -166,7 +187,7 @@ def train_estimator(
     model = FactorRegressor(resolution)
     if init is not None:
         try:
-            model = FactorEstimator.load(init).regressor.train()
+            model = FactorEstimator.load(init, grow=True).regressor.train()
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             raise InputError(f"--init {init}: not an estimator directory ({exc})") from None
         if model.resolution != resolution:
@@ -176,7 +197,7 @@ def train_estimator(
     deadline, step = time.monotonic() + minutes * 60, 0
     start = time.monotonic()
     while time.monotonic() < deadline:
-        factors = sample_factors(batch_size, generator, device)
+        factors = sample_factors(batch_size, generator, device, horse=True)
         images = _artefacts(render(factors, resolution), face_mask(factors, resolution), generator)
         loss = nn.functional.mse_loss(model(images), _targets(factors))
         frac = (time.monotonic() - start) / (minutes * 60)

@@ -23,20 +23,30 @@ FACTORS: tuple[str, ...] = (
     "head_x",  # horizontal head position
     "head_y",  # vertical head position
     "background",  # background colour, cool to warm
+    "horse",  # 0 = cat, 1 = horse: longer face and muzzle, nostrils, long upright ears, a mane tuft
 )
 CIRCULAR: frozenset[str] = frozenset({"hue"})
 NUM_FACTORS = len(FACTORS)
 
 
-def sample_factors(n: int, generator: torch.Generator | None = None, device: str | torch.device = "cpu") -> Tensor:
-    """Independent uniform factors, (n, NUM_FACTORS), deterministic given the generator."""
+def sample_factors(n: int, generator: torch.Generator | None = None, device: str | torch.device = "cpu", horse: bool = False) -> Tensor:
+    """Independent uniform factors, (n, NUM_FACTORS), deterministic given the generator.
+
+    ``horse=False`` is the cat world the built-in pixel model was trained on: the other factors
+    are drawn exactly as before the horse factor existed (same generator calls, same values) and
+    horse is 0. ``horse=True`` then draws horse uniformly as well.
+    """
     where = generator.device if generator is not None else device
-    return torch.rand(n, NUM_FACTORS, generator=generator, device=where).to(device)
+    cat = torch.rand(n, NUM_FACTORS - 1, generator=generator, device=where).to(device)
+    horses = torch.rand(n, 1, generator=generator, device=where).to(device) if horse else torch.zeros(n, 1, device=device)
+    return torch.cat([cat, horses], dim=1)
 
 
-def render_dataset(n: int, resolution: int = 64, seed: int = 0, device: str | torch.device = "cpu") -> tuple[Tensor, Tensor]:
+def render_dataset(
+    n: int, resolution: int = 64, seed: int = 0, device: str | torch.device = "cpu", horse: bool = False
+) -> tuple[Tensor, Tensor]:
     """``n`` faces and their factors from one seed: images (n, 3, R, R) in [0, 1], factors (n, F)."""
-    factors = sample_factors(n, torch.Generator().manual_seed(seed), device)
+    factors = sample_factors(n, torch.Generator().manual_seed(seed), device, horse=horse)
     return render(factors, resolution), factors
 
 
@@ -76,12 +86,16 @@ def _over(canvas: Tensor, colour: Tensor, alpha: Tensor) -> Tensor:
 
 
 def render(factors: Tensor, resolution: int = 64) -> Tensor:
-    """Draw faces from factors (B, NUM_FACTORS) in [0, 1] -> images (B, 3, R, R) in [0, 1]."""
+    """Draw faces from factors (B, NUM_FACTORS) in [0, 1] -> images (B, 3, R, R) in [0, 1].
+
+    The horse factor only ever adds ``horse * change`` to a cat's geometry or fades a layer in
+    by ``horse``, so a face with horse = 0 is byte-identical to the cat the pixel model learnt.
+    """
     if factors.ndim != 2 or factors.shape[1] != NUM_FACTORS:
         raise ValueError(f"factors must have shape (B, {NUM_FACTORS}), got {tuple(factors.shape)}")
     f = factors.float().clamp(0, 1)
     device, batch = f.device, f.shape[0]
-    nose, ears, smile, eyes, hue, head_x, head_y, background = (f[:, i, None, None] for i in range(NUM_FACTORS))
+    nose, ears, smile, eyes, hue, head_x, head_y, background, horse = (f[:, i, None, None] for i in range(NUM_FACTORS))
 
     coords = (torch.arange(resolution, device=device, dtype=torch.float32) + 0.5) / resolution * 2 - 1
     py, px = torch.meshgrid(coords, coords, indexing="ij")
@@ -107,25 +121,36 @@ def render(factors: Tensor, resolution: int = 64) -> Tensor:
     pink = torch.tensor([0.96, 0.66, 0.72], device=device).expand(batch, 3)
     dark = torch.tensor([0.12, 0.10, 0.14], device=device).expand(batch, 3)
 
-    # Ears: triangles on top of the head; their height grows with the factor.
+    # Ears: triangles on top of the head; their height grows with the factor. A horse's are
+    # narrower, upright (tip above the base) and a little longer.
     rx, ry = 0.50, 0.42
-    ear_h = 0.12 + 0.38 * ears
+    ear_h = (0.12 + 0.38 * ears) * (1 + 0.2 * horse)
     base_y = zero - ry * 0.55
     ear_sdf, inner_sdf = [], []
     for sgn in (-1.0, 1.0):
-        tip = (zero + sgn * 0.36, base_y - ear_h)
-        ear_sdf.append(_triangle(lx, ly, [(zero + sgn * 0.10, base_y), tip, (zero + sgn * 0.47, base_y)]))
-        inner_tip = (zero + sgn * 0.335, base_y - ear_h * 0.72)
-        inner_sdf.append(_triangle(lx, ly, [(zero + sgn * 0.18, base_y), inner_tip, (zero + sgn * 0.40, base_y)]))
-    head_sdf = _ellipse(lx, ly, zero, zero, rx, ry)
+        tip = (zero + sgn * 0.36 - sgn * 0.10 * horse, base_y - ear_h)
+        inner, outer = zero + sgn * 0.10 + sgn * 0.08 * horse, zero + sgn * 0.47 - sgn * 0.08 * horse
+        ear_sdf.append(_triangle(lx, ly, [(inner, base_y), tip, (outer, base_y)]))
+        inner_tip = (zero + sgn * 0.335 - sgn * 0.09 * horse, base_y - ear_h * 0.72)
+        inner_base, outer_base = zero + sgn * 0.18 + sgn * 0.05 * horse, zero + sgn * 0.40 - sgn * 0.07 * horse
+        inner_sdf.append(_triangle(lx, ly, [(inner_base, base_y), inner_tip, (outer_base, base_y)]))
+    # A horse's head is narrower and reaches further down (the long face).
+    head_sdf = _ellipse(lx, ly, zero, zero + 0.09 * horse, rx - 0.08 * horse, ry + 0.12 * horse)
     body_sdf = torch.minimum(torch.minimum(*ear_sdf), head_sdf)
     canvas = _over(canvas, outline, _coverage(body_sdf - 0.022, pixel))
     canvas = _over(canvas, fur, _coverage(body_sdf, pixel))
     canvas = _over(canvas, pink, _coverage(torch.minimum(*inner_sdf), pixel) * (1 - _coverage(head_sdf + 0.01, pixel)))
 
-    # Muzzle and cheeks.
+    # Mane tuft: darker strands between the ears that grow in with the horse factor.
+    mane = fur * 0.5
+    for lean in (-0.07, 0.0, 0.07):
+        strand = _triangle(lx, ly, [(zero + lean - 0.07, zero - 0.30), (zero + lean * 1.8, zero - 0.36 - 0.22 * horse), (zero + lean + 0.07, zero - 0.30)])
+        canvas = _over(canvas, mane, _coverage(strand, pixel) * horse)
+
+    # Muzzle and cheeks; a horse's muzzle is long and reaches the chin.
     cream = fur * 0.3 + 0.7
-    canvas = _over(canvas, cream, _coverage(_ellipse(lx, ly, zero, zero + 0.16, 0.25, 0.16), pixel))
+    muzzle_y = zero + 0.16 + 0.20 * horse
+    canvas = _over(canvas, cream, _coverage(_ellipse(lx, ly, zero, muzzle_y, 0.25 - 0.02 * horse, 0.16 + 0.14 * horse), pixel))
     blush = torch.tensor([0.97, 0.55, 0.62], device=device).expand(batch, 3)
     for sgn in (-1.0, 1.0):
         canvas = _over(canvas, blush, 0.5 * _coverage(_ellipse(lx, ly, zero + sgn * 0.32, zero + 0.13, 0.08, 0.05), pixel))
@@ -139,11 +164,14 @@ def render(factors: Tensor, resolution: int = 64) -> Tensor:
         highlight = _ellipse(lx, ly, ex + eye_r * 0.35, ey - eye_r * 0.4, eye_r * 0.32, eye_r * 0.32)
         canvas = _over(canvas, white, _coverage(highlight, pixel))
 
-    # Nose: a pink inverted triangle.
+    # Nose: a pink inverted triangle, further down the longer horse face, with nostrils beside it.
     nose_w = 0.03 + 0.07 * nose
-    ny = zero + 0.08
+    ny = zero + 0.08 + 0.22 * horse
     nose_sdf = _triangle(lx, ly, [(-nose_w, ny - nose_w * 0.6), (zero, ny + nose_w * 0.6), (nose_w, ny - nose_w * 0.6)])
     canvas = _over(canvas, torch.tensor([0.86, 0.38, 0.50], device=device).expand(batch, 3), _coverage(nose_sdf, pixel))
+    for sgn in (-1.0, 1.0):
+        nostril = _ellipse(lx, ly, zero + sgn * 0.15, ny + 0.03, 0.035, 0.05)
+        canvas = _over(canvas, dark, _coverage(nostril, pixel) * horse)
 
     # Nap smile: a stroked parabola under the nose, from flat (0) to a wide grin (1).
     curve = 0.3 + 5.2 * smile
@@ -153,11 +181,11 @@ def render(factors: Tensor, resolution: int = 64) -> Tensor:
     within = _coverage(torch.abs(lx) - 0.16, pixel)
     canvas = _over(canvas, dark, _coverage(dist - 0.018, pixel) * within)
 
-    # Whiskers: three thin lines per side (decoration, not a factor).
+    # Whiskers: three thin lines per side (decoration, not a factor); horses have none.
     for sgn in (-1.0, 1.0):
         for slope in (-0.25, 0.0, 0.25):
             t = lx * sgn - 0.22
             line = torch.abs(ly - (0.15 + slope * t)) / math.sqrt(1 + slope**2)
             span = _coverage(torch.abs(t - 0.16) - 0.16, pixel)
-            canvas = _over(canvas, outline, 0.8 * _coverage(line - 0.007, pixel) * span)
+            canvas = _over(canvas, outline, 0.8 * _coverage(line - 0.007, pixel) * span * (1 - horse))
     return canvas.clamp(0, 1)

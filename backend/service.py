@@ -26,7 +26,7 @@ from torch import Tensor
 from .basis import MAX_K, Basis, BasisProgress
 from .budget import Budget
 from .cache import ByteLRU
-from .concepts import Alignment, align, concept_change
+from .concepts import Alignment, align, concept_change, concept_id
 from .edit import EDIT_MODES, EditPoint, apply_edits, combine
 from .errors import EditError, InputError
 from .geometry import grassmann_distance, transport_direction
@@ -217,15 +217,28 @@ class EigenfaceService:
 
     def calibration(self, spec: BasisSpec, basis: Basis, point: BasisResult) -> Calibration:
         """Each direction's valid range and even-travel map (backend/ranges.py), cached beside the basis."""
+        return self._calibrate(spec, point, basis.v, cache_key("ranges", spec, point.timestep))
+
+    def direction_calibration(self, spec: BasisSpec, vector: Tensor, identity: Hashable) -> Calibration:
+        """The valid range and even-travel map of one more direction at the spec's x_t (a saved
+        direction, a text concept's), by the sliders' own criterion, so that its slider ends are
+        as valid as theirs. Cached per (basis, ``identity``): the caller names the vector exactly
+        (:func:`~backend.library.saved_id`, :func:`~backend.concepts.concept_id`)."""
+        model = self.check_sample(spec.sample)
+        vector = unit(check_vector(vector, model.sample_shape))
+        point = self.point(spec)
+        return self._calibrate(spec, point, vector[None], cache_key("ranges", spec, point.timestep, identity))
+
+    def _calibrate(self, spec: BasisSpec, point: BasisResult, directions: Tensor, key: Hashable) -> Calibration:
+        """:func:`~backend.ranges.calibrate` of unit ``directions`` at the spec's x_t, cached under ``key``."""
         model = self.check_sample(spec.sample)
         cond = self.conditioning(model, spec.sample.prompt)
-
         limit = hf_limit(point.timestep / model.num_train_timesteps, self.boosted(model))
 
         def compute() -> Calibration:
-            return calibrate(model, point.x_t, point.timestep, basis.v, cond, self.guidance(model, spec.sample), limit=limit)
+            return calibrate(model, point.x_t, point.timestep, directions, cond, self.guidance(model, spec.sample), limit=limit)
 
-        return self._cached(cache_key("ranges", spec, point.timestep), compute)[0]
+        return self._cached(key, compute)[0]
 
     def _basis(self, model: DiffusionModel, x_t: Tensor, t: int, cond: Conditioning | None, k: int, progress) -> Basis:
         """:func:`~backend.hspace.model_basis`, starting at the chunk size that last fit this model."""
@@ -308,6 +321,11 @@ class EigenfaceService:
                 raise InputError(str(exc)) from None
 
         return self._cached(cache_key("concept", spec, result.timestep, concept, space), compute)[0], result
+
+    def concept_calibration(self, spec: BasisSpec, concept: str, space: str = "x") -> Calibration:
+        """The valid range and even-travel map of a concept's direction (:meth:`direction_calibration`)."""
+        alignment, _ = self.find_concept(spec, concept, space)
+        return self.direction_calibration(spec, alignment.direction, concept_id(concept, space))
 
     def edit_concept(self, spec: BasisSpec, concept: str, strength: float, strengths: Mapping[int, float] | Sequence[float] = (), mode: str = "direct", *, space: str = "x", substeps: int | None = None, preview_steps: int | None = None) -> Image.Image:
         """The slider edit plus a move toward (strength > 0) or away from a text concept (:meth:`find_concept`)."""

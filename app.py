@@ -27,7 +27,8 @@ from backend.budget import DEFAULT_BUDGET  # noqa: E402
 from backend.catpeople.semantics import labellers_for  # noqa: E402
 from backend.errors import InputError  # noqa: E402
 from backend.registry import builtin_models  # noqa: E402
-from backend.service import DEFAULT_LIBRARY, EigenfaceService, ServiceConfig  # noqa: E402
+from backend.config import DEFAULT_LIBRARY, ServiceConfig  # noqa: E402
+from backend.service import EigenfaceService  # noqa: E402
 from backend.state import EditState, check_model_name  # noqa: E402
 from ui.common import CSS, ZERO_GPU  # noqa: E402
 from ui.page import Page  # noqa: E402

@@ -15,7 +15,7 @@ limit and what to lower. The web app sets the limit (``app.py --budget``, env
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Hashable, Mapping
 
 from .basis import MAX_ITERS, default_block_size
 from .cache import ByteLRU
@@ -105,12 +105,21 @@ class Budget:
         """The trajectory, the basis and its calibrated ranges, each unless cached."""
         cost = self.trajectory(spec.sample)
         timesteps, index = self._index(spec)
-        if cache_key("ranges", spec, timesteps[index]) not in self.cache:
-            cost = cost + Cost({"ranges": calibration_evals(spec.k) * self._cfg(spec.sample)})
+        cost = cost + self._ranges(spec, spec.k, cache_key("ranges", spec, timesteps[index]))
         if cache_key("basis", spec, timesteps[index]) in self.cache:
             return cost
         rounds = MAX_ITERS  # no early convergence assumed: the price is an upper bound
         return cost + Cost({"basis": rounds * self._block(spec) * (JVP_EVALS + VJP_EVALS)})
+
+    def direction_range(self, spec: BasisSpec, identity: Hashable) -> Cost:
+        """Calibrating one more direction at the spec's x_t (a saved one, a concept's; the service's
+        ``direction_calibration``): the trajectory and the calibration, each unless cached."""
+        timesteps, index = self._index(spec)
+        return self.trajectory(spec.sample) + self._ranges(spec, 1, cache_key("ranges", spec, timesteps[index], identity))
+
+    def _ranges(self, spec: BasisSpec, k: int, key: Hashable) -> Cost:
+        """Calibrating k directions (backend/ranges.py), nothing once ``key`` is cached."""
+        return Cost() if key in self.cache else Cost({"ranges": calibration_evals(k) * self._cfg(spec.sample)})
 
     def _block(self, spec: BasisSpec) -> int:
         return default_block_size(spec.k, self._model(spec.sample).device)

@@ -71,3 +71,9 @@ def concept_change(model: DiffusionModel, x_t: Tensor, t: int, base: Tensor, con
         x0 = [predict_x0(noise, x, unet_output(model, x, t, c), t)[0] for c in (concept, base)]
         return (x0[0] - x0[1])[0].cpu()
     return (bottleneck_fn(model, t, concept)(x) - bottleneck_fn(model, t, base)(x))[0].cpu()
+
+
+def concept_id(concept: str, space: Space = "x") -> tuple[str, str, str]:
+    """What names a concept's combined direction at one basis (its calibrated range is cached and
+    priced under it): the direction is a function of the basis, the text and the space."""
+    return ("concept", concept, space)

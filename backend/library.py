@@ -9,10 +9,12 @@ the direction to save, checking that a direction fits an image, and moving the i
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import torch
 from PIL import Image
 from torch import Tensor
 
@@ -21,6 +23,7 @@ from .errors import InputError
 from .specs import BasisSpec, Renderer, SampleSpec, check_int, check_vector, slider_vector
 from .sampling import DEFAULT_GUIDANCE
 from .quota import Quota
+from .ranges import Calibration
 from .store import VISITOR_KEY, DirectionLibrary, SavedDirection
 
 
@@ -111,10 +114,29 @@ class Library:
         source = self.renderer.discover(saved_spec(name, provenance)).basis
         return self.renderer.transport(source, vector, self.renderer.discover(spec).basis)
 
+    def identity(self, name: str, transport: bool = False) -> tuple[str, str, bool]:
+        """What names the direction :meth:`vector` gives at a basis (its calibrated range is cached
+        and priced under it): the stored vector's content, so a name saved over is a new direction;
+        transported, the result is a function of that and of the two bases its provenance and the
+        key name."""
+        return saved_id(self.files.load(name)[0], transport)
+
+    def calibration(self, spec: BasisSpec, name: str, *, transport: bool = False) -> Calibration:
+        """The saved direction's valid range and even-travel map at this image, by the sliders' own
+        criterion (:meth:`~backend.service.EigenfaceService.direction_calibration`)."""
+        vector = self.vector(name, spec, transport=transport)
+        return self.renderer.direction_calibration(spec, vector, self.identity(name, transport))
+
     def edit(self, spec: BasisSpec, name: str, strength: float, strengths: Mapping[int, float] | Sequence[float] = (), mode: str = "direct", *, transport: bool = False, substeps: int | None = None, preview_steps: int | None = None) -> Image.Image:
         """The slider edit plus the saved direction ``name`` at ``strength`` (see :meth:`vector`)."""
         vector = self.vector(name, spec, transport=transport)
         return self.renderer.edit(spec, strengths, mode, vectors=[(vector, strength)], substeps=substeps, preview_steps=preview_steps)
+
+
+def saved_id(vector: Tensor, transport: bool = False) -> tuple[str, str, bool]:
+    """:meth:`Library.identity` of a stored vector: a digest of its float32 values."""
+    digest = hashlib.sha1(vector.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()).hexdigest()
+    return ("saved", digest, bool(transport))
 
 
 def saved_spec(name: str, provenance: Mapping[str, Any]) -> BasisSpec:

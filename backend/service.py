@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Mapping, Sequence
 
 import numpy as np
@@ -26,7 +24,8 @@ from torch import Tensor
 from .basis import MAX_K, Basis, BasisProgress
 from .budget import Budget
 from .cache import ByteLRU
-from .concepts import Alignment, align, concept_change
+from .config import DEFAULT_RENDER_BATCH, ServiceConfig
+from .concepts import Alignment, align, concept_change, concept_id
 from .edit import EDIT_MODES, EditPoint, apply_edits, combine
 from .errors import EditError, InputError
 from .geometry import grassmann_distance, transport_direction
@@ -37,18 +36,16 @@ from .library import Library
 from .models import Conditioning, DiffusionModel, EditSettings
 from .paths import edits_on_paths
 from .precompute import PathPrecompute
-from .quota import SAVE_INTERVAL_S, SAVES_PER_VISITOR, Quota
+from .quota import Quota
 from .ranges import Calibration, calibrate, hf_limit
-from .registry import ModelRegistry, builtin_models
+from .registry import ModelRegistry
 from .sampling import Boost, Trajectory, render, sample_trajectory, sub_schedule
 from .slots import Slots
 from .specs import (
-    BUILTIN_NAME,
     MAX_SEED,
     MAX_STEPS,
     BasisResult,
     BasisSpec,
-    Labeller,
     SampleSpec,
     cache_key,
     check_int,
@@ -61,35 +58,6 @@ from .specs import (
 )
 
 logger = logging.getLogger(__name__)
-
-#: Where named directions are saved unless ServiceConfig.library_dir (or $EIGENFACE_LIBRARY) says otherwise.
-DEFAULT_LIBRARY = "~/.cache/eigenface/directions"
-#: Most edits :meth:`EigenfaceService.render_edits` denoises in one batch (memory, not speed, bounds it).
-DEFAULT_RENDER_BATCH = 16
-
-
-@dataclass
-class ServiceConfig:
-    models: Mapping[str, str] = field(default_factory=builtin_models)
-    allow_any_model: bool = False  # CLI: any path or hub id; app: the allow-list only
-    cache_bytes: int = 1 << 30
-    device: str | None = None
-    basis_chunk_size: int | None = None  # most directions per batched JVP / VJP
-    jvp_mode: str = "fd"  # fd: central differences with the fast kernels (faster on CPU and GPU, BENCHMARKS.md); exact: forward AD
-    library_dir: str = field(default_factory=lambda: os.environ.get("EIGENFACE_LIBRARY") or DEFAULT_LIBRARY)
-    #: Model name -> labeller (self-naming sliders); the host registers them (the app and the
-    #: CLI register the cat-people labeller for the built-in model: backend.catpeople.semantics).
-    labellers: Mapping[str, Labeller] = field(default_factory=dict)
-    budget: int | None = None  # most U-Net evaluations per request (backend.budget); None: no limit
-    heavy_slots: int = 1  # bases, trajectories, labellings computed at once (backend.slots)
-    render_slots: int = 2  # denoising batches run at once
-    saves_per_visitor: int = SAVES_PER_VISITOR  # web visitors' saves to the shared library (backend.quota)
-    save_interval_s: float = SAVE_INTERVAL_S
-    #: Quality boosting (stochastic steps at t <= 0.2 T, sampling.Boost): None = on for pixel
-    #: models, where it measurably cleans the ends of the sliders (BENCHMARKS.md), off for latent
-    #: models (the official code leaves it off on Stable Diffusion); True / False force it.
-    boost: bool | None = None
-
 
 class EigenfaceService:
     """Thread-safe: models load once, each cache entry is computed once, renders run in parallel."""
@@ -217,15 +185,28 @@ class EigenfaceService:
 
     def calibration(self, spec: BasisSpec, basis: Basis, point: BasisResult) -> Calibration:
         """Each direction's valid range and even-travel map (backend/ranges.py), cached beside the basis."""
+        return self._calibrate(spec, point, basis.v, cache_key("ranges", spec, point.timestep))
+
+    def direction_calibration(self, spec: BasisSpec, vector: Tensor, identity: Hashable) -> Calibration:
+        """The valid range and even-travel map of one more direction at the spec's x_t (a saved
+        direction, a text concept's), by the sliders' own criterion, so that its slider ends are
+        as valid as theirs. Cached per (basis, ``identity``): the caller names the vector exactly
+        (:func:`~backend.library.saved_id`, :func:`~backend.concepts.concept_id`)."""
+        model = self.check_sample(spec.sample)
+        vector = unit(check_vector(vector, model.sample_shape))
+        point = self.point(spec)
+        return self._calibrate(spec, point, vector[None], cache_key("ranges", spec, point.timestep, identity))
+
+    def _calibrate(self, spec: BasisSpec, point: BasisResult, directions: Tensor, key: Hashable) -> Calibration:
+        """:func:`~backend.ranges.calibrate` of unit ``directions`` at the spec's x_t, cached under ``key``."""
         model = self.check_sample(spec.sample)
         cond = self.conditioning(model, spec.sample.prompt)
-
         limit = hf_limit(point.timestep / model.num_train_timesteps, self.boosted(model))
 
         def compute() -> Calibration:
-            return calibrate(model, point.x_t, point.timestep, basis.v, cond, self.guidance(model, spec.sample), limit=limit)
+            return calibrate(model, point.x_t, point.timestep, directions, cond, self.guidance(model, spec.sample), limit=limit)
 
-        return self._cached(cache_key("ranges", spec, point.timestep), compute)[0]
+        return self._cached(key, compute)[0]
 
     def _basis(self, model: DiffusionModel, x_t: Tensor, t: int, cond: Conditioning | None, k: int, progress) -> Basis:
         """:func:`~backend.hspace.model_basis`, starting at the chunk size that last fit this model."""
@@ -308,6 +289,11 @@ class EigenfaceService:
                 raise InputError(str(exc)) from None
 
         return self._cached(cache_key("concept", spec, result.timestep, concept, space), compute)[0], result
+
+    def concept_calibration(self, spec: BasisSpec, concept: str, space: str = "x") -> Calibration:
+        """The valid range and even-travel map of a concept's direction (:meth:`direction_calibration`)."""
+        alignment, _ = self.find_concept(spec, concept, space)
+        return self.direction_calibration(spec, alignment.direction, concept_id(concept, space))
 
     def edit_concept(self, spec: BasisSpec, concept: str, strength: float, strengths: Mapping[int, float] | Sequence[float] = (), mode: str = "direct", *, space: str = "x", substeps: int | None = None, preview_steps: int | None = None) -> Image.Image:
         """The slider edit plus a move toward (strength > 0) or away from a text concept (:meth:`find_concept`)."""

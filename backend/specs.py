@@ -20,6 +20,7 @@ from torch import Tensor
 from .basis import MAX_K, Basis, BasisProgress
 from .errors import InputError
 from .models import DiffusionModel, EditSettings
+from .ranges import Calibration
 from .sampling import DEFAULT_STEPS
 
 #: Edit timestep as a fraction of the training schedule: early enough for coarse semantics
@@ -93,6 +94,8 @@ class Renderer(Protocol):
     def edit(self, spec: BasisSpec, strengths: Mapping[int, float] | Sequence[float], mode: str = "direct", **options: Any) -> Image.Image: ...
 
     def transport(self, source: Basis, direction: int | Tensor, target: Basis) -> Tensor: ...
+
+    def direction_calibration(self, spec: BasisSpec, vector: Tensor, identity: Hashable) -> Calibration: ...
 
 
 #: Names the directions of a basis: called as ``labeller(renderer, spec)``, returns one short

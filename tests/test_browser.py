@@ -190,7 +190,8 @@ def test_name_save_and_apply_a_direction(page, url):
     strength.fill("0.5")
     strength.blur()
     page.wait_for_selector("#eigen-steer-image img")
-    page.get_by_text("Slider edit + saved direction browser smile at +0.5").first.wait_for(state="visible")
+    page.get_by_text("Slider edit + saved direction browser smile at +").first.wait_for(state="visible")
+    assert "…" in page.locator("#saved-strength label").first.inner_text()  # the slider spans the direction's calibrated range
     steered = _pixels(page, page.locator("#eigen-steer-image img").get_attribute("src"))
     main = _pixels(page, _src(page))
     assert steered.shape == main.shape and np.abs(steered.astype(int) - main).max() > 0  # twice the edit, not the edit
@@ -208,6 +209,7 @@ def test_toward_a_text(page, url):
     strength = page.locator("#concept-strength input[type=number]")
     strength.fill("-0.4")
     strength.blur()
-    page.get_by_text("Slider edit + 0.4 away from a horse").first.wait_for(state="visible")
+    assert "…" in page.locator("#concept-strength label").first.inner_text()  # the concept's calibrated range
+    page.get_by_text("away from a horse").first.wait_for(state="visible")
     assert _pixels(page, page.locator("#eigen-steer-image img").get_attribute("src")).shape == _pixels(page, _src(page)).shape
     _shot(page, "9-toward-text")

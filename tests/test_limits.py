@@ -354,3 +354,13 @@ def test_background_geodesic_paths_run_in_the_heavy_slot(service, tmp_path):
     editor.start_paths(state, "visitor")
     assert service.paths.wait("visitor", timeout=600).state == "ready"
     assert counter.heavy_or_render and all(heavy == 1 for heavy, _ in counter.heavy_or_render)
+
+
+def test_a_geodesic_preview_of_an_unfound_basis_is_priced_first(tiny_ddpm_dir, tmp_path):
+    service = make_service(tiny_ddpm_dir, tmp_path, budget=200)
+    counter = Counter(service)
+    editor = Editor(service, tmp_path / "exports")
+    state = editor.state("tiny", "", 5, 0.6, 4, 4, "geodesic", "[0.3]")
+    with pytest.raises(BudgetError):
+        editor.render(state, preview=True)
+    assert counter.evaluations == 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from backend.ranges import MAX_END, MIN_END, TRAVEL_POINTS, Calibration, _crossing, _largest_valid, hf_limit, position_of, strength_at
+from backend.ranges import MAX_END, MIN_END, TRAVEL_POINTS, Calibration, _crossing, _largest_valid, calibration_evals, hf_limit, position_of, strength_at
 from backend.service import EigenfaceService, ServiceConfig
 from backend.specs import BasisSpec, SampleSpec
 from backend.store import load_calibration, save_basis
@@ -67,3 +67,53 @@ def test_the_limit_tightens_with_t_and_loosens_with_boosting():
     assert hf_limit(0.1, True) == 1.25 and hf_limit(0.9, False) == hf_limit(0.6, False)  # held outside the anchors
     assert hf_limit(0.6, True) < hf_limit(0.45, True) < hf_limit(0.3, True)
     assert all(hf_limit(t, False) < hf_limit(t, True) for t in (0.3, 0.45, 0.6))
+
+
+#: Where the tiny Stable Diffusion's ranges are well inside MAX_END (the tiny DDPM's all end there).
+SD_SPEC = BasisSpec(SampleSpec("sd", seed=0, prompt="a cat", steps=4), 0.9, 3)
+
+
+def test_a_saved_direction_is_calibrated_like_the_basis_direction_it_is(tiny_sd_dir, tmp_path):
+    """One criterion and one code path: direction i saved and calibrated on its own gets the
+    basis's own range i and travel; the calibration is priced until it is cached."""
+    svc = EigenfaceService(ServiceConfig(models={"sd": str(tiny_sd_dir)}, device="cpu", library_dir=str(tmp_path)))
+    spec = SD_SPEC
+    result = svc.discover(spec)
+    assert all(hi < MAX_END for _, hi in result.ranges)  # the comparison is not one of clamped ends
+    for i in range(3):
+        svc.library.save(f"d{i}", spec, index=i)
+        identity = svc.library.identity(f"d{i}")
+        assert svc.budget.direction_range(spec, identity).parts == {"ranges": calibration_evals(1) * 2}  # guided: 2 per edit
+        own = svc.library.calibration(spec, f"d{i}")
+        assert svc.budget.direction_range(spec, identity).total == 0  # cached
+        assert own.ranges[0] == pytest.approx(result.ranges[i], abs=1e-4)
+        assert own.travel[0] == pytest.approx(result.travel[i], abs=1e-4)
+    assert svc.library.identity("d0") != svc.library.identity("d1") != svc.library.identity("d1", transport=True)
+
+
+def test_the_steer_sliders_span_their_directions_ranges(tiny_sd_dir, tmp_path):
+    """u = ±1 on the saved-direction and text sliders is the direction's calibrated range end,
+    in the image and in the label; the API's strength stays in strength units."""
+    from ui.editor import Editor
+    from ui.steer import SteerHandlers
+
+    svc = EigenfaceService(ServiceConfig(models={"sd": str(tiny_sd_dir)}, device="cpu", library_dir=str(tmp_path / "lib")))
+    editor = Editor(svc, tmp_path / "export")
+    steer = SteerHandlers(editor)
+
+    found = editor.discover(editor.state("sd", "a cat", 0, 0.9, 3, 4))
+    svc.library.save("smile", found.state.basis_spec(), [0.3, -0.2, 0.1])
+    (lo, hi), = svc.library.calibration(found.state.basis_spec(), "smile").ranges
+    assert -MAX_END < lo and hi < MAX_END  # not the old [-1, 1]
+    for u, end in ((1.0, hi), (-1.0, lo)):
+        image, note, label = steer.apply_saved(found, "direct", "smile", u, False)
+        assert image.tobytes() == editor.apply_saved(found.state, "smile", end, False).tobytes()
+        assert f"{end:+.3g}" in note
+        assert label["label"] == f"Strength of the saved direction · {lo:+.2f}…{hi:+.2f}".replace("-", "−")
+
+    note, concept, update = steer.find_concept(found, "a horse")
+    (lo, hi), = svc.concept_calibration(found.state.basis_spec(), "a horse").ranges
+    assert update["value"] == 0 and update["label"].endswith(f"{lo:+.2f}…{hi:+.2f}".replace("-", "−"))
+    for u, end in ((1.0, hi), (-1.0, lo)):
+        image, _ = steer.apply_concept(found, "direct", concept, u)
+        assert image.tobytes() == editor.apply_concept(found.state, concept, end).tobytes()

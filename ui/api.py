@@ -69,7 +69,9 @@ class ApiHandlers:
     @guard
     def apply_direction(self, model, prompt, seed, timestep, k, steps, mode, sliders, name, strength, transport):
         """The slider edit plus the saved direction ``name`` at ``strength``; ``transport`` carries
-        it into this image's directions first (for a direction saved at another seed or timestep)."""
+        it into this image's directions first (for a direction saved at another seed or timestep).
+        ``strength`` is in strength units, like ``sliders`` (the page's slider maps its position
+        through the direction's calibrated range first)."""
         return self.editor.apply_saved(self._state(model, prompt, seed, timestep, k, steps, mode, sliders), name, strength, transport)
 
     @guard
@@ -96,7 +98,9 @@ class ApiHandlers:
 
     @guard
     def apply_concept(self, model, prompt, seed, timestep, k, steps, mode, sliders, concept, strength):
-        """The slider edit plus ``strength`` toward (> 0) or away from (< 0) a text concept."""
+        """The slider edit plus ``strength`` toward (> 0) or away from (< 0) a text concept
+        (strength units, like ``sliders``; the page's slider maps its position through the
+        concept direction's calibrated range first)."""
         return self.editor.apply_concept(self._state(model, prompt, seed, timestep, k, steps, mode, sliders), concept, strength)
 
 

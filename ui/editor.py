@@ -22,11 +22,11 @@ from PIL import Image
 
 from backend.basis import BasisProgress
 from backend.budget import Cost
-from backend.concepts import Alignment
+from backend.concepts import Alignment, concept_id
 from backend.errors import InputError
 from backend.models import EditSettings
 from backend.precompute import PathStatus
-from backend.ranges import position_of, strength_at
+from backend.ranges import Calibration, position_of, strength_at
 from backend.service import EigenfaceService
 from backend.specs import PAGE_RANGES, PREVIEW_STEPS
 from backend.slots import visiting
@@ -180,6 +180,7 @@ class Editor:
         if state.mode != "geodesic" or not strengths:
             return True
         spec = state.basis_spec()
+        self._afford(self.service.budget.discover(spec))  # the basis may not be found yet (an API call)
         return self.service.paths.covers(spec, self.service.discover(spec), strengths)
 
     def labels(self, state: EditState, compute: bool = True) -> tuple[str, ...] | None:
@@ -211,11 +212,7 @@ class Editor:
 
     def apply_saved(self, state: EditState, name: Any, strength: Any, transport: Any = False) -> Image.Image:
         """The state's slider edit plus a saved direction at ``strength``."""
-        name = _text("saved direction", "" if name is None else name)
-        if not name:
-            raise InputError("choose a saved direction first")
-        if not isinstance(transport, bool):
-            raise InputError(f"transport must be true or false, got {transport!r}")
+        name, transport = _saved(name, transport)
         strength = as_number("strength", strength)
         spec = state.basis_spec()
         cost = self.service.budget.render(spec, 1, state.mode, uses_basis=bool(state.strengths()) or transport)
@@ -224,9 +221,26 @@ class Editor:
         self._afford(cost)
         return self.device.call(self.service.library.edit, state.basis_spec(), name, strength, state.strengths(), state.mode, transport=transport)
 
+    def saved_calibration(self, state: EditState, name: Any, transport: Any = False) -> Calibration:
+        """A saved direction's valid range and even travel at the state's image (its slider spans them)."""
+        name, transport = _saved(name, transport)
+        spec = state.basis_spec()
+        cost = self.service.budget.direction_range(spec, self.service.library.identity(name, transport))
+        if transport:
+            cost += self.service.budget.discover(spec) + self.service.budget.discover(self.service.library.source(name))
+        self._afford(cost)
+        return self.device.call(self.service.library.calibration, spec, name, transport=transport)
+
     def find_concept(self, state: EditState, concept: Any) -> Alignment:
         self._afford(self.service.budget.concept(state.basis_spec()))
         return self.device.call(self.service.find_concept, state.basis_spec(), _text("concept", "" if concept is None else concept))[0]
+
+    def concept_calibration(self, state: EditState, concept: Any) -> Calibration:
+        """A concept direction's valid range and even travel at the state's image (its slider spans them)."""
+        concept = _text("concept", "" if concept is None else concept)
+        spec = state.basis_spec()
+        self._afford(self.service.budget.concept(spec) + self.service.budget.direction_range(spec, concept_id(concept)))
+        return self.device.call(self.service.concept_calibration, spec, concept)
 
     def apply_concept(self, state: EditState, concept: Any, strength: Any) -> Image.Image:
         """The state's slider edit plus a move toward (strength > 0) or away from a text concept."""
@@ -325,6 +339,16 @@ def in_ranges(state: EditState) -> EditState:
     for name, allowed in PAGE_RANGES.items():
         allowed.check(name, getattr(state, name))
     return state
+
+
+def _saved(name: Any, transport: Any) -> tuple[str, bool]:
+    """A request's saved-direction name and transport flag, checked."""
+    name = _text("saved direction", "" if name is None else name)
+    if not name:
+        raise InputError("choose a saved direction first")
+    if not isinstance(transport, bool):
+        raise InputError(f"transport must be true or false, got {transport!r}")
+    return name, transport
 
 
 def _text(name: str, value: Any) -> str:

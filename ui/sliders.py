@@ -81,6 +81,10 @@ def slider_label(index: int, found: Found, labels: Sequence[str] | None = None) 
     name = f"{index} · {labels[index]}" if labels else f"direction {index}"
     text = f"{name} · σ={found.sigma[index]:.3g}"
     if index < len(found.ranges):
-        lo, hi = found.ranges[index]
-        text += f" · {lo:+.2f}…{hi:+.2f}".replace("-", "−")
+        text += f" · {range_text(*found.ranges[index])}"
     return text
+
+
+def range_text(lo: float, hi: float) -> str:
+    """"−0.15…+0.21": the strengths a calibrated slider's ends stand for."""
+    return f"{lo:+.2f}…{hi:+.2f}".replace("-", "−")

@@ -2,7 +2,9 @@
 
 Both add one more direction, at its own strength, to the current slider edit. The result goes
 to this section's own image, so that the main image, the share link and the exports keep
-meaning exactly the slider edit they encode.
+meaning exactly the slider edit they encode. Like the direction sliders, each strength slider
+spans its direction's calibrated range at this image (backend/ranges.py), evenly in x0 change,
+and its label shows the range's ends in strength units.
 """
 
 from __future__ import annotations
@@ -11,15 +13,18 @@ from dataclasses import dataclass
 import gradio as gr
 
 from backend.errors import InputError
+from backend.ranges import Calibration, strength_at
 from backend.service import EigenfaceService
 from backend.store import SavedDirection
 
 from .common import SLIDER_MAX, SLIDER_MIN, SLIDER_STEP, guard
 from .editor import SAVE_SLIDERS, Editor, Found
-from .sliders import SliderPool
+from .sliders import SliderPool, range_text
 
 NO_IMAGE = "Press **Find directions** first: there is no image to steer yet."
 TEXT_WAITING = "Press **Find directions** first; then type a concept (e.g. *smiling*) and press **Find**."
+SAVED_LABEL = "Strength of the saved direction"
+CONCEPT_LABEL = "away ← → toward"
 TEXT_READY = "Type a concept (e.g. *smiling*) and press **Find**: the sliders' directions are ranked by how much they carry it and combined into one."
 
 
@@ -38,8 +43,8 @@ class SteerHandlers:
         text = self.editor.conditional(found.state.model)
         note = TEXT_READY if text else no_text(found.state.model)
         return (
-            gr.update(choices=choices, value=SAVE_SLIDERS), gr.update(value=0),
-            gr.update(interactive=text), gr.update(interactive=text), gr.update(value=0, interactive=text), note,
+            gr.update(choices=choices, value=SAVE_SLIDERS), gr.update(value=0, label=SAVED_LABEL),
+            gr.update(interactive=text), gr.update(interactive=text), gr.update(value=0, interactive=text, label=CONCEPT_LABEL), note,
             None, "", "Move a strength slider to steer the image above.",
         )
 
@@ -59,14 +64,17 @@ class SteerHandlers:
         return [(describe(saved), saved.name) for saved in self.editor.saved_directions()]
 
     @guard
-    def apply_saved(self, found: Found | None, mode: str, name: str | None, strength: float, transport: bool, *values: float):
-        """The slider edit plus the chosen saved direction at the chosen strength."""
+    def apply_saved(self, found: Found | None, mode: str, name: str | None, position: float, transport: bool, *values: float):
+        """The slider edit plus the chosen saved direction at the slider's position in its
+        calibrated range; the slider's label shows that range."""
         if not name:
-            return gr.skip(), "Choose a saved direction."
+            return gr.skip(), "Choose a saved direction.", gr.skip()
         state = SliderPool.state(found, mode, values, NO_IMAGE)
+        calibration = self.editor.saved_calibration(state, name, transport)
+        strength = at(calibration, position)
         image = self.editor.apply_saved(state, name, strength, transport)
         how = ", carried into this image's directions" if transport else ""
-        return image, f"Slider edit + saved direction **{name}** at {strength:+g}{how}."
+        return image, f"Slider edit + saved direction **{name}** at {strength:+.3g}{how}.", gr.update(label=ranged(SAVED_LABEL, calibration))
 
     @guard
     def find_concept(self, found: Found | None, concept: str):
@@ -79,15 +87,30 @@ class SteerHandlers:
             f"**{concept}**: {alignment.captured:.0%} of the change it asks for lies in these {state.k} directions, "
             f"mostly in directions {top}. Slide right to move toward it, left to move away."
         )
-        return note, concept, gr.update(value=0)
+        calibration = self.editor.concept_calibration(state, concept)
+        return note, concept, gr.update(value=0, label=ranged(CONCEPT_LABEL, calibration))
 
     @guard
-    def apply_concept(self, found: Found | None, mode: str, concept: str | None, strength: float, *values: float):
+    def apply_concept(self, found: Found | None, mode: str, concept: str | None, position: float, *values: float):
+        """The slider edit plus a move toward or away from the found concept, at the slider's
+        position in the concept direction's calibrated range."""
         if not concept:
             raise InputError("Type a concept and press Find first.")
-        image = self.editor.apply_concept(SliderPool.state(found, mode, values, NO_IMAGE), concept, strength)
+        state = SliderPool.state(found, mode, values, NO_IMAGE)
+        strength = at(self.editor.concept_calibration(state, concept), position)
+        image = self.editor.apply_concept(state, concept, strength)
         side = "toward" if strength >= 0 else "away from"
-        return image, f"Slider edit + {abs(strength):g} {side} **{concept}**."
+        return image, f"Slider edit + {abs(strength):.3g} {side} **{concept}**."
+
+
+def at(calibration: Calibration, position: float) -> float:
+    """The strength at a one-direction slider's position u in [-1, 1] (None, as Gradio may send: 0)."""
+    return strength_at(calibration.travel[0], float(position or 0.0))
+
+
+def ranged(label: str, calibration: Calibration) -> str:
+    """A one-direction slider's label with its calibrated range."""
+    return f"{label} · {range_text(*calibration.ranges[0])}"
 
 
 def no_text(model: str) -> str:
@@ -136,7 +159,7 @@ def build_steer(service: EigenfaceService) -> Steer:
                 with gr.Row(equal_height=True):
                     saved = gr.Dropdown([], value=None, label="Saved directions", scale=4, elem_id="saved-directions")
                     refresh = gr.Button("↻", size="sm", scale=1, min_width=40)
-                saved_strength = gr.Slider(SLIDER_MIN, SLIDER_MAX, value=0, step=SLIDER_STEP, label="Strength of the saved direction", elem_id="saved-strength")
+                saved_strength = gr.Slider(SLIDER_MIN, SLIDER_MAX, value=0, step=SLIDER_STEP, label=SAVED_LABEL, elem_id="saved-strength")
                 transport = gr.Checkbox(False, label="Carry it into this image's directions (for another seed or timestep)")
             with gr.Column(scale=1, min_width=260):
                 gr.Markdown("#### Toward / away from text")
@@ -144,7 +167,7 @@ def build_steer(service: EigenfaceService) -> Steer:
                 with gr.Row(equal_height=True):
                     concept = gr.Textbox("", label="Concept", placeholder="smiling", max_lines=1, interactive=False, scale=3, elem_id="concept")
                     find = gr.Button("Find", size="md", interactive=False, scale=1, min_width=60, elem_id="find-concept")
-                concept_strength = gr.Slider(SLIDER_MIN, SLIDER_MAX, value=0, step=SLIDER_STEP, label="away ← → toward", interactive=False, elem_id="concept-strength")
+                concept_strength = gr.Slider(SLIDER_MIN, SLIDER_MAX, value=0, step=SLIDER_STEP, label=CONCEPT_LABEL, interactive=False, elem_id="concept-strength")
             with gr.Column(scale=1, min_width=260):
                 image = gr.Image(label="Steered image", type="pil", format="png", interactive=False, height=300, buttons=["download"], elem_id="eigen-steer-image")
                 note = gr.Markdown("Move a strength slider to steer the image above.", elem_id="steer-note")
@@ -169,7 +192,7 @@ def wire_steer(h: SteerHandlers, steer: Steer, pool: SliderPool) -> None:
     steer.refresh.click(h.refresh, None, steer.saved, api_name="steer_refresh", api_visibility="private", queue=False)
     gr.on(
         [steer.saved.input, steer.saved_strength.release, steer.transport.input], h.apply_saved,
-        [pool.found, pool.mode, steer.saved, steer.saved_strength, steer.transport, *pool.sliders], [steer.image, steer.note],
+        [pool.found, pool.mode, steer.saved, steer.saved_strength, steer.transport, *pool.sliders], [steer.image, steer.note, steer.saved_strength],
         api_name="steer_apply", api_visibility="private", trigger_mode="always_last", concurrency_id="render", show_progress_on=[steer.image],
     )
     gr.on(

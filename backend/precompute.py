@@ -11,7 +11,11 @@ Rules that keep the cache honest:
   asks for it;
 * a session's newer request supersedes its older one: the old job is cancelled at its next
   step when no other session still wants it;
-* only a finished, uncancelled job writes to the cache, so nothing half-computed is ever read.
+* only a finished, uncancelled job writes to the cache, so nothing half-computed is ever read;
+* a job is heavy work like a basis: it runs in the heavy slot, attributed to the visitor who
+  asked, as background work that hands the slot to any waiting request between its steps
+  (:meth:`~backend.slots.Slots.yield_to_waiters`), so it never holds up a Find directions for
+  more than one step.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from .cache import ByteLRU
 from .edit import EditPoint
 from .errors import EigenfaceError
 from .paths import BASIS_ITERS, DEFAULT_GRID_STEPS, CachedPaths, Ends, precompute_paths
+from .slots import Slots, visiting
 from .specs import BasisResult, BasisSpec, cache_key
 
 logger = logging.getLogger(__name__)
@@ -81,9 +86,10 @@ class _Job:
 class PathPrecompute:
     """Background geodesic paths per basis (see the module docstring); thread-safe."""
 
-    def __init__(self, source: PointSource, cache: ByteLRU, *, steps: int = DEFAULT_GRID_STEPS, chunk_size: int | None = None):
+    def __init__(self, source: PointSource, cache: ByteLRU, slots: Slots, *, steps: int = DEFAULT_GRID_STEPS, chunk_size: int | None = None):
         self.source = source
         self.cache = cache
+        self.slots = slots
         self.steps = steps
         self.chunk_size = chunk_size
         self._jobs: dict[Hashable, _Job] = {}
@@ -116,11 +122,12 @@ class PathPrecompute:
         point = self.source.edit_point(spec, result)
         return precompute_paths(point, direction_ends(result), self.steps, chunk_size=self.chunk_size, progress=progress)
 
-    def start(self, session: str, spec: BasisSpec, call: Call | None = None) -> PathStatus:
+    def start(self, session: str, spec: BasisSpec, call: Call | None = None, visitor: str | None = None) -> PathStatus:
         """Compute ``spec``'s paths in the background for ``session``; returns at once.
 
         The session's earlier request, if for other paths, is dropped (and its job cancelled
-        when no other session wants it). ``call`` runs the computation (default: directly).
+        when no other session wants it). ``call`` runs the computation (default: directly);
+        ``visitor`` is whose heavy slot it takes (default: the session).
         """
         result = self.source.discover(spec)  # the caller has just found it: a cache hit
         key = self.key(spec, result)
@@ -137,7 +144,7 @@ class PathPrecompute:
             elif key not in self.cache:  # a cancelled job still winding down is replaced
                 self._failed.pop(key, None)
                 job = self._jobs[key] = _Job(key, {session})
-                job.thread = threading.Thread(target=self._run, args=(job, spec, call), name="eigenface-paths", daemon=True)
+                job.thread = threading.Thread(target=self._run, args=(job, spec, call, visitor or session), name="eigenface-paths", daemon=True)
                 job.thread.start()
         return self.status(session)
 
@@ -150,14 +157,16 @@ class PathPrecompute:
             if not job.sessions:
                 job.cancel.set()
 
-    def _run(self, job: _Job, spec: BasisSpec, call: Call | None) -> None:
+    def _run(self, job: _Job, spec: BasisSpec, call: Call | None, visitor: str) -> None:
         def progress(done: int, total: int) -> None:
             if job.cancel.is_set():
                 raise Superseded
             job.done, job.total = done, total
+            self.slots.yield_to_waiters("heavy")
 
         try:
-            paths = (call or _direct)(self.compute, spec, progress=progress)
+            with visiting(visitor), self.slots.hold("heavy", background=True):
+                paths = (call or _direct)(self.compute, spec, progress=progress)
             if not job.cancel.is_set():
                 self.cache.put(job.key, paths)
         except Superseded:

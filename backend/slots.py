@@ -12,7 +12,11 @@ itself, at the point where the cache has missed (:meth:`Slots.hold`), and:
   (labelling renders edits), so a heavy holder never waits for a render slot and the two kinds
   cannot deadlock;
 * one visitor (the context's :func:`visiting` id, the web app's session) holds at most one slot
-  of each kind: a second request of theirs waits for their first, not for everyone's.
+  of each kind: a second request of theirs waits for their first, not for everyone's;
+* background work (geodesic paths precomputed after a basis) holds a slot with
+  ``background=True``: it never takes one while a request waits for it, and it hands the slot
+  over between its steps (:meth:`Slots.yield_to_waiters`), so a person's Find directions waits
+  for at most one step of someone's precompute, not all of it.
 
 Waiting checks the current cancellation token, so an abandoned request leaves the line.
 """
@@ -54,6 +58,7 @@ class Slots:
         self.limits: dict[str, int] = {"heavy": heavy, "render": render}
         self._busy: dict[str, int] = {"heavy": 0, "render": 0}
         self._holders: dict[str, dict[str, int]] = {"heavy": {}, "render": {}}
+        self._waiting: dict[str, int] = {"heavy": 0, "render": 0}  # requests (not background work) in line
         self._changed = threading.Condition()
 
     def busy(self, kind: Kind) -> int:
@@ -61,32 +66,57 @@ class Slots:
             return self._busy[kind]
 
     @contextmanager
-    def hold(self, kind: Kind) -> Iterator[None]:
-        """Run the block in a ``kind`` slot (at once if this context already holds one that covers it)."""
+    def hold(self, kind: Kind, *, background: bool = False) -> Iterator[None]:
+        """Run the block in a ``kind`` slot (at once if this context already holds one that covers it).
+
+        ``background``: wait until no request is in line, too (see :meth:`yield_to_waiters`).
+        """
         held = _HELD.get()
         if kind in held or "heavy" in held:
             yield
             return
         visitor = _VISITOR.get()
-        with self._changed:
-            while not self._free(kind, visitor):
-                self._changed.wait(WAIT_POLL_S)
-                check()  # an abandoned request leaves the line (the lock is released while raising)
-            self._busy[kind] += 1
-            if visitor is not None:
-                self._holders[kind][visitor] = self._holders[kind].get(visitor, 0) + 1
+        self._acquire(kind, visitor, background)
         reset = _HELD.set(held | {kind})
         try:
             yield
         finally:
             _HELD.reset(reset)
-            with self._changed:
-                self._busy[kind] -= 1
-                if visitor is not None:
-                    left = self._holders[kind].pop(visitor) - 1
-                    if left:
-                        self._holders[kind][visitor] = left
-                self._changed.notify_all()
+            self._release(kind, visitor)
+
+    def yield_to_waiters(self, kind: Kind) -> None:
+        """Between two steps of background work holding ``kind``: if a request waits for the
+        slot, hand it over and take it back once nobody waits (the work's state stays as it is)."""
+        visitor = _VISITOR.get()
+        with self._changed:
+            if not self._waiting[kind]:
+                return
+        self._release(kind, visitor)
+        self._acquire(kind, visitor, background=True)
+
+    def _acquire(self, kind: str, visitor: str | None, background: bool) -> None:
+        with self._changed:
+            if not background:
+                self._waiting[kind] += 1
+            try:
+                while not self._free(kind, visitor) or (background and self._waiting[kind]):
+                    self._changed.wait(WAIT_POLL_S)
+                    check()  # an abandoned request leaves the line (the lock is released while raising)
+            finally:
+                if not background:
+                    self._waiting[kind] -= 1
+            self._busy[kind] += 1
+            if visitor is not None:
+                self._holders[kind][visitor] = self._holders[kind].get(visitor, 0) + 1
+
+    def _release(self, kind: str, visitor: str | None) -> None:
+        with self._changed:
+            self._busy[kind] -= 1
+            if visitor is not None:
+                left = self._holders[kind].pop(visitor) - 1
+                if left:
+                    self._holders[kind][visitor] = left
+            self._changed.notify_all()
 
     def _free(self, kind: str, visitor: str | None) -> bool:
         if self._busy[kind] >= self.limits[kind]:

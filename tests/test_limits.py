@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -242,6 +243,49 @@ def test_one_visitor_holds_at_most_one_heavy_slot():
             assert slots.busy("heavy") == 2
     with visiting("a"), slots.hold("heavy"), slots.hold("heavy"):  # nested in one request: the same slot
         assert slots.busy("heavy") == 1
+
+
+def test_background_work_hands_the_heavy_slot_to_a_waiting_request():
+    slots = Slots(heavy=1, render=1)
+    order: list[str] = []
+
+    def request() -> None:
+        with visiting("person"), slots.hold("heavy"):
+            order.append("request")
+
+    with visiting("job"), slots.hold("heavy", background=True):
+        person = threading.Thread(target=request)
+        person.start()
+        while not slots._waiting["heavy"]:  # the person is in line behind the job's step
+            time.sleep(0.01)
+        assert order == []
+        slots.yield_to_waiters("heavy")  # between two steps: the person goes first
+        order.append("job resumes")
+        assert slots.busy("heavy") == 1
+        person.join(timeout=10)
+    assert order == ["request", "job resumes"]
+    assert slots.busy("heavy") == 0
+    slots.yield_to_waiters("heavy")  # nobody waits: a no-op outside any slot
+
+
+def test_background_work_does_not_jump_the_line():
+    slots = Slots(heavy=1, render=1)
+    order: list[str] = []
+
+    def take(visitor: str, background: bool) -> None:
+        with visiting(visitor), slots.hold("heavy", background=background):
+            order.append(visitor)
+
+    person = threading.Thread(target=take, args=("person", False))
+    job = threading.Thread(target=take, args=("job", True))
+    with held_elsewhere(slots, "heavy", "someone"):
+        person.start()
+        while not slots._waiting["heavy"]:  # the person is in line first
+            time.sleep(0.01)
+        job.start()
+    person.join(timeout=10)
+    job.join(timeout=10)
+    assert order == ["person", "job"]  # whenever the job's thread got to look, the person was still in line
 
 
 def test_a_render_computes_its_basis_in_the_heavy_slot(service):

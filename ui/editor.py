@@ -29,7 +29,6 @@ from backend.precompute import PathStatus
 from backend.ranges import Calibration, position_of, strength_at
 from backend.service import EigenfaceService
 from backend.specs import PAGE_RANGES, PREVIEW_STEPS
-from backend.slots import visiting
 from backend.state import EditState, as_number
 from backend.store import SavedDirection
 
@@ -157,18 +156,9 @@ class Editor:
         return self.device.call(self.service.edit, state.basis_spec(), strengths, mode, **kwargs)
 
     def start_paths(self, state: EditState, session: str) -> PathStatus:
-        """Precompute the state's geodesic paths in the background (see backend.precompute).
-
-        The job is heavy work like a basis: it runs in the service's heavy slot, attributed to
-        the requesting visitor, so neither many visitors' jobs nor one visitor's many run at once.
-        """
-        visitor = current_session() or session
-
-        def in_heavy_slot(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-            with visiting(visitor), self.service.slots.hold("heavy"):
-                return self.device.call(fn, *args, **kwargs)
-
-        return self.service.paths.start(session, state.basis_spec(), call=in_heavy_slot)
+        """Precompute the state's geodesic paths in the background (see backend.precompute:
+        the job takes the requesting visitor's heavy slot and gives it up to waiting requests)."""
+        return self.service.paths.start(session, state.basis_spec(), call=self.device.call, visitor=current_session() or session)
 
     def path_status(self, session: str) -> PathStatus:
         return self.service.paths.status(session)

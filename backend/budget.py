@@ -88,7 +88,9 @@ class Budget:
 
     def _cfg(self, sample: SampleSpec) -> int:
         """Evaluations per sample and step: two with classifier-free guidance (sampling.guided_output)."""
-        return 2 if self._model(sample).conditional and sample.guidance_scale != 1.0 else 1
+        model = self._model(sample)
+        guidance = model.settings.guidance_scale if sample.guidance_scale is None else sample.guidance_scale  # None: the model's own
+        return 2 if model.conditional and guidance != 1.0 else 1
 
     def _index(self, spec: BasisSpec) -> tuple[tuple[int, ...], int]:
         """The request's DDIM schedule and the index of its edit timestep (as the service resolves it)."""

@@ -263,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated subset to run")
     parser.add_argument("--model-path", help="evaluate this checkpoint instead of the built-in text model")
     parser.add_argument("--estimator", default=str(DEFAULT_ESTIMATOR), help="factor estimator directory")
+    parser.add_argument("--samples", type=int, help="samples at the default prompt (default 256, quick 32)")
+    parser.add_argument("--adherence-seeds", type=int, help="seeds per prompt in the adherence check (default 32, quick 8)")
     parser.add_argument("--threads", type=int, default=int(os.environ.get("EIGENFACE_THREADS", "2")), help="torch CPU threads (default 2)")
     args = parser.parse_args(argv)
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
@@ -270,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
     torch.set_num_threads(args.threads)
     sizes = Sizes(**QUICK.__dict__) if args.quick else Sizes()
+    sizes.samples = args.samples or sizes.samples
+    sizes.adherence_seeds = args.adherence_seeds or sizes.adherence_seeds
 
     report = Report(order=["head", *SECTIONS], json_path=Path(args.json) if args.json else None)
     report.section("head")

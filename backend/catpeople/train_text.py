@@ -74,13 +74,14 @@ class _Run:
         self.ema = EMAModel(self.denoiser_params, decay=config.ema_decay, use_ema_warmup=True, foreach=True)
         self.generator = torch.Generator(device).manual_seed(config.seed)
         self.stage, self.step, self.elapsed = "pool", 0, 0.0
+        self.cpu_seconds = 0.0  # CPU time of this process and the runs it resumes (a niced run gets less than its wall time)
         self.marks: dict[str, float] = {}  # elapsed seconds at which each stage ended
         self.ckpt = Path(config.out) / "checkpoint"
 
     def save(self) -> None:
         self.ckpt.mkdir(parents=True, exist_ok=True)
         state = {
-            "stage": self.stage, "step": self.step, "elapsed": self.elapsed, "marks": self.marks,
+            "stage": self.stage, "step": self.step, "elapsed": self.elapsed, "marks": self.marks, "cpu_seconds": self.cpu_seconds,
             "vae": self.vae.state_dict(), "text_encoder": self.text_encoder.state_dict(), "unet": self.unet.state_dict(),
             "vae_optimiser": self.vae_optimiser.state_dict(), "optimiser": self.optimiser.state_dict(),
             "ema": self.ema.state_dict(), "generator": self.generator.get_state(),
@@ -100,6 +101,7 @@ class _Run:
         self.vae.register_to_config(scaling_factor=state["scaling_factor"])
         self.generator.set_state(state["generator"])
         self.stage, self.step, self.elapsed, self.marks = state["stage"], state["step"], state["elapsed"], state["marks"]
+        self.cpu_seconds = state.get("cpu_seconds", 0.0)
         return True
 
 
@@ -115,10 +117,10 @@ def train_text(config: TextTrainConfig) -> Path:
     run = _Run(config, resolve_device(config.device))
     if run.restore():
         print(f"resuming in stage {run.stage} at step {run.step} ({run.elapsed / 60:.1f} of {config.minutes} minutes)", flush=True)
-    start = time.monotonic() - run.elapsed
+    start, cpu_start = time.monotonic() - run.elapsed, time.process_time() - run.cpu_seconds
 
     def clock() -> float:
-        run.elapsed = time.monotonic() - start
+        run.elapsed, run.cpu_seconds = time.monotonic() - start, time.process_time() - cpu_start
         return run.elapsed
 
     if run.stage == "pool":
@@ -245,6 +247,6 @@ def _write_pipeline(run: _Run, out: Path) -> None:
     recipe = asdict(run.config) | {
         "stage": run.stage, "denoiser_steps": run.step, "stage_ends_minutes": {k: round(v / 60, 2) for k, v in run.marks.items()},
         "minutes_trained": round(run.elapsed / 60, 2), "device": str(run.device), "threads": threads,
-        "cpu_minutes": round(run.elapsed / 60 * threads, 1) if threads else None,
+        "cpu_minutes": round(run.cpu_seconds / 60, 1),  # measured: process CPU time, resumes included
     }
     (out / "training.json").write_text(json.dumps(recipe, indent=2, default=list))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Generator, Literal, Sequence
+from typing import Callable, Generator, Literal, Sequence, TypeVar
 
 import torch
 from torch import Tensor
@@ -193,6 +193,8 @@ def default_block_size(k: int, device: torch.device) -> int:
 Product = tuple[str, Tensor]
 Solver = Generator[Product, Tensor, Basis]
 
+Request, Answer, Result = TypeVar("Request"), TypeVar("Answer"), TypeVar("Result")
+
 
 @dataclass(frozen=True)
 class Products:
@@ -236,10 +238,15 @@ class Products:
         return list(out.split([r.shape[0] for r in rows]))
 
 
-def advance_solver(solver: Solver, answer: Tensor | None) -> tuple[Product | None, Basis | None]:
-    """Advance a solver by one answer (None: start it): its next request, or its basis."""
+def advance(coroutine: Generator[Request, Answer, Result], answer: Answer | None) -> tuple[Request | None, Result | None]:
+    """Advance a coroutine solver by one answer (None: start it): its next request, or its result.
+
+    The Krylov iteration (:func:`krylov`) and the geodesic steps (``geometry.shot``) are written as
+    coroutines that ask for the work they need, so one driver can answer many at once
+    (``backend/lockstep.py``).
+    """
     try:
-        return (next(solver) if answer is None else solver.send(answer)), None
+        return (next(coroutine) if answer is None else coroutine.send(answer)), None
     except StopIteration as stop:
         return None, stop.value
 
@@ -385,7 +392,7 @@ def local_basis(
     x = x.detach()
     products = Products(h_fn, jvp_mode, fd_eps, vjp_dtype, vectorize_vjp, chunk_size)
     solver = krylov(x, k, block_size=block_size, max_iters=max_iters, tol=tol, max_krylov=max_krylov, init=init, generator=generator, callback=callback)
-    request, basis = advance_solver(solver, None)
+    request, basis = advance(solver, None)
     while basis is None:
-        request, basis = advance_solver(solver, products.at(x, request))
+        request, basis = advance(solver, products.at(x, request))
     return basis

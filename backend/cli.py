@@ -11,10 +11,10 @@ import itertools
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
 
 from .catpeople import commands as catpeople_commands
 from .errors import EigenfaceError, InputError
+from .notation import parse_directions
 from .sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS
 
 EXIT_BAD_INPUT = 2
@@ -114,42 +114,6 @@ def _discover(args: argparse.Namespace) -> None:
     print(f"wrote {out}/basis.safetensors, meta.json, grid.png ({result.basis.k} directions, {result.seconds:.2f} s, {result.basis.iterations} rounds)")
 
 
-def _parse_directions(items: list[str], travel: Callable[[], Sequence[Sequence[float]]] | None = None) -> dict[int, float]:
-    """--direction values -> {index: strength}.
-
-    ``I=S`` is a strength (edit.py's unit). ``I=Pr`` is slider position P in [-1, 1] on the
-    direction's calibrated range, evenly spaced in x0 change as on the page (``0=1r`` is the
-    valid end on the positive side, ``0=-0.5r`` half way to the negative one); ``I=hi`` and
-    ``I=lo`` are ``1r`` and ``-1r``. ``travel()`` gives the basis's travel maps (ranges.py),
-    called only when a calibrated value is used.
-    """
-    from .ranges import strength_at
-
-    values: dict[int, float] = {}
-    for item in items:
-        index, sep, text = item.partition("=")
-        text = {"hi": "1r", "lo": "-1r"}.get(text.strip().lower(), text.strip())
-        try:
-            if not sep:
-                raise ValueError
-            i = int(index)
-            if not text.lower().endswith("r"):
-                values[i] = float(text)
-                continue
-            position = float(text[:-1])
-        except ValueError:
-            raise InputError(f"--direction takes INDEX=STRENGTH, INDEX=POSITIONr (-1r .. 1r) or INDEX=hi / lo, got {item!r}") from None
-        if not -1 <= position <= 1:
-            raise InputError(f"--direction {item!r}: a position on the calibrated range must be within -1r .. 1r")
-        if travel is None:
-            raise InputError(f"--direction {item!r}: calibrated positions need a basis (edit --basis, directions save)")
-        maps = travel()
-        if not 0 <= i < len(maps):
-            raise InputError(f"direction index {i} is out of range: the basis has {len(maps)} directions (0..{len(maps) - 1})")
-        values[i] = strength_at(tuple(maps[i]), position)
-    return values
-
-
 def _edit(args: argparse.Namespace) -> None:
     from .edit import combine
     from .specs import check_strength
@@ -174,7 +138,7 @@ def _edit(args: argparse.Namespace) -> None:
                 "pass the same settings, or apply a direction elsewhere with transport and --vector"
             )
         # a file written before ranges existed is calibrated here (discover finds its basis adopted)
-        values = _parse_directions(args.direction, lambda: service.discover(spec).travel)
+        values = parse_directions(args.direction, lambda: service.discover(spec).travel)
         import torch
 
         sliders = torch.zeros(basis.k)
@@ -231,7 +195,7 @@ def _save_direction(args: argparse.Namespace) -> None:
         except ValueError:
             raise InputError(f"--direction takes INDEX or INDEX=STRENGTH, got {items[0]!r}") from None
     elif items:
-        made_of = {"strengths": _parse_directions(items, lambda: service.discover(spec).travel)}
+        made_of = {"strengths": parse_directions(items, lambda: service.discover(spec).travel)}
     else:
         raise InputError("give --direction I (one basis direction) or --direction I=S pairs (a slider edit)")
     saved = service.library.save(args.name, spec, overwrite=args.overwrite, **made_of)

@@ -21,7 +21,7 @@ from typing import Any, Callable, Generator
 import torch
 from torch import Tensor
 
-from .basis import Basis, HFn, jvp, local_basis
+from .basis import Basis, HFn, advance, jvp, local_basis
 
 
 def _rows(t: Tensor) -> Tensor:
@@ -261,10 +261,10 @@ def geodesic_shoot(
         basis = local_basis(h_fn, x, k, **basis_kwargs)
     update_kwargs = {**basis_kwargs, "max_iters": basis_iters}
     shoot = shot(x, direction, length, substeps, k, basis, keep_bases, final_basis, step_callback)
-    request, path = advance_shot(shoot, None)
+    request, path = advance(shoot, None)
     while path is None:
         point, init = request
-        request, path = advance_shot(shoot, local_basis(h_fn, point, k, **{**update_kwargs, "init": init}))
+        request, path = advance(shoot, local_basis(h_fn, point, k, **{**update_kwargs, "init": init}))
     return replace(path, seconds=time.perf_counter() - start)
 
 
@@ -281,14 +281,6 @@ def check_shot(x: Tensor, direction: Tensor, length: float, substeps: int, basis
 
 #: What a shot asks for before each step: the basis at this point, warm-started from these rows.
 BasisRequest = tuple[Tensor, Tensor]
-
-
-def advance_shot(shot: Generator[BasisRequest, Basis, GeodesicPath], answer: Basis | None) -> tuple[BasisRequest | None, GeodesicPath | None]:
-    """Advance a shot by one basis (None: start it): its next request, or its path."""
-    try:
-        return (next(shot) if answer is None else shot.send(answer)), None
-    except StopIteration as stop:
-        return None, stop.value
 
 
 def shot(

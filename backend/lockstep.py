@@ -17,8 +17,8 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
-from .basis import Basis, Product, Products, advance_solver, krylov
-from .geometry import GeodesicPath, advance_shot, check_shot, shot
+from .basis import Basis, Product, Products, advance, krylov
+from .geometry import GeodesicPath, check_shot, shot
 
 
 def local_bases(
@@ -42,7 +42,7 @@ def local_bases(
     pending: dict[int, Product] = {}
     bases: list[Basis | None] = [None] * len(solvers)
     for i, solver in enumerate(solvers):
-        pending[i], bases[i] = advance_solver(solver, None)
+        pending[i], bases[i] = advance(solver, None)
     pending = {i: r for i, r in pending.items() if r is not None}
     while pending:
         for kind in ("jvp", "vjp"):
@@ -51,7 +51,7 @@ def local_bases(
                 continue
             answers = products.at_many(kind, [points[i].detach() for i in group], [pending[i][1] for i in group])
             for i, answer in zip(group, answers):
-                request, bases[i] = advance_solver(solvers[i], answer)
+                request, bases[i] = advance(solvers[i], answer)
                 if request is None:
                     del pending[i]
                 else:
@@ -92,7 +92,7 @@ def geodesic_shoots(
     pending: dict[int, tuple[Tensor, Tensor]] = {}
     paths: list[GeodesicPath | None] = [None] * len(shots)
     for i, started in enumerate(shots):
-        request, paths[i] = advance_shot(started, None)
+        request, paths[i] = advance(started, None)
         if request is not None:
             pending[i] = request
     total, done = max(substeps) - 1, 0
@@ -103,7 +103,7 @@ def geodesic_shoots(
             generators=[generators[i] for i in order], **{**solver_kwargs, "max_iters": basis_iters},
         )
         for i, new in zip(order, bases):
-            request, paths[i] = advance_shot(shots[i], new)
+            request, paths[i] = advance(shots[i], new)
             if request is None:
                 del pending[i]
             else:

@@ -38,6 +38,12 @@ SETTINGS_FILE = "eigenface.json"
 
 #: Classifier-free guidance scale when neither the request nor the checkpoint names one (SD's usual).
 DEFAULT_GUIDANCE = 7.5
+#: Stable Diffusion 1.x's own DDIM configuration (its scheduler_config.json), shared by the built-in
+#: text model, the tiny test pipelines and the random SD-1.5 benchmark model.
+SD_DDIM_CONFIG = dict(
+    num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+    clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+)
 
 _HUB_ID_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 

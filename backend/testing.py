@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from .models import Conditioning, DiffusionModel
+from .models import SD_DDIM_CONFIG, Conditioning, DiffusionModel
 from .vocab import clip_tokenizer, write_clip_tokenizer_files
 
 # Words that get whole-word BPE merges in the hand-written tokenizer.  Anything
@@ -137,15 +137,7 @@ def dummy_sd_components(seed: int = 0, sample_size: int = 8) -> dict:
         )
         torch.manual_seed(seed + 2)
         text_encoder = _tiny_clip_text_encoder(tokenizer)
-    scheduler = DDIMScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,  # as in real SD configs; 0 triggers a deprecation warning
-    )
+    scheduler = DDIMScheduler(**SD_DDIM_CONFIG)  # steps_offset=1 as in real SD configs; 0 triggers a deprecation warning
     return {"vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer, "unet": unet, "scheduler": scheduler,
             "safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
 
@@ -227,10 +219,7 @@ SD15_VAE = dict(
     in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
     block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4, norm_num_groups=32, sample_size=512, scaling_factor=0.18215,
 )
-SD15_SCHEDULER = dict(
-    _class_name="DDIMScheduler", num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-    clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon", timestep_spacing="leading",
-)
+SD15_SCHEDULER = dict(_class_name="DDIMScheduler", **SD_DDIM_CONFIG, prediction_type="epsilon", timestep_spacing="leading")
 #: The same architecture scaled down (latent 4x16x16, h 64x2x2, 128 px images) for CPU smoke runs.
 SD_TINY_UNET = dict(SD15_UNET, sample_size=16, layers_per_block=1, block_out_channels=(32, 64, 64, 64), cross_attention_dim=32)
 SD_TINY_VAE = dict(SD15_VAE, block_out_channels=(32, 64, 64, 64), layers_per_block=1, sample_size=128)

@@ -27,7 +27,6 @@ import argparse
 import os
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -38,30 +37,8 @@ from backend.catpeople.estimator import FactorEstimator  # noqa: E402
 from backend.catpeople.semantics import DEFAULT_ESTIMATOR, label_magnitudes  # noqa: E402
 from bench.catpeople_samples import section_accuracy, section_denoising, section_samples  # noqa: E402
 from bench.catpeople_semantic import section_atlas, section_semantic, section_sweep  # noqa: E402
+from bench.catpeople_sizes import QUICK, Sizes  # noqa: E402
 from bench.common import ROOT, Report, log, provenance, with_field  # noqa: E402
-
-
-@dataclass
-class Sizes:
-    renders: int = 1024
-    samples: int = 256
-    grid: int = 64
-    batch: int = 32
-    semantic_seeds: tuple[int, ...] = tuple(range(8))
-    k: int = 8
-    n_random: int = 8
-    strength: float | None = None  # edit strength of the semantic check (None: the model's eigenface.json)
-    heldout_strength: float = 0.3
-    timestep: float | None = None  # edit timestep of the semantic check (None: the model's eigenface.json)
-    sweep_seeds: tuple[int, ...] = (0, 1)
-    sweep_timesteps: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.8)
-    sweep_strengths: tuple[float, ...] = (0.1, 0.2, 0.3, 0.5)
-    denoise_renders: int = 128
-    denoise_timesteps: tuple[int, ...] = (50, 150, 300, 500, 700, 850, 950, 999)
-
-
-QUICK = Sizes(renders=256, samples=32, grid=16, batch=16, semantic_seeds=(0, 1), k=4, n_random=4, denoise_renders=16,
-              sweep_seeds=(0,), sweep_timesteps=(0.6, 0.8), sweep_strengths=(0.3, 0.5))
 
 
 # ------------------------------------------------------------------------------------------ main

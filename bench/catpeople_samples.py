@@ -7,17 +7,15 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
 from backend.catpeople.estimator import FactorEstimator, factor_distance
 from backend.catpeople.render import CIRCULAR, FACTORS, render_dataset
 from backend.sampling import initial_noise, render, schedule
+from bench.catpeople_sizes import Sizes
 from bench.common import Report, log, mark
 
-if TYPE_CHECKING:
-    from bench.catpeople_eval import Sizes
 
 UNIFORM_MEAN, UNIFORM_STD = 0.5, 1 / math.sqrt(12)
 

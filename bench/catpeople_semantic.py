@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import torch
 from PIL import Image, ImageDraw
@@ -16,10 +16,9 @@ from PIL import Image, ImageDraw
 from backend.catpeople.estimator import FactorEstimator
 from backend.catpeople.render import FACTORS
 from backend.catpeople.semantics import MIXED, EditResponse, label_directions, label_from_response, label_magnitudes, seed_responses
+from bench.catpeople_sizes import Sizes
 from bench.common import Report, log, mark
 
-if TYPE_CHECKING:
-    from bench.catpeople_eval import Sizes
 
 SHORT = {"nose": "nose", "ears": "ears", "smile": "smile", "eyes": "eyes", "hue": "hue", "head_x": "hx", "head_y": "hy", "background": "bg", "horse": "horse"}
 

@@ -29,7 +29,7 @@ import math
 import platform
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -41,40 +41,10 @@ from backend.catpeople import semantics  # noqa: E402
 from backend.plots import heatmap  # noqa: E402
 from backend.service import EigenfaceService, ServiceConfig  # noqa: E402
 from backend.specs import BUILTIN_NAME, BasisSpec, SampleSpec  # noqa: E402
+from bench.geometry_sizes import QUICK, Sizes  # noqa: E402
 from bench.common import ROOT, Report, log, table, with_field  # noqa: E402
 from bench.geometry_transport import section_transport  # noqa: E402
 from bench.geometry_validity import section_substeps, section_validity  # noqa: E402
-
-
-@dataclass
-class Sizes:
-    validity_seeds: tuple[int, ...] = tuple(range(8))
-    validity_dirs: int = 4
-    validity_strengths: tuple[float, ...] = (-1.2, -0.8, 0.8, 1.2)
-    validity_modes: tuple[tuple[str, int | None], ...] = (("direct", None), ("geodesic", 2), ("geodesic", 4), ("guidance", None))
-    substep_seeds: tuple[int, ...] = (0, 1, 2, 3)
-    substep_dirs: int = 2
-    substep_strengths: tuple[float, ...] = (-1.0, 1.0)
-    substep_values: tuple[int, ...] = (1, 2, 4, 8)
-    transport_dirs: int = 4
-    transport_sources: tuple[int, ...] = (0,)
-    transport_targets: tuple[int, ...] = tuple(range(1, 9))
-    transport_strength: float = 0.5
-    transport_target_k: int = 0  # directions of the target bases a direction is carried into (0: k)
-    compare_seeds: tuple[int, ...] = (0, 1, 2, 3)
-    compare_timesteps: tuple[float, ...] = (0.8, 0.6, 0.4, 0.2)
-    k: int = 8
-    #: edit timestep of (a), (a') and (b); fixed rather than the model's eigenface.json so that
-    #: the recorded results stay reproducible (`--set timestep=0.3` for the built-in's setting)
-    timestep: float = 0.6
-
-
-QUICK = Sizes(
-    validity_seeds=(0,), validity_dirs=1, validity_strengths=(-1.2, 1.2),
-    substep_seeds=(0,), substep_dirs=1, substep_strengths=(1.0,), substep_values=(1, 2, 4),
-    transport_dirs=2, transport_targets=(1, 2),
-    compare_seeds=(0, 1, 2),
-)
 
 
 def override(sizes: Sizes, item: str) -> Sizes:

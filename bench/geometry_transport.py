@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -14,10 +13,9 @@ from backend.catpeople import semantics
 from backend.catpeople.render import FACTORS
 from backend.errors import InputError
 from backend.specs import BasisSpec, SampleSpec
+from bench.geometry_sizes import Sizes
 from bench.common import Report, log, pct, table
 
-if TYPE_CHECKING:
-    from bench.geometry_eval import Sizes
 
 
 def response(service, spec, estimator, strength: float, index: int | None = None, vector: torch.Tensor | None = None) -> torch.Tensor:

@@ -4,7 +4,6 @@ geodesic substeps are enough (bench/geometry_eval.py runs them)."""
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -14,10 +13,9 @@ from backend.catpeople.render import FACTORS
 from backend.errors import InputError
 from backend.images import pil_to_tensor
 from backend.specs import BasisSpec, SampleSpec
+from bench.geometry_sizes import Sizes
 from bench.common import Report, log, pct, table
 
-if TYPE_CHECKING:
-    from bench.geometry_eval import Sizes
 
 #: Raw regressor outputs of the linear factors may overshoot [0, 1] by this much and still count
 #: as "in range" (estimate() clamps them, so the range check must look at the raw outputs).

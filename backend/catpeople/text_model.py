@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from .captions import WORDS
+from ..models import SD_DDIM_CONFIG
 from ..vocab import clip_tokenizer, write_clip_tokenizer_files
 
 
@@ -92,15 +93,7 @@ def build_scheduler():
     """Stable Diffusion 1.x's own DDIM configuration."""
     from diffusers import DDIMScheduler
 
-    return DDIMScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
+    return DDIMScheduler(**SD_DDIM_CONFIG)
 
 
 def build_tokenizer(config: TextModelConfig):

@@ -70,7 +70,7 @@ class EigenfaceService:
         self.budget = Budget(self.models, self.cache, self.config.budget)
         self.labels = DirectionNames(self, self.config.labellers, self.cache, self.slots)
         self.library = Library(self, self.config.library_dir, Quota("saved a direction", self.config.saves_per_visitor, self.config.save_interval_s))
-        self.paths = PathPrecompute(self, self.cache, self.slots, chunk_size=self.config.basis_chunk_size)
+        self.paths = PathPrecompute(self, self.cache, self.slots, jvp_mode=self.config.jvp_mode, chunk_size=self.config.basis_chunk_size)
         self._chunks: dict[str, int] = {}  # per model: the basis chunk size that fit after an out-of-memory
         self._chunks_lock = threading.Lock()
 

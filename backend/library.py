@@ -20,7 +20,7 @@ from torch import Tensor
 
 from .edit import combine
 from .errors import InputError
-from .specs import BasisSpec, Renderer, SampleSpec, check_int, check_vector, slider_vector
+from .specs import BasisSpec, Renderer, SampleSpec, check_int, check_vector, guidance_scale, slider_vector
 from .sampling import DEFAULT_GUIDANCE
 from .quota import Quota
 from .ranges import Calibration
@@ -72,7 +72,7 @@ class Library:
         sample = spec.sample
         provenance = {
             "model": sample.model, "prompt": sample.prompt, "seed": sample.seed, "steps": sample.steps,
-            "guidance_scale": model.settings.guidance_scale if sample.guidance_scale is None else sample.guidance_scale, "timestep": result.timestep, "k": result.basis.k,
+            "guidance_scale": guidance_scale(model, sample), "timestep": result.timestep, "k": result.basis.k,
             "edit_prompt": spec.edit_prompt or "", "shape": list(model.sample_shape), **made_of, "strength": round(strength, 6),
             **({VISITOR_KEY: True} if visitor is not None else {}),
         }

@@ -51,6 +51,7 @@ from .specs import (
     check_int,
     check_strength,
     check_vector,
+    guidance_scale,
     pairs,
     timestep_index,
     slider_vector,
@@ -100,10 +101,8 @@ class EigenfaceService:
             raise InputError(f"guidance_scale must be within [0, 50], got {spec.guidance_scale}")
         return model
 
-    @staticmethod
-    def guidance(model: DiffusionModel, spec: SampleSpec) -> float:
-        """The spec's guidance scale; None is the model's own (``eigenface.json``, else 7.5)."""
-        return model.settings.guidance_scale if spec.guidance_scale is None else spec.guidance_scale
+    #: :func:`~backend.specs.guidance_scale` (what the CLI and the benches call it by).
+    guidance = staticmethod(guidance_scale)
 
     def resolve_timestep(self, model: DiffusionModel, timesteps: Sequence[int], value: int | float | str | None) -> int:
         """:func:`~backend.specs.timestep_index` (the budget prices with the same)."""

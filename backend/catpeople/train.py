@@ -155,8 +155,13 @@ def loss_weights(scheduler: DDPMScheduler, t: torch.Tensor, snr_gamma: float | N
 
 
 def _checkpoint(ckpt: Path, unet, optimiser, ema: EMAModel, step: int, elapsed: float, generator: torch.Generator) -> None:
+    write_state(ckpt, {"unet": unet.state_dict(), "optimiser": optimiser.state_dict(), "ema": ema.state_dict(), "step": step, "elapsed": elapsed, "generator": generator.get_state()})
+
+
+def write_state(ckpt: Path, state: dict) -> None:
+    """Write ``ckpt/state.pt`` through a temporary file and a rename, so a run killed mid-write
+    leaves the previous checkpoint whole and the next start resumes from it."""
     ckpt.mkdir(parents=True, exist_ok=True)
-    state = {"unet": unet.state_dict(), "optimiser": optimiser.state_dict(), "ema": ema.state_dict(), "step": step, "elapsed": elapsed, "generator": generator.get_state()}
     torch.save(state, ckpt / "state.pt.tmp")
     (ckpt / "state.pt.tmp").replace(ckpt / "state.pt")
 

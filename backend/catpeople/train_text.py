@@ -33,7 +33,7 @@ from .captions import captions
 from .checks import resolve_device
 from .render import render, sample_factors
 from .text_model import TextModelConfig, build_scheduler, build_text_encoder, build_tokenizer, build_unet, build_vae, save_pipeline
-from .train import learning_rate, loss_weights
+from .train import learning_rate, loss_weights, write_state
 
 STAGES = ("pool", "vae", "encode", "unet")
 
@@ -79,16 +79,13 @@ class _Run:
         self.ckpt = Path(config.out) / "checkpoint"
 
     def save(self) -> None:
-        self.ckpt.mkdir(parents=True, exist_ok=True)
-        state = {
+        write_state(self.ckpt, {
             "stage": self.stage, "step": self.step, "elapsed": self.elapsed, "marks": self.marks, "cpu_seconds": self.cpu_seconds,
             "vae": self.vae.state_dict(), "text_encoder": self.text_encoder.state_dict(), "unet": self.unet.state_dict(),
             "vae_optimiser": self.vae_optimiser.state_dict(), "optimiser": self.optimiser.state_dict(),
             "ema": self.ema.state_dict(), "generator": self.generator.get_state(),
             "scaling_factor": float(self.vae.config.scaling_factor),
-        }
-        torch.save(state, self.ckpt / "state.pt.tmp")
-        (self.ckpt / "state.pt.tmp").replace(self.ckpt / "state.pt")
+        })
 
     def restore(self) -> bool:
         if not (self.ckpt / "state.pt").exists():

@@ -27,16 +27,17 @@ import torch
 from torch import Tensor
 
 from .basis import Products
-from .edit import EditPoint, apply_edits, strength_scale
+from .edit import DEFAULT_SUBSTEPS, GEODESIC_BASIS_ITERS, EditPoint, apply_edits, strength_scale
 from .errors import EditError
 from .lockstep import geodesic_shoots
 from .hspace import jacobian_context
 
-#: Grid steps per sign: the substeps a geodesic edit of the range end takes by default
-#: (edit.DEFAULT_SUBSTEPS["geodesic"]); each step costs one batched basis update of all shots.
-DEFAULT_GRID_STEPS = 4
-#: Warm-started rounds per basis update, as in :func:`~backend.edit.geodesic_edit`.
-BASIS_ITERS = 2
+#: Grid steps per sign: the substeps a geodesic edit of the range end takes by default; each
+#: step costs one batched basis update of all shots.
+DEFAULT_GRID_STEPS = DEFAULT_SUBSTEPS["geodesic"]
+#: Warm-started rounds per basis update: :func:`~backend.edit.geodesic_edit`'s own, which the
+#: grid points must share to be its exact edits.
+BASIS_ITERS = GEODESIC_BASIS_ITERS
 
 Ends = tuple[tuple[float, float], ...]
 

@@ -16,13 +16,13 @@ strength so that equal slider steps give about equal x0 change (:func:`strength_
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from .edit import strength_scale
 from .models import Conditioning, DiffusionModel
 from .sampling import DEFAULT_GUIDANCE, NoiseSchedule, guided_output, predict_x0
 
@@ -108,7 +108,7 @@ def calibrate(
     x_t = x_t.float().cpu()
     directions = directions.float().cpu()
     k = directions.shape[0]
-    scale = math.sqrt(x_t.numel())
+    scale = strength_scale(x_t.shape)
     ends = 2 * k  # row j: direction j // 2, sign + for even j, - for odd j
     signs = torch.tensor([1.0, -1.0]).repeat(k)
     rows = directions.repeat_interleave(2, dim=0)

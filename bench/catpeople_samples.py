@@ -12,9 +12,8 @@ import torch
 
 from backend.catpeople.estimator import FactorEstimator, factor_distance
 from backend.catpeople.render import CIRCULAR, FACTORS, render_dataset
-from backend.sampling import initial_noise, render, schedule
 from bench.catpeople_sizes import Sizes
-from bench.common import Report, log, mark
+from bench.common import Report, log, mark, sample_batch
 
 
 UNIFORM_MEAN, UNIFORM_STD = 0.5, 1 / math.sqrt(12)
@@ -69,11 +68,6 @@ def section_accuracy(report: Report, estimator: FactorEstimator, sizes: Sizes) -
     return {"r2": r2, "clean_face_rate": float(faces.float().mean())}
 
 
-def generate_batch(model, seeds: list[int], steps: int) -> torch.Tensor:
-    """Samples exactly as the service draws them (seed -> initial noise -> DDIM -> decode), batched."""
-    return render(model, torch.stack([initial_noise(model, s) for s in seeds]), schedule(model, steps))
-
-
 def pixel_statistics(images: torch.Tensor) -> dict[str, list[float]]:
     """Per-channel mean and std, and speckle (mean |Laplacian|): how far samples are from the
     training renders in colour and noise, whether or not they still read as faces."""
@@ -92,7 +86,7 @@ def section_samples(report: Report, service, estimator: FactorEstimator, sizes: 
     images = []
     for first in range(0, sizes.samples, sizes.batch):
         seeds = list(range(first, min(first + sizes.batch, sizes.samples)))
-        images.append(generate_batch(model, seeds, DEFAULT_STEPS))
+        images.append(sample_batch(service, model, seeds, DEFAULT_STEPS))
         done = seeds[-1] + 1
         elapsed = time.perf_counter() - start
         log(f"samples: {done}/{sizes.samples} ({elapsed:.0f}s, {elapsed / done:.2f}s per sample)")

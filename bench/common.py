@@ -30,7 +30,7 @@ import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from backend.models import Conditioning, DiffusionModel, load_model  # noqa: E402
-from backend.sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS, sample_trajectory, schedule  # noqa: E402
+from backend.sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS, initial_noise, render, sample_trajectory, schedule  # noqa: E402
 from backend.testing import RANDOM_SD, random_sd  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -303,3 +303,15 @@ def start_run(args: argparse.Namespace) -> tuple[torch.device, float]:
     if args.threads:
         torch.set_num_threads(args.threads)
     return torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu")), time.perf_counter()
+
+
+def sample_batch(service, model: DiffusionModel, seeds: list[int], steps: int = DEFAULT_STEPS, prompt: str = "") -> Tensor:
+    """Samples as the service draws them (seed -> initial noise -> DDIM with the model's own
+    conditioning and guidance -> decode), batched, for the evaluations of both built-in models.
+    Without quality boosting: its noise follows each sample's seed, so one batch cannot share it
+    (the sample statistics in BENCHMARKS.md are of plain DDIM)."""
+    from backend.specs import SampleSpec
+
+    spec = SampleSpec(model=model.name, prompt=prompt)
+    x = torch.stack([initial_noise(model, s) for s in seeds])
+    return render(model, x, schedule(model, steps), service.conditioning(model, prompt), service.guidance(model, spec))

@@ -44,7 +44,7 @@ from backend.catpeople.render import FACTORS, render_dataset  # noqa: E402
 from backend.catpeople.semantics import DEFAULT_ESTIMATOR, edit_responses, random_directions  # noqa: E402
 from backend.specs import BUILTIN_TEXT_NAME, BasisSpec, SampleSpec  # noqa: E402
 from bench.catpeople_samples import pixel_statistics, r_squared  # noqa: E402
-from bench.common import ROOT, Report, log, mark  # noqa: E402
+from bench.common import ROOT, Report, log, mark, sample_batch  # noqa: E402
 
 UNIFORM_STD = 1 / math.sqrt(12)
 SECTIONS = ("vae", "samples", "adherence", "directions", "speed", "strip")
@@ -66,17 +66,8 @@ class Sizes:
 QUICK = Sizes(renders=128, samples=32, adherence_seeds=8, direction_seeds=(0, 1), k=4, n_random=4, batch=16)
 
 
-def sample_batch(service, model, seeds: list[int], prompt: str) -> torch.Tensor:
-    """Samples as the service draws them (seed -> noise -> DDIM with the model's guidance), batched."""
-    from backend.sampling import DEFAULT_STEPS, initial_noise, render, schedule
-
-    spec = SampleSpec(model=model.name, prompt=prompt)
-    x = torch.stack([initial_noise(model, s) for s in seeds])
-    return render(model, x, schedule(model, DEFAULT_STEPS), service.conditioning(model, prompt), service.guidance(model, spec))
-
-
 def samples(service, model, prompt: str, n: int, batch: int) -> torch.Tensor:
-    return torch.cat([sample_batch(service, model, list(range(first, min(first + batch, n))), prompt) for first in range(0, n, batch)])
+    return torch.cat([sample_batch(service, model, list(range(first, min(first + batch, n))), prompt=prompt) for first in range(0, n, batch)])
 
 
 # ------------------------------------------------------------------------------------ sections

@@ -112,7 +112,7 @@ def train(config: TrainConfig) -> Path:
         t = torch.randint(0, 1000, (x0.shape[0],), generator=generator, device=device)
         a = alphas[t][:, None, None, None]
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        lr = config.lr * min(1.0, (step + 1) / config.warmup_steps) * (0.1 + 0.45 * (1 + math.cos(math.pi * elapsed / budget)))
+        lr = learning_rate(config.lr, step, config.warmup_steps, elapsed / budget)
         for group in optimiser.param_groups:
             group["lr"] = lr
         with autocast:
@@ -135,6 +135,11 @@ def train(config: TrainConfig) -> Path:
     return save_pipeline(unet, ema, scheduler, out, config, step)
 
 
+def learning_rate(peak: float, step: int, warmup: int, done: float) -> float:
+    """Linear warm-up, then a cosine over the fraction ``done`` of the time budget down to a tenth of the peak."""
+    return peak * min(1.0, (step + 1) / warmup) * (0.1 + 0.45 * (1 + math.cos(math.pi * min(done, 1.0))))
+
+
 def loss_weights(scheduler: DDPMScheduler, t: torch.Tensor, snr_gamma: float | None) -> torch.Tensor:
     """Per-sample weights of the epsilon MSE.
 
@@ -150,8 +155,13 @@ def loss_weights(scheduler: DDPMScheduler, t: torch.Tensor, snr_gamma: float | N
 
 
 def _checkpoint(ckpt: Path, unet, optimiser, ema: EMAModel, step: int, elapsed: float, generator: torch.Generator) -> None:
+    write_state(ckpt, {"unet": unet.state_dict(), "optimiser": optimiser.state_dict(), "ema": ema.state_dict(), "step": step, "elapsed": elapsed, "generator": generator.get_state()})
+
+
+def write_state(ckpt: Path, state: dict) -> None:
+    """Write ``ckpt/state.pt`` through a temporary file and a rename, so a run killed mid-write
+    leaves the previous checkpoint whole and the next start resumes from it."""
     ckpt.mkdir(parents=True, exist_ok=True)
-    state = {"unet": unet.state_dict(), "optimiser": optimiser.state_dict(), "ema": ema.state_dict(), "step": step, "elapsed": elapsed, "generator": generator.get_state()}
     torch.save(state, ckpt / "state.pt.tmp")
     (ckpt / "state.pt.tmp").replace(ckpt / "state.pt")
 

@@ -33,7 +33,7 @@ from .captions import captions
 from .checks import resolve_device
 from .render import render, sample_factors
 from .text_model import TextModelConfig, build_scheduler, build_text_encoder, build_tokenizer, build_unet, build_vae, save_pipeline
-from .train import loss_weights
+from .train import learning_rate, loss_weights, write_state
 
 STAGES = ("pool", "vae", "encode", "unet")
 
@@ -79,16 +79,13 @@ class _Run:
         self.ckpt = Path(config.out) / "checkpoint"
 
     def save(self) -> None:
-        self.ckpt.mkdir(parents=True, exist_ok=True)
-        state = {
+        write_state(self.ckpt, {
             "stage": self.stage, "step": self.step, "elapsed": self.elapsed, "marks": self.marks, "cpu_seconds": self.cpu_seconds,
             "vae": self.vae.state_dict(), "text_encoder": self.text_encoder.state_dict(), "unet": self.unet.state_dict(),
             "vae_optimiser": self.vae_optimiser.state_dict(), "optimiser": self.optimiser.state_dict(),
             "ema": self.ema.state_dict(), "generator": self.generator.get_state(),
             "scaling_factor": float(self.vae.config.scaling_factor),
-        }
-        torch.save(state, self.ckpt / "state.pt.tmp")
-        (self.ckpt / "state.pt.tmp").replace(self.ckpt / "state.pt")
+        })
 
     def restore(self) -> bool:
         if not (self.ckpt / "state.pt").exists():
@@ -161,11 +158,6 @@ def _to_model(images: Tensor, device: torch.device) -> Tensor:
     return images.to(device).float() / 127.5 - 1
 
 
-def _lr(peak: float, step: int, warmup: int, done: float) -> float:
-    """Linear warm-up, then a cosine over the stage's time down to a tenth of the peak."""
-    return peak * min(1.0, (step + 1) / warmup) * (0.1 + 0.45 * (1 + math.cos(math.pi * min(done, 1.0))))
-
-
 def _train_vae(run: _Run, images: Tensor, clock, end: float) -> None:
     config, begin = run.config, run.marks["pool"]
     last_ckpt = time.monotonic()
@@ -178,7 +170,7 @@ def _train_vae(run: _Run, images: Tensor, clock, end: float) -> None:
         mse = torch.nn.functional.mse_loss(recon, x)
         loss = mse + config.kl_weight * posterior.kl().mean()
         for group in run.vae_optimiser.param_groups:
-            group["lr"] = _lr(config.vae_lr, run.step, config.warmup_steps, (run.elapsed - begin) / (end - begin))
+            group["lr"] = learning_rate(config.vae_lr, run.step, config.warmup_steps, (run.elapsed - begin) / (end - begin))
         run.vae_optimiser.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(run.vae.parameters(), 1.0)
@@ -222,7 +214,7 @@ def _train_denoiser(run: _Run, latents: Tensor, factors: Tensor, clock) -> None:
         prediction = run.unet(a.sqrt() * z0 + (1 - a).sqrt() * noise, t, states).sample
         loss = (loss_weights(scheduler, t, config.snr_gamma) * ((prediction - noise) ** 2).mean(dim=(1, 2, 3))).mean()
         for group in run.optimiser.param_groups:
-            group["lr"] = _lr(config.lr, run.step, config.warmup_steps, (run.elapsed - begin) / max(end - begin, 1e-9))
+            group["lr"] = learning_rate(config.lr, run.step, config.warmup_steps, (run.elapsed - begin) / max(end - begin, 1e-9))
         run.optimiser.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(run.denoiser_params, 1.0)

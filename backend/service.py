@@ -104,10 +104,6 @@ class EigenfaceService:
     #: :func:`~backend.specs.guidance_scale` (what the CLI and the benches call it by).
     guidance = staticmethod(guidance_scale)
 
-    def resolve_timestep(self, model: DiffusionModel, timesteps: Sequence[int], value: int | float | str | None) -> int:
-        """:func:`~backend.specs.timestep_index` (the budget prices with the same)."""
-        return timestep_index(model, timesteps, value)
-
     def _check_edit(self, spec: BasisSpec, mode: str, substeps: int | None, preview_steps: int | None) -> DiffusionModel:
         """Refuse bad edit options before any basis is computed for them."""
         model = self.check_sample(spec.sample)
@@ -154,7 +150,7 @@ class EigenfaceService:
         """x_t at the spec's timestep, without a basis (for what needs none)."""
         model = self.check_sample(spec.sample)
         traj = self.trajectory(spec.sample)
-        index = self.resolve_timestep(model, traj.timesteps, spec.timestep)
+        index = timestep_index(model, traj.timesteps, spec.timestep)  # as the budget prices it
         empty = Basis(torch.zeros(0), torch.zeros(0), torch.zeros(0), 0, True)
         return BasisResult(empty, traj.latents[index], traj.timesteps[index], index, 0.0, True)
 

@@ -25,7 +25,7 @@ from .models import DiffusionModel
 from .ranges import calibration_evals
 from .registry import ModelRegistry
 from .sampling import schedule, sub_schedule
-from .specs import BasisSpec, SampleSpec, cache_key, timestep_index
+from .specs import BasisSpec, SampleSpec, cache_key, guidance_scale, timestep_index
 
 #: Evaluations per basis column and round: a finite-difference JVP (two forwards) and a VJP.
 JVP_EVALS = 2
@@ -89,7 +89,7 @@ class Budget:
     def _cfg(self, sample: SampleSpec) -> int:
         """Evaluations per sample and step: two with classifier-free guidance (sampling.guided_output)."""
         model = self._model(sample)
-        guidance = model.settings.guidance_scale if sample.guidance_scale is None else sample.guidance_scale  # None: the model's own
+        guidance = guidance_scale(model, sample)
         return 2 if model.conditional and guidance != 1.0 else 1
 
     def _index(self, spec: BasisSpec) -> tuple[tuple[int, ...], int]:

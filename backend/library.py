@@ -20,7 +20,7 @@ from torch import Tensor
 
 from .edit import combine
 from .errors import InputError
-from .specs import BasisSpec, Renderer, SampleSpec, check_int, check_vector, slider_vector
+from .specs import BasisSpec, Renderer, SampleSpec, check_int, check_vector, guidance_scale, slider_vector
 from .sampling import DEFAULT_GUIDANCE
 from .quota import Quota
 from .ranges import Calibration
@@ -72,7 +72,7 @@ class Library:
         sample = spec.sample
         provenance = {
             "model": sample.model, "prompt": sample.prompt, "seed": sample.seed, "steps": sample.steps,
-            "guidance_scale": model.settings.guidance_scale if sample.guidance_scale is None else sample.guidance_scale, "timestep": result.timestep, "k": result.basis.k,
+            "guidance_scale": guidance_scale(model, sample), "timestep": result.timestep, "k": result.basis.k,
             "edit_prompt": spec.edit_prompt or "", "shape": list(model.sample_shape), **made_of, "strength": round(strength, 6),
             **({VISITOR_KEY: True} if visitor is not None else {}),
         }
@@ -101,8 +101,12 @@ class Library:
         this image's local basis (parallel transport), for a direction saved at another seed or
         timestep; at the image it was saved at, that leaves it as it is (it lies in that span).
         """
+        return self._fit(name, *self.files.load(name), spec, transport)
+
+    def _fit(self, name: str, vector: Tensor, provenance: Mapping[str, Any], spec: BasisSpec, transport: bool) -> Tensor:
+        """:meth:`vector` of a direction already loaded (so a caller that also needs the stored
+        vector reads the file once, and both come from the same version of it)."""
         model = self.renderer.model(spec.sample.model)
-        vector, provenance = self.files.load(name)
         saved_model = provenance.get("model")
         if saved_model is not None and saved_model != spec.sample.model:
             raise InputError(f"direction {name!r} was saved on model {saved_model!r}; this image is from {spec.sample.model!r}, whose sample space it does not belong to")
@@ -124,8 +128,9 @@ class Library:
     def calibration(self, spec: BasisSpec, name: str, *, transport: bool = False) -> Calibration:
         """The saved direction's valid range and even-travel map at this image, by the sliders' own
         criterion (:meth:`~backend.service.EigenfaceService.direction_calibration`)."""
-        vector = self.vector(name, spec, transport=transport)
-        return self.renderer.direction_calibration(spec, vector, self.identity(name, transport))
+        stored, provenance = self.files.load(name)
+        vector = self._fit(name, stored, provenance, spec, transport)
+        return self.renderer.direction_calibration(spec, vector, saved_id(stored, transport))
 
     def edit(self, spec: BasisSpec, name: str, strength: float, strengths: Mapping[int, float] | Sequence[float] = (), mode: str = "direct", *, transport: bool = False, substeps: int | None = None, preview_steps: int | None = None) -> Image.Image:
         """The slider edit plus the saved direction ``name`` at ``strength`` (see :meth:`vector`)."""

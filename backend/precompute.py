@@ -86,8 +86,9 @@ class _Job:
 class PathPrecompute:
     """Background geodesic paths per basis (see the module docstring); thread-safe."""
 
-    def __init__(self, source: PointSource, cache: ByteLRU, slots: Slots, *, steps: int = DEFAULT_GRID_STEPS, chunk_size: int | None = None):
+    def __init__(self, source: PointSource, cache: ByteLRU, slots: Slots, *, jvp_mode: str, steps: int = DEFAULT_GRID_STEPS, chunk_size: int | None = None):
         self.source = source
+        self.jvp_mode = jvp_mode  # the service's (ServiceConfig.jvp_mode): part of the key, as it is of every EditPoint
         self.cache = cache
         self.slots = slots
         self.steps = steps
@@ -100,8 +101,7 @@ class PathPrecompute:
     # ------------------------------------------------------------------ lookups
     def key(self, spec: BasisSpec, result: BasisResult) -> tuple:
         """Everything that determines the paths: the basis, the ends, the grid, the updates."""
-        point = self.source.edit_point(spec, result)
-        return cache_key("paths", spec, result.timestep, direction_ends(result), self.steps, BASIS_ITERS, point.jvp_mode)
+        return cache_key("paths", spec, result.timestep, direction_ends(result), self.steps, BASIS_ITERS, self.jvp_mode)
 
     def cached(self, spec: BasisSpec, result: BasisResult) -> CachedPaths | None:
         """The finished paths of this basis, or None (not asked, still running, failed, evicted)."""

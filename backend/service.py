@@ -51,6 +51,7 @@ from .specs import (
     check_int,
     check_strength,
     check_vector,
+    guidance_scale,
     pairs,
     timestep_index,
     slider_vector,
@@ -70,7 +71,7 @@ class EigenfaceService:
         self.budget = Budget(self.models, self.cache, self.config.budget)
         self.labels = DirectionNames(self, self.config.labellers, self.cache, self.slots)
         self.library = Library(self, self.config.library_dir, Quota("saved a direction", self.config.saves_per_visitor, self.config.save_interval_s))
-        self.paths = PathPrecompute(self, self.cache, self.slots, chunk_size=self.config.basis_chunk_size)
+        self.paths = PathPrecompute(self, self.cache, self.slots, jvp_mode=self.config.jvp_mode, chunk_size=self.config.basis_chunk_size)
         self._chunks: dict[str, int] = {}  # per model: the basis chunk size that fit after an out-of-memory
         self._chunks_lock = threading.Lock()
 
@@ -100,14 +101,8 @@ class EigenfaceService:
             raise InputError(f"guidance_scale must be within [0, 50], got {spec.guidance_scale}")
         return model
 
-    @staticmethod
-    def guidance(model: DiffusionModel, spec: SampleSpec) -> float:
-        """The spec's guidance scale; None is the model's own (``eigenface.json``, else 7.5)."""
-        return model.settings.guidance_scale if spec.guidance_scale is None else spec.guidance_scale
-
-    def resolve_timestep(self, model: DiffusionModel, timesteps: Sequence[int], value: int | float | str | None) -> int:
-        """:func:`~backend.specs.timestep_index` (the budget prices with the same)."""
-        return timestep_index(model, timesteps, value)
+    #: :func:`~backend.specs.guidance_scale` (what the CLI and the benches call it by).
+    guidance = staticmethod(guidance_scale)
 
     def _check_edit(self, spec: BasisSpec, mode: str, substeps: int | None, preview_steps: int | None) -> DiffusionModel:
         """Refuse bad edit options before any basis is computed for them."""
@@ -155,7 +150,7 @@ class EigenfaceService:
         """x_t at the spec's timestep, without a basis (for what needs none)."""
         model = self.check_sample(spec.sample)
         traj = self.trajectory(spec.sample)
-        index = self.resolve_timestep(model, traj.timesteps, spec.timestep)
+        index = timestep_index(model, traj.timesteps, spec.timestep)  # as the budget prices it
         empty = Basis(torch.zeros(0), torch.zeros(0), torch.zeros(0), 0, True)
         return BasisResult(empty, traj.latents[index], traj.timesteps[index], index, 0.0, True)
 

@@ -114,6 +114,12 @@ def cache_key(kind: str, spec: BasisSpec, t: int, *extra: Hashable) -> tuple:
     return (kind, *basis_id(spec, t), *extra)
 
 
+def guidance_scale(model: DiffusionModel, sample: SampleSpec) -> float:
+    """The sample's guidance scale; None is the model's own (``eigenface.json``, else 7.5). The
+    service samples with it, the budget prices with it, a saved direction records it."""
+    return model.settings.guidance_scale if sample.guidance_scale is None else sample.guidance_scale
+
+
 def timestep_index(model: DiffusionModel, timesteps: Sequence[int], value: int | float | str | None) -> int:
     """Index into the schedule of the point nearest a training timestep (int) or a fraction of T
     (float); None is the model's own setting (``eigenface.json``, else 0.6 T)."""

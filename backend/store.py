@@ -166,21 +166,30 @@ class DirectionLibrary:
     def check_writable(self, name: str, overwrite: bool = True, evict: bool = False) -> Path:
         """The path ``name`` would be saved at, or the reason it cannot be: callers check before
         they spend a basis computation on a direction that could not be saved."""
+        return self._writable(name, overwrite, evict)[0]
+
+    def _writable(self, name: str, overwrite: bool, evict: bool) -> tuple[Path, Path | None]:
+        """:meth:`check_writable`'s path, and the direction to evict first to make room (None:
+        there is room), from one scan of the folder's headers."""
         path = self._path(name)
         if path.is_file():
             if not overwrite:
                 raise InputError(f"a direction named {name!r} already exists; choose another name")
-        elif self._count() >= self.max_entries and not (evict and self._evictable()):
+            return path, None
+        if self._count() < self.max_entries:
+            return path, None
+        evictable = self._evictable() if evict else []
+        if not evictable:
             raise InputError(f"the direction library is full ({self.max_entries} directions, none of them a visitor's that could make room)")
-        return path
+        return path, evictable[0]
 
     def save(self, name: str, v: Tensor, provenance: dict, overwrite: bool = True, evict: bool = False) -> SavedDirection:
         """Write ``name``; with ``overwrite=False`` an existing name is refused (the web app's
         library is shared, and one visitor must not replace another's direction). With ``evict``
         a full library first drops its least recently used visitor's direction."""
-        path = self.check_writable(name, overwrite, evict)
-        if not path.is_file() and self._count() >= self.max_entries:
-            self._evictable()[0].unlink(missing_ok=True)
+        path, evicted = self._writable(name, overwrite, evict)
+        if evicted is not None:
+            evicted.unlink(missing_ok=True)
         save_direction(path, v, provenance)
         return SavedDirection(name, path, provenance)
 

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from .basis import Basis
 from .errors import InputError
-from .ranges import Calibration
+from .ranges import CALIBRATED_EDIT, Calibration
 
 #: Names of saved directions: they become file names, so no separators, no leading dot and no
 #: trailing space or dot (which some file systems drop, so two names would share one file).
@@ -40,10 +40,12 @@ def save_basis(directory: str | Path, basis: Basis, x_t: Tensor, meta: dict, cal
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {"v": basis.v, "u": basis.u, "sigma": basis.sigma, "x_t": x_t}
+    header = None
     if calibration is not None:
         tensors.update(range=torch.tensor(calibration.ranges), travel=torch.tensor(calibration.travel))
         meta = {**meta, "range": [[round(lo, 6), round(hi, 6)] for lo, hi in calibration.ranges]}
-    save_file({k: t.detach().float().contiguous().cpu() for k, t in tensors.items()}, directory / "basis.safetensors")
+        header = {"range_edit": CALIBRATED_EDIT}
+    save_file({k: t.detach().float().contiguous().cpu() for k, t in tensors.items()}, directory / "basis.safetensors", metadata=header)
     (directory / "meta.json").write_text(json.dumps(meta, indent=2))
     return directory / "basis.safetensors"
 
@@ -61,11 +63,12 @@ def load_basis(path: str | Path) -> tuple[Basis, Tensor, dict]:
 
 
 def load_calibration(path: str | Path, k: int) -> Calibration | None:
-    """The ranges saved in a basis file, or None for a file written before they existed (or a
-    malformed pair of tensors: the caller then calibrates again)."""
+    """The ranges saved in a basis file, or None for a file written before they existed, with
+    ranges measured on another edit (ranges.CALIBRATED_EDIT) or a malformed pair of tensors:
+    the caller then calibrates again."""
     with safe_open(str(path), "pt") as handle:
         names = set(handle.keys())
-        if not {"range", "travel"} <= names:
+        if not {"range", "travel"} <= names or (handle.metadata() or {}).get("range_edit") != CALIBRATED_EDIT:
             return None
         ranges, travel = handle.get_tensor("range").double(), handle.get_tensor("travel").double()
     if ranges.shape != (k, 2) or travel.ndim != 2 or travel.shape[0] != k or travel.shape[1] < 3 or not torch.isfinite(travel).all():

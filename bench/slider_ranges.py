@@ -31,10 +31,10 @@ if __package__ in (None, ""):
 
 import torch  # noqa: E402
 
-from backend.catpeople.estimator import factor_distance  # noqa: E402
+from backend.catpeople.estimator import FactorEstimator, factor_distance  # noqa: E402
 from backend.catpeople.semantics import default_estimator  # noqa: E402
 from backend.images import pil_to_tensor  # noqa: E402
-from backend.edit import strength_scale  # noqa: E402
+from backend.edit import direct_edits  # noqa: E402
 from backend.ranges import high_frequency, predicted_x0  # noqa: E402
 from backend.sampling import NoiseSchedule  # noqa: E402
 from backend.service import EigenfaceService, ServiceConfig  # noqa: E402
@@ -43,6 +43,16 @@ from bench.common import Report, environment, environment_lines, fmt, log, mark,
 
 #: Today's fixed slider strength (the built-in model's eigenface.json) the ends are compared with.
 BASELINE = 0.2
+
+
+def score_images(estimator: FactorEstimator, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Edited images against the unedited ``images[0]``: (face-check error ratio, speckle ratio,
+    total factor change), one value per edited image ``images[1:]``."""
+    error = estimator.reconstruction_error(images)
+    speckle = high_frequency(images)
+    factors = estimator.estimate(images)
+    moved = factor_distance(factors[1:], factors[:1].expand(len(images) - 1, -1).clone()).sum(dim=1)
+    return error[1:] / error[0], speckle[1:] / speckle[0], moved
 
 
 def score_seed(service: EigenfaceService, spec: BasisSpec, fixed: list[float]) -> dict:
@@ -54,24 +64,20 @@ def score_seed(service: EigenfaceService, spec: BasisSpec, fixed: list[float]) -
     columns = 2 + 2 * len(fixed)
     edits = [(i, v) for i in range(k) for v in (*result.ranges[i], *(x for s in fixed for x in (-s, s)))]
     images = pil_to_tensor([service.generate(spec.sample), *service.render_edits(spec, edits)])
-    error = estimator.reconstruction_error(images)
-    speckle = high_frequency(images)
-    factors = estimator.estimate(images)
-    moved = factor_distance(factors[1:], factors[:1].expand(len(edits), -1).clone()).sum(dim=1)
-    rows = torch.arange(len(edits)) + 1
+    error, speckle, moved = score_images(estimator, images)
     # the calibration's own reading at each edit: the predicted x0's high-frequency ratio, one U-Net call at t
     model = service.model(spec.sample.model)
-    moves = torch.stack([result.basis.v[i] * v * strength_scale(result.x_t.shape) for i, v in edits])
-    x0 = predicted_x0(model, NoiseSchedule.from_config(model.scheduler_config), torch.cat([result.x_t[None], result.x_t[None] + moves]), result.timestep, None, 1.0)
+    edited = direct_edits(result.x_t, torch.stack([result.basis.v[i] for i, _ in edits]), torch.tensor([v for _, v in edits]))
+    x0 = predicted_x0(model, NoiseSchedule.from_config(model.scheduler_config), torch.cat([result.x_t[None], edited]), result.timestep, None, 1.0)
     predicted = high_frequency(x0)
     return {
-        "predicted_hf": (predicted[rows] / predicted[0]).view(k, columns).tolist(),
+        "predicted_hf": (predicted[1:] / predicted[0]).view(k, columns).tolist(),
         "ranges": [list(r) for r in result.ranges],
-        "error": (error[rows] / error[0]).view(k, columns).tolist(),
-        "speckle": (speckle[rows] / speckle[0]).view(k, columns).tolist(),
+        "error": error.view(k, columns).tolist(),
+        "speckle": speckle.view(k, columns).tolist(),
         "moved": moved.view(k, columns).tolist(),
-        "base_is_face": bool(error[0] <= estimator.face_threshold),
-        "base_speckle": float(speckle[0]),
+        "base_is_face": bool(estimator.reconstruction_error(images[:1])[0] <= estimator.face_threshold),
+        "base_speckle": float(high_frequency(images[:1])[0]),
     }
 
 

@@ -42,7 +42,8 @@ def test_crossing_brackets_and_extrapolates():
     # ratio 1 at 0, 1.1 at 0.25, 1.3 at 0.5 -> crossing of 1.2 halfway between the probes
     assert _crossing([(0.0, 1.0, 0.0), (0.25, 1.1, 0.1), (0.5, 1.3, 0.2)], 1.2) == pytest.approx(0.375)
     # everything below: extrapolate along the last segment
-    assert _crossing([(0.0, 1.0, 0.0), (0.25, 1.05, 0.1), (0.5, 1.1, 0.2)], 1.2) == pytest.approx(1.0)
+    assert _crossing([(0.0, 1.0, 0.0), (0.1, 1.05, 0.1), (0.2, 1.1, 0.2)], 1.15) == pytest.approx(0.3)
+    assert _crossing([(0.0, 1.0, 0.0), (0.25, 1.05, 0.1), (0.5, 1.1, 0.2)], 1.2) == MAX_END  # ... never past the cap
     # flat: as far as allowed
     assert _crossing([(0.0, 1.0, 0.0), (0.25, 1.0, 0.1), (0.5, 1.0, 0.2)], 1.2) == MAX_END
     # the end is the largest strength before the first failure, never below MIN_END
@@ -62,6 +63,17 @@ def test_basis_file_keeps_ranges_and_old_files_load(svc, tmp_path):
     assert load_calibration(tmp_path / "new" / "basis.safetensors", 3) is None  # another k: recalibrate
 
 
+def test_ranges_saved_for_the_straight_edit_are_calibrated_again(svc, tmp_path):
+    """A file from before direct edits kept the norm of x_t has ranges but no edit marker: its
+    ranges were measured on another edit, so they are not adopted (the basis still is)."""
+    from safetensors.torch import load_file, save_file
+
+    result = svc.discover(BasisSpec(SampleSpec("ddpm", seed=2, steps=4), 0.6, 2))
+    path = save_basis(tmp_path / "b", result.basis, result.x_t, {}, Calibration(result.ranges, result.travel))
+    save_file(load_file(str(path)), str(path))  # the same tensors without the marker
+    assert load_calibration(path, 2) is None
+
+
 def test_the_limit_tightens_with_t_and_loosens_with_boosting():
     assert hf_limit(0.3, True) == 1.25 and hf_limit(0.6, True) == 1.10
     assert hf_limit(0.1, True) == 1.25 and hf_limit(0.9, False) == hf_limit(0.6, False)  # held outside the anchors
@@ -69,17 +81,22 @@ def test_the_limit_tightens_with_t_and_loosens_with_boosting():
     assert all(hf_limit(t, False) < hf_limit(t, True) for t in (0.3, 0.45, 0.6))
 
 
-#: Where the tiny Stable Diffusion's ranges are well inside MAX_END (the tiny DDPM's all end there).
+#: Where some of the tiny Stable Diffusion's ends lie inside the old cap of 1 (at the cap of 0.4 nearly all end there).
 SD_SPEC = BasisSpec(SampleSpec("sd", seed=0, prompt="a cat", steps=4), 0.9, 3)
 
 
-def test_a_saved_direction_is_calibrated_like_the_basis_direction_it_is(tiny_sd_dir, tmp_path):
+def test_a_saved_direction_is_calibrated_like_the_basis_direction_it_is(tiny_sd_dir, tmp_path, monkeypatch):
     """One criterion and one code path: direction i saved and calibrated on its own gets the
-    basis's own range i and travel; the calibration is priced until it is cached."""
+    basis's own range i and travel; the calibration is priced until it is cached. Under the old
+    cap (1, probes 0.25 and 0.5) so that the ends are found by the criterion, not clamped."""
+    import backend.ranges as ranges
+
+    monkeypatch.setattr(ranges, "MAX_END", 1.0)
+    monkeypatch.setattr(ranges, "PROBES", (0.25, 0.5))
     svc = EigenfaceService(ServiceConfig(models={"sd": str(tiny_sd_dir)}, device="cpu", library_dir=str(tmp_path)))
     spec = SD_SPEC
     result = svc.discover(spec)
-    assert all(hi < MAX_END for _, hi in result.ranges)  # the comparison is not one of clamped ends
+    assert any(MIN_END < end < 1.0 for lo, hi in result.ranges for end in (-lo, hi))  # not only clamped ends compared
     for i in range(3):
         svc.library.save(f"d{i}", spec, index=i)
         identity = svc.library.identity(f"d{i}")
@@ -104,7 +121,7 @@ def test_the_steer_sliders_span_their_directions_ranges(tiny_sd_dir, tmp_path):
     found = editor.discover(editor.state("sd", "a cat", 0, 0.9, 3, 4))
     svc.library.save("smile", found.state.basis_spec(), [0.3, -0.2, 0.1])
     (lo, hi), = svc.library.calibration(found.state.basis_spec(), "smile").ranges
-    assert -MAX_END < lo and hi < MAX_END  # not the old [-1, 1]
+    assert -MAX_END <= lo < 0 < hi <= MAX_END  # not the old [-1, 1]
     for u, end in ((1.0, hi), (-1.0, lo)):
         image, note, label = steer.apply_saved(found, "direct", "smile", u, False)
         assert image.tobytes() == editor.apply_saved(found.state, "smile", end, False).tobytes()

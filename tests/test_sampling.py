@@ -204,8 +204,8 @@ def test_render_is_denoise_then_decode(ddpm, ddpm_traj):
 
 
 def test_apply_edits_stacks_edits_of_one_point(ddpm, ddpm_traj):
-    """Edits of one x_t for one batched render: a zero strength is x_t itself, a direct edit the
-    straight step, every row on the CPU."""
+    """Edits of one x_t for one batched render: a zero strength is x_t itself, a direct edit
+    direct_edit's point, every row on the CPU."""
     from backend.edit import EditPoint, apply_edits, direct_edit
 
     x = ddpm_traj.latents[2]
@@ -216,6 +216,25 @@ def test_apply_edits_stacks_edits_of_one_point(ddpm, ddpm_traj):
     assert torch.equal(edited[0], x)
     assert torch.equal(edited[1], direct_edit(x, v, 0.3)) and torch.equal(edited[2], direct_edit(x, -v, 0.3))
     assert not torch.equal(edited[1], x)
+
+
+def test_direct_edits_step_along_v_and_keep_the_norm_of_x():
+    """x + s sqrt(n) v rescaled to |x|: on the ray of the straight step, at x's own norm, for
+    every row of a batch alike; the step grows with s but the point never leaves the sphere."""
+    from backend.edit import direct_edit, direct_edits
+
+    x = torch.randn(3, 8, 8, generator=torch.Generator().manual_seed(0))
+    v = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    v = v / v.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+    strengths = torch.tensor([0.4, -1.5])
+    edited = direct_edits(x, v, strengths)
+    for row, direction, s in zip(edited, v, strengths.tolist()):
+        straight = x + s * 192**0.5 * direction
+        assert float(row.norm()) == pytest.approx(float(x.norm()), rel=1e-6)
+        torch.testing.assert_close(row / row.norm(), straight / straight.norm())
+        torch.testing.assert_close(direct_edit(x, direction, s), row)
+    near, far = ((direct_edit(x, v[0], s) - x).norm() for s in (0.2, 2.0))
+    assert 0 < near < far < 2 * x.norm()
 
 
 # ------------------------------------------------------------------------------ text conditioning

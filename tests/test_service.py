@@ -130,15 +130,19 @@ def test_zero_strength_reproduces_generate_sd(svc):
         assert png(svc.edit(SD_BASIS, {1: 0.0}, mode)) == original
 
 
-def test_direct_edit_moves_x_t_by_strength_sqrt_n(svc, recorded_render):
+def directly(x_t: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+    """Where a direct edit puts x_t: x_t + step, rescaled to the norm of x_t (backend.edit.direct_edits)."""
+    moved = x_t + step
+    return moved * (x_t.norm() / moved.norm())
+
+
+def test_direct_edit_steps_x_t_by_strength_sqrt_n_and_keeps_its_norm(svc, recorded_render):
     result = svc.discover(DDPM_BASIS)
     image = svc.edit(DDPM_BASIS, {0: 0.3})
     (x, timesteps), = recorded_render
     assert x.shape == (1, 3, 16, 16)
-    delta = x[0] - result.x_t
-    n = result.x_t.numel()
-    assert float(delta.norm()) == pytest.approx(0.3 * math.sqrt(n), rel=1e-5)
-    torch.testing.assert_close(delta, 0.3 * math.sqrt(n) * result.basis.v[0], atol=1e-5, rtol=1e-5)
+    assert float(x[0].norm()) == pytest.approx(float(result.x_t.norm()), rel=1e-5)
+    torch.testing.assert_close(x[0], directly(result.x_t, 0.3 * math.sqrt(result.x_t.numel()) * result.basis.v[0]), atol=1e-5, rtol=1e-5)
     assert timesteps == (500, 250, 0)  # denoised from the edit timestep on
     assert png(image) != png(svc.generate(DDPM))
 
@@ -146,18 +150,16 @@ def test_direct_edit_moves_x_t_by_strength_sqrt_n(svc, recorded_render):
 def test_negative_strength_moves_the_other_way(svc, recorded_render):
     result = svc.discover(DDPM_BASIS)
     svc.edit(DDPM_BASIS, {2: -0.25})
-    delta = recorded_render[0][0][0] - result.x_t
-    torch.testing.assert_close(delta, -0.25 * math.sqrt(768) * result.basis.v[2], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(recorded_render[0][0][0], directly(result.x_t, -0.25 * math.sqrt(768) * result.basis.v[2]), atol=1e-5, rtol=1e-5)
 
 
 def test_two_sliders_combine(svc, recorded_render):
     result = svc.discover(DDPM_BASIS)
     v = result.basis.v
     svc.edit(DDPM_BASIS, {0: 0.3, 2: -0.4})
-    delta = recorded_render[0][0][0] - result.x_t
-    expected = math.sqrt(768) * (0.3 * v[0] - 0.4 * v[2])
-    torch.testing.assert_close(delta, expected, atol=1e-5, rtol=1e-5)
-    assert float(delta.norm()) == pytest.approx(0.5 * math.sqrt(768), rel=1e-5)  # orthonormal: |(0.3, -0.4)| = 0.5
+    step = math.sqrt(768) * (0.3 * v[0] - 0.4 * v[2])
+    torch.testing.assert_close(recorded_render[0][0][0], directly(result.x_t, step), atol=1e-5, rtol=1e-5)
+    assert float(step.norm()) == pytest.approx(0.5 * math.sqrt(768), rel=1e-5)  # orthonormal: |(0.3, -0.4)| = 0.5
     # the full slider list means the same as the sparse mapping
     svc.edit(DDPM_BASIS, [0.3, 0.0, -0.4, 0.0])
     torch.testing.assert_close(recorded_render[1][0], recorded_render[0][0], atol=1e-6, rtol=0)
@@ -166,8 +168,7 @@ def test_two_sliders_combine(svc, recorded_render):
 def test_edit_vector_direct_matches_slider_edit(svc, recorded_render):
     result = svc.discover(DDPM_BASIS)
     svc.edit_vector(DDPM_BASIS, 5.0 * result.basis.v[1], 0.4)  # the vector's length does not matter
-    delta = recorded_render[0][0][0] - result.x_t
-    torch.testing.assert_close(delta, 0.4 * math.sqrt(768) * result.basis.v[1], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(recorded_render[0][0][0], directly(result.x_t, 0.4 * math.sqrt(768) * result.basis.v[1]), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("mode, substeps", [("guidance", 4), ("geodesic", 2)])
@@ -181,8 +182,8 @@ def test_curved_modes_run_and_change_the_image(svc, recorded_render, mode, subst
     assert torch.isfinite(x).all()
     moved = float((x - result.x_t).norm())
     assert 0.05 * 0.5 * math.sqrt(768) < moved < 2 * 0.5 * math.sqrt(768)
-    straight = result.x_t + 0.5 * math.sqrt(768) * result.basis.v[0]
-    assert not torch.allclose(x, straight, atol=1e-4)  # not the direct edit
+    assert not torch.allclose(x, result.x_t + 0.5 * math.sqrt(768) * result.basis.v[0], atol=1e-4)  # not a straight step
+    assert not torch.allclose(x, directly(result.x_t, 0.5 * math.sqrt(768) * result.basis.v[0]), atol=1e-4)  # nor the direct edit
     assert png(svc.edit(DDPM_BASIS, {0: 0.5}, mode, substeps=substeps)) == png(image)  # deterministic
 
 
@@ -404,8 +405,7 @@ def test_vectors_add_to_the_slider_edit(svc, recorded_render):
     v = svc.discover(DDPM_BASIS).basis.v
     x_t = svc.discover(DDPM_BASIS).x_t
     svc.edit(DDPM_BASIS, {0: 0.3}, vectors=[(7.0 * v[1], -0.4)])  # a vector's length does not matter
-    delta = recorded_render[0][0][0] - x_t
-    torch.testing.assert_close(delta, math.sqrt(768) * (0.3 * v[0] - 0.4 * v[1]), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(recorded_render[0][0][0], directly(x_t, math.sqrt(768) * (0.3 * v[0] - 0.4 * v[1])), atol=1e-5, rtol=1e-5)
 
 
 def test_a_vector_edit_computes_no_basis(make_service):
@@ -439,7 +439,7 @@ def test_save_the_slider_edit_and_apply_it(library_service, recorded_render):
     # On top of the sliders: one summed move.
     s.library.edit(DDPM_BASIS, "wide smile", 0.5, {1: 0.2})
     expected = math.sqrt(768) * (0.3 * result.basis.v[0] + 0.2 * result.basis.v[1] - 0.4 * result.basis.v[2])
-    torch.testing.assert_close(recorded_render[2][0][0] - result.x_t, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(recorded_render[2][0][0], directly(result.x_t, expected), atol=1e-5, rtol=1e-5)
 
 
 def test_save_one_direction(library_service):
@@ -508,13 +508,13 @@ def test_transport_carries_a_saved_direction_into_another_image(library_service,
     target = s.discover(other)
     s.library.edit(other, "d0", 0.3)
     s.library.edit(other, "d0", 0.3, transport=True)
-    as_saved, moved = (x[0][0] - target.x_t for x in recorded_render)
-    torch.testing.assert_close(as_saved, 0.3 * math.sqrt(768) * s.discover(DDPM_BASIS).basis.v[0], atol=1e-5, rtol=1e-5)
-    unit = moved / moved.norm()
-    assert float(moved.norm()) == pytest.approx(0.3 * math.sqrt(768), rel=1e-4)
+    as_saved, transported = (x[0][0] for x in recorded_render)
+    torch.testing.assert_close(as_saved, directly(target.x_t, 0.3 * math.sqrt(768) * s.discover(DDPM_BASIS).basis.v[0]), atol=1e-5, rtol=1e-5)
+    unit = s.transport(s.discover(DDPM_BASIS).basis, 0, target.basis)
     in_span = target.basis.v.reshape(K, -1) @ unit.reshape(-1)
+    assert float(unit.norm()) == pytest.approx(1.0, abs=1e-5)
     assert float(in_span.norm()) == pytest.approx(1.0, abs=1e-4)  # it now lies in the target's directions
-    torch.testing.assert_close(unit, s.transport(s.discover(DDPM_BASIS).basis, 0, target.basis), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(transported, directly(target.x_t, 0.3 * math.sqrt(768) * unit), atol=1e-4, rtol=1e-4)
 
 
 def test_library_location_comes_from_the_environment(monkeypatch, tmp_path):
@@ -529,8 +529,7 @@ def test_edit_concept_moves_along_the_found_direction(svc, recorded_render):
     alignment, result = svc.find_concept(SD_BASIS, "a horse")
     assert svc.find_concept(SD_BASIS, "a horse")[0] is alignment  # cached with the basis
     svc.edit_concept(SD_BASIS, "a horse", -0.3)
-    delta = recorded_render[0][0][0] - result.x_t
-    torch.testing.assert_close(delta, -0.3 * math.sqrt(256) * alignment.direction, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(recorded_render[0][0][0], directly(result.x_t, -0.3 * math.sqrt(256) * alignment.direction), atol=1e-4, rtol=1e-4)
     with pytest.raises(InputError, match="'ddpm' has no text encoder"):
         svc.edit_concept(DDPM_BASIS, "a horse", 0.3)
 

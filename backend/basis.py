@@ -32,7 +32,8 @@ warnings.filterwarnings("ignore", message="There is a performance drop because w
 class Basis:
     """Top-k singular triplets of J at one point x.
 
-    sigma: (k,) descending.  v: (k, *x_shape), unit L2 norm.  u: (k, *h_shape), u_i = J v_i / sigma_i.
+    sigma: (k,) descending (an edit-prompt basis: by its share of the prompt's change,
+    concepts.order_by_change).  v: (k, *x_shape), unit L2 norm.  u: (k, *h_shape), u_i = J v_i / sigma_i.
     """
 
     sigma: Tensor

@@ -276,7 +276,7 @@ def _basis_args(p: argparse.ArgumentParser, edit_prompt: bool = True) -> None:
                    help=f"training timestep (integer) or fraction of T (e.g. 0.6; default: the model's eigenface.json, else {DEFAULT_TIMESTEP})")
     p.add_argument("--k", type=int, default=DEFAULT_K, help="directions in the local basis")
     if edit_prompt:
-        p.add_argument("--edit-prompt", default=None, help="compute the Jacobian under this prompt's conditioning (SD)")
+        p.add_argument("--edit-prompt", default=None, help="compute the Jacobian under this prompt's conditioning and list the directions by how much they carry the change toward it, each signed toward it (SD)")
 
 
 def _library_arg(p: argparse.ArgumentParser) -> None:

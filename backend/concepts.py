@@ -73,6 +73,26 @@ def concept_change(model: DiffusionModel, x_t: Tensor, t: int, base: Tensor, con
     return (bottleneck_fn(model, t, concept)(x) - bottleneck_fn(model, t, base)(x))[0].cpu()
 
 
+def order_by_change(basis: Basis, change: Tensor) -> Basis:
+    """The basis re-ordered by how much of an x-space change each direction carries, each v_i
+    (and u_i) signed so that its positive side moves along the change.
+
+    An edit-prompt basis is found under the edit prompt's conditioning, but its largest singular
+    values are mostly what the model varies under any prompt (fur hue, position); ranked by
+    sigma, the directions the edit prompt is about need not come first. Ranked by their share
+    of the prompt's own change at x_t, they do: the k directions stay the model's own, only
+    their order and signs change (BENCHMARKS.md, "Built-in text model").
+    """
+    scores = align(basis, change, "x").scores
+    order = torch.argsort(scores.abs(), descending=True)
+    signs = torch.where(scores[order] < 0, -1.0, 1.0)
+
+    def signed(rows: Tensor) -> Tensor:
+        return rows[order] * signs.view(-1, *[1] * (rows.dim() - 1)).to(rows)
+
+    return Basis(basis.sigma[order], signed(basis.v), signed(basis.u), basis.iterations, basis.converged)
+
+
 def concept_id(concept: str, space: Space = "x") -> tuple[str, str, str]:
     """What names a concept's combined direction at one basis (its calibrated range is cached and
     priced under it): the direction is a function of the basis, the text and the space."""

@@ -25,7 +25,7 @@ from .basis import MAX_K, Basis, BasisProgress
 from .budget import Budget
 from .cache import ByteLRU
 from .config import DEFAULT_RENDER_BATCH, ServiceConfig
-from .concepts import Alignment, align, concept_change, concept_id
+from .concepts import Alignment, align, concept_change, concept_id, order_by_change
 from .edit import EDIT_MODES, EditPoint, apply_edits, combine
 from .errors import EditError, InputError
 from .geometry import grassmann_distance, transport_direction
@@ -169,8 +169,11 @@ class EigenfaceService:
 
         def compute() -> tuple[Basis, float]:
             start = time.perf_counter()
-            basis = self._basis(model, point.x_t, point.timestep, cond, spec.k, progress)
-            return basis.to("cpu"), time.perf_counter() - start
+            basis = self._basis(model, point.x_t, point.timestep, cond, spec.k, progress).to("cpu")
+            if spec.edit_prompt:  # the edit prompt's own directions first (concepts.order_by_change)
+                base = self.conditioning(model, spec.sample.prompt)
+                basis = order_by_change(basis, concept_change(model, point.x_t, point.timestep, base.cond, cond.cond))
+            return basis, time.perf_counter() - start
 
         (basis, seconds), cached = self._cached(cache_key("basis", spec, point.timestep), compute)
         calibration = self.calibration(spec, basis, point)

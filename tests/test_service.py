@@ -13,7 +13,9 @@ import pytest
 import torch
 
 import backend.service as service_module
-from backend.basis import Basis
+from backend.basis import Basis, jvp
+from backend.concepts import concept_change
+from backend.hspace import bottleneck_fn
 from backend.errors import InputError
 from backend.geometry import principal_angles
 from backend.cache import record_computed
@@ -306,6 +308,22 @@ def test_sd_edit_prompt_changes_the_basis(svc):
     assert _max_angle(base.basis, edited.basis) > 0.05
     image = svc.edit(BasisSpec(SD, timestep=0.5, k=K, edit_prompt="a painting of an old man"), {0: 0.5})
     assert image.size == (16, 16)
+
+
+def test_sd_edit_prompt_orders_directions_by_the_prompts_change(svc):
+    """The edit prompt's own directions come first, each signed toward the edit prompt."""
+    spec = BasisSpec(SD, timestep=0.5, k=K, edit_prompt="a painting of an old man")
+    result = svc.discover(spec)
+    model = svc.check_sample(SD)
+    change = concept_change(model, result.x_t, result.timestep, svc.conditioning(model, SD.prompt).cond,
+                            svc.conditioning(model, spec.edit_prompt).cond)
+    scores = result.basis.v.reshape(K, -1) @ change.reshape(-1)
+    assert (scores >= 0).all()
+    assert torch.equal(scores, scores.sort(descending=True).values)
+    h = bottleneck_fn(model, result.timestep, svc.conditioning(model, spec.edit_prompt).cond)
+    jv = jvp(h, result.x_t, result.basis.v, mode="fd", fd_eps=1e-2)  # u and v were flipped together: J v_i = sigma_i u_i
+    expected = result.basis.u * result.basis.sigma.view(-1, 1, 1, 1)
+    assert torch.allclose(jv, expected, atol=0.05 * float(expected.abs().max()))
 
 
 def test_sd_classifier_free_guidance(svc, make_service):

@@ -171,7 +171,7 @@ class Editor:
             return True
         spec = state.basis_spec()
         self._afford(self.service.budget.discover(spec))  # the basis may not be found yet (an API call)
-        return self.service.paths.covers(spec, self.service.discover(spec), strengths)
+        return self.service.paths.covers(spec, self.device.call(self.service.discover, spec), strengths)
 
     def labels(self, state: EditState, compute: bool = True) -> tuple[str, ...] | None:
         """Names of the state's directions (None: not computed yet, with ``compute=False``).

@@ -17,6 +17,7 @@ An end is valid when both its face-check error and its speckle are within ``--to
 
     python bench/slider_ranges.py --out bench/results/slider_ranges.md
     python bench/slider_ranges.py --seeds 0,1 --timesteps 0.3 --k 4 --boost off   # quick look
+    python bench/slider_ranges.py --limits 1.0,1.05,1.1,1.25 --seeds 0,1,2,3   # re-derive HF_LIMITS
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from backend.catpeople.estimator import FactorEstimator, factor_distance  # noqa
 from backend.catpeople.semantics import default_estimator  # noqa: E402
 from backend.images import pil_to_tensor  # noqa: E402
 from backend.edit import direct_edits  # noqa: E402
-from backend.ranges import high_frequency, predicted_x0  # noqa: E402
+from backend.ranges import hf_limit, high_frequency, predicted_x0  # noqa: E402
 from backend.sampling import NoiseSchedule  # noqa: E402
 from backend.service import EigenfaceService, ServiceConfig  # noqa: E402
 from backend.specs import BasisSpec, SampleSpec  # noqa: E402
@@ -55,6 +56,17 @@ def score_images(estimator: FactorEstimator, images: torch.Tensor) -> tuple[torc
     return error[1:] / error[0], speckle[1:] / speckle[0], moved
 
 
+def predicted_ratio(service: EigenfaceService, spec: BasisSpec, edits: list[tuple[int, float]]) -> torch.Tensor:
+    """The calibration's own reading at each (direction, strength) edit: the predicted x0's
+    high-frequency ratio to the unedited one's, one U-Net call at t (unconditional model)."""
+    result = service.discover(spec)
+    model = service.model(spec.sample.model)
+    edited = direct_edits(result.x_t, torch.stack([result.basis.v[i] for i, _ in edits]), torch.tensor([v for _, v in edits]))
+    x0 = predicted_x0(model, NoiseSchedule.from_config(model.scheduler_config), torch.cat([result.x_t[None], edited]), result.timestep, None, 1.0)
+    predicted = high_frequency(x0)
+    return predicted[1:] / predicted[0]
+
+
 def score_seed(service: EigenfaceService, spec: BasisSpec, fixed: list[float]) -> dict:
     """Ratios to the unedited image and factor changes of every direction at lo, hi, then -s, +s
     for each fixed strength s (columns in that order)."""
@@ -65,13 +77,8 @@ def score_seed(service: EigenfaceService, spec: BasisSpec, fixed: list[float]) -
     edits = [(i, v) for i in range(k) for v in (*result.ranges[i], *(x for s in fixed for x in (-s, s)))]
     images = pil_to_tensor([service.generate(spec.sample), *service.render_edits(spec, edits)])
     error, speckle, moved = score_images(estimator, images)
-    # the calibration's own reading at each edit: the predicted x0's high-frequency ratio, one U-Net call at t
-    model = service.model(spec.sample.model)
-    edited = direct_edits(result.x_t, torch.stack([result.basis.v[i] for i, _ in edits]), torch.tensor([v for _, v in edits]))
-    x0 = predicted_x0(model, NoiseSchedule.from_config(model.scheduler_config), torch.cat([result.x_t[None], edited]), result.timestep, None, 1.0)
-    predicted = high_frequency(x0)
     return {
-        "predicted_hf": (predicted[1:] / predicted[0]).view(k, columns).tolist(),
+        "predicted_hf": predicted_ratio(service, spec, edits).view(k, columns).tolist(),
         "ranges": [list(r) for r in result.ranges],
         "error": error.view(k, columns).tolist(),
         "speckle": speckle.view(k, columns).tolist(),
@@ -79,6 +86,38 @@ def score_seed(service: EigenfaceService, spec: BasisSpec, fixed: list[float]) -
         "base_is_face": bool(estimator.reconstruction_error(images[:1])[0] <= estimator.face_threshold),
         "base_speckle": float(high_frequency(images[:1])[0]),
     }
+
+
+def limits_sweep(service: EigenfaceService, seeds: list[int], t: float, k: int, strengths: list[float], limits: list[float], tolerance: float) -> list[list]:
+    """Table rows re-deriving an hf limit (backend/ranges.py HF_LIMITS): every direction and sign
+    is edited at each grid strength; for each candidate limit its end is the largest grid
+    strength before the predicted ratio first exceeds the limit (the calibration's rule, on a
+    grid), and the row gives the share of those ends whose final speckle (and face check) stays
+    within ``tolerance``. The limit to pick: the largest with >= 90 % speckle-valid ends."""
+    estimator = default_estimator()
+    ratio, error, speckle = [], [], []
+    for seed in seeds:
+        spec = BasisSpec(SampleSpec(seed=seed), t, k)
+        service.discover(spec)
+        edits = [(i, sign * v) for i in range(k) for sign in (1.0, -1.0) for v in strengths]
+        images = pil_to_tensor([service.generate(spec.sample), *service.render_edits(spec, edits)])
+        err, spk, _ = score_images(estimator, images)
+        ratio.append(predicted_ratio(service, spec, edits).view(2 * k, -1))
+        error.append(err.view(2 * k, -1))
+        speckle.append(spk.view(2 * k, -1))
+    ratio, error, speckle = torch.cat(ratio), torch.cat(error), torch.cat(speckle)  # (ends, strengths)
+    rows = []
+    for limit in limits:
+        crossed = (ratio > limit).int().cumsum(dim=1) > 0
+        last = (~crossed).sum(dim=1) - 1  # index of the end on the grid; -1: none below the limit
+        has = last >= 0
+        picked = last.clamp_min(0)[:, None]
+        spk_ok = speckle.gather(1, picked)[:, 0][has] <= tolerance
+        both_ok = spk_ok & (error.gather(1, picked)[:, 0][has] <= tolerance)
+        ends = torch.tensor(strengths)[last[has]]
+        rows.append([f"{t}", f"{limit:g}", f"{float(ends.mean()):.3f}" if has.any() else "-", f"{int((~has).sum())}",
+                     pct(float(spk_ok.float().mean())) if has.any() else "-", pct(float(both_ok.float().mean())) if has.any() else "-"])
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tolerance", type=float, default=1.2)
     p.add_argument("--fixed", default=str(BASELINE), help="fixed strengths to compare with (the first is the ratio's baseline)")
     p.add_argument("--boost", choices=["auto", "on", "off"], default="auto", help="quality boosting (ServiceConfig.boost)")
+    p.add_argument("--limits", default=None, help="instead: sweep these candidate hf limits (limits_sweep), e.g. 1.0,1.1,1.25")
+    p.add_argument("--strengths", default="0.1,0.2,0.3,0.4", help="the grid of the --limits sweep (strength units)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", type=Path, default=None, help="markdown report (also printed)")
     args = p.parse_args(argv)
@@ -105,37 +146,50 @@ def main(argv: list[str] | None = None) -> int:
     report.section("validity")
     rows, raw = [], {}
     start = time.perf_counter()
-    for t in timesteps:
-        scores = []
-        for seed in seeds:
-            t0 = time.perf_counter()
-            scores.append(score_seed(service, BasisSpec(SampleSpec(seed=seed), t, args.k), fixed))
-            log(f"t={t} seed {seed}: {time.perf_counter() - t0:.1f} s")
-        raw[str(t)] = scores
-        err = torch.tensor([s["error"] for s in scores])  # (seeds, k, 4)
-        spk = torch.tensor([s["speckle"] for s in scores])
-        moved = torch.tensor([s["moved"] for s in scores])
-        hf = torch.tensor([s["predicted_hf"] for s in scores])
-        correlation = float(torch.corrcoef(torch.stack([hf.flatten(), spk.flatten()]))[0, 1])
-        ok = (err <= args.tolerance) & (spk <= args.tolerance)
-        ends = [abs(v) for s in scores for r in s["ranges"] for v in r]
-        valid = lambda c: pct(float(ok[..., c].float().mean()))  # noqa: E731
-        ratio = float(moved[..., :2].mean() / moved[..., 2:4].mean())
-        rows.append([
-            f"{t}", f"{sum(s['base_speckle'] for s in scores) / len(scores):.3f}", f"{sum(ends) / len(ends):.3f} ({min(ends):.2f}-{max(ends):.2f})",
-            valid(slice(0, 2)), pct(float((err[..., :2] <= args.tolerance).float().mean())), pct(float((spk[..., :2] <= args.tolerance).float().mean())),
-            fmt(float(moved[..., :2].mean())),
-            *(v for j in range(len(fixed)) for v in (valid(slice(2 + 2 * j, 4 + 2 * j)), fmt(float(moved[..., 2 + 2 * j : 4 + 2 * j].mean())))),
-            f"{ratio:.2f}x", f"{correlation:.2f}", mark(float(ok[..., :2].float().mean()) >= 0.9 and ratio >= 2),
-        ])
-    report.add(
-        f"Seeds {seeds}, top {args.k} directions, both calibrated ends per direction vs fixed +-{', +-'.join(f'{s:g}' for s in fixed)}; "
-        f"boost {args.boost}. 'valid' = face-check error and speckle both within {args.tolerance}x the unedited image's; "
-        f"'moved' = mean total factor change; 'ratio' = moved at the ends / moved at +-{fixed[0]:g}; "
-        f"'corr' = Pearson correlation, over every edit, of the calibration's reading (predicted-x0 high-frequency ratio at t) "
-        f"with the final image's speckle ratio.", "")
-    report.table(["timestep", "unedited speckle", "mean end (min-max)", "ends valid", "ends: face err ok", "ends: speckle ok", "moved at ends",
-                  *(h for s in fixed for h in (f"+-{s:g} valid", f"moved at +-{s:g}")), "ratio", "corr(predicted hf, speckle)", "targets (>=90 %, >=2x)"], rows)
+    if args.limits:
+        strengths = [float(v) for v in args.strengths.split(",")]
+        boosted = service.boosted(service.model(SampleSpec().model))
+        for t in timesteps:
+            rows += limits_sweep(service, seeds, t, args.k, strengths, [float(v) for v in args.limits.split(",")], args.tolerance)
+            log(f"t={t}: {time.perf_counter() - start:.1f} s")
+        report.add(
+            f"Seeds {seeds}, top {args.k} directions, both signs, grid {strengths}; boost {args.boost}. Per candidate limit, each "
+            f"end is the largest grid strength before the predicted-x0 high-frequency ratio first exceeds it; 'speckle ok' = share of "
+            f"those ends whose final image's speckle is within {args.tolerance}x the unedited image's ('both ok': and the face check). "
+            f"Limits in use (backend/ranges.py): {', '.join(f'{hf_limit(t, boosted):g} at {t} T' for t in timesteps)}.", "")
+        report.table(["timestep", "limit", "mean end", "ends with no grid point under the limit", "speckle ok", "both ok"], rows)
+    else:
+        for t in timesteps:
+            scores = []
+            for seed in seeds:
+                t0 = time.perf_counter()
+                scores.append(score_seed(service, BasisSpec(SampleSpec(seed=seed), t, args.k), fixed))
+                log(f"t={t} seed {seed}: {time.perf_counter() - t0:.1f} s")
+            raw[str(t)] = scores
+            err = torch.tensor([s["error"] for s in scores])  # (seeds, k, 4)
+            spk = torch.tensor([s["speckle"] for s in scores])
+            moved = torch.tensor([s["moved"] for s in scores])
+            hf = torch.tensor([s["predicted_hf"] for s in scores])
+            correlation = float(torch.corrcoef(torch.stack([hf.flatten(), spk.flatten()]))[0, 1])
+            ok = (err <= args.tolerance) & (spk <= args.tolerance)
+            ends = [abs(v) for s in scores for r in s["ranges"] for v in r]
+            valid = lambda c: pct(float(ok[..., c].float().mean()))  # noqa: E731
+            ratio = float(moved[..., :2].mean() / moved[..., 2:4].mean())
+            rows.append([
+                f"{t}", f"{sum(s['base_speckle'] for s in scores) / len(scores):.3f}", f"{sum(ends) / len(ends):.3f} ({min(ends):.2f}-{max(ends):.2f})",
+                valid(slice(0, 2)), pct(float((err[..., :2] <= args.tolerance).float().mean())), pct(float((spk[..., :2] <= args.tolerance).float().mean())),
+                fmt(float(moved[..., :2].mean())),
+                *(v for j in range(len(fixed)) for v in (valid(slice(2 + 2 * j, 4 + 2 * j)), fmt(float(moved[..., 2 + 2 * j : 4 + 2 * j].mean())))),
+                f"{ratio:.2f}x", f"{correlation:.2f}", mark(float(ok[..., :2].float().mean()) >= 0.9 and ratio >= 2),
+            ])
+        report.add(
+            f"Seeds {seeds}, top {args.k} directions, both calibrated ends per direction vs fixed +-{', +-'.join(f'{s:g}' for s in fixed)}; "
+            f"boost {args.boost}. 'valid' = face-check error and speckle both within {args.tolerance}x the unedited image's; "
+            f"'moved' = mean total factor change; 'ratio' = moved at the ends / moved at +-{fixed[0]:g}; "
+            f"'corr' = Pearson correlation, over every edit, of the calibration's reading (predicted-x0 high-frequency ratio at t) "
+            f"with the final image's speckle ratio.", "")
+        report.table(["timestep", "unedited speckle", "mean end (min-max)", "ends valid", "ends: face err ok", "ends: speckle ok", "moved at ends",
+                      *(h for s in fixed for h in (f"+-{s:g} valid", f"moved at +-{s:g}")), "ratio", "corr(predicted hf, speckle)", "targets (>=90 %, >=2x)"], rows)
     report.add(f"Wall time {time.perf_counter() - start:.0f} s.", "")
     text = report.text()
     print(text)

@@ -164,3 +164,14 @@ def test_slider_ranges(tmp_path):
     raw = json.loads(out.with_suffix(".json").read_text())["0.3"][0]
     assert len(raw["ranges"]) == 2 and all(lo < 0 < hi for lo, hi in raw["ranges"])
     assert all(len(row) == 6 and all(finite(v) and v > 0 for v in row) for row in raw["speckle"])
+
+
+def test_slider_ranges_limits_sweep(tmp_path):
+    """The HF_LIMITS sweep: one row per candidate limit, ends no larger for a tighter limit."""
+    text = run_bench("slider_ranges", "--limits", "0.5,1.25,100", "--strengths", "0.1,0.3", "--seeds", "72", "--timesteps", "0.3", "--k", "2",
+                     "--threads", "1", "--out", str(tmp_path / "limits.md"))
+    rows = table_rows(text, "0.3")
+    assert [row[1] for row in rows] == ["0.5", "1.25", "100"]
+    assert rows[2][2] == "0.300" and rows[2][3] == "0"  # nothing crosses 100: every end at the grid's last strength
+    assert rows[0][3] == "4" and rows[0][2] == "-"  # everything crosses 0.5 (2 directions x 2 signs): no end on the grid
+    assert all(cell.endswith("%") for cell in rows[2][4:])

@@ -184,9 +184,9 @@ class ExploreHandlers:
 MAX_SESSIONS = 4096
 MODE_INFO = "direct: one step · guidance: along the model's response · geodesic: follows the curved space"
 #: The page's edit mode until a person picks another. Direct: at the calibrated range ends and the
-#: built-in model's own 0.3 T, 81 % of direct end images stay within 1.2x of the unedited one on
-#: the face check's error and on speckle against 70 % of geodesic ones (geodesic wins at 0.6 T,
-#: 75 % against 62 %; BENCHMARKS.md, bench/bench_paths.py --sections quality).
+#: built-in model's own 0.3 T, 94 % of direct end images stay within 1.2x of the unedited one on
+#: the face check's error and on speckle against 67 % of geodesic ones (geodesic wins at 0.6 T,
+#: 81 % against 64 %; BENCHMARKS.md, bench/bench_paths.py --sections quality, seeds 0-3).
 DEFAULT_MODE = "direct"
 #: How often the page asks for the precompute's progress while it runs.
 PATHS_POLL_S = 0.5

@@ -73,7 +73,8 @@ BATCH = 32
 
 
 def calibration_evals(k: int) -> int:
-    """U-Net evaluations :func:`calibrate` spends on k directions (the budget prices with it)."""
+    """U-Net evaluations :func:`calibrate` spends on k directions at most (the budget prices with
+    it; rounds whose guesses were all measured already are skipped)."""
     return 1 + 2 * k * (len(PROBES) + ROUNDS)
 
 
@@ -147,7 +148,10 @@ def calibrate(
         for j in range(ends):
             measured[j].append((probe, float(ratio[j]), float(change[j])))
     for _ in range(ROUNDS):
-        guess = torch.tensor([_crossing(points, limit) for points in measured])
+        guesses = [_crossing(points, limit) for points in measured]
+        if all(any(s == g for s, _, _ in points) for g, points in zip(guesses, measured)):
+            break  # every guess measured already (typically all ends at MAX_END): nothing to learn
+        guess = torch.tensor(guesses)
         ratio, change = evaluate(guess)
         for j in range(ends):
             measured[j].append((float(guess[j]), float(ratio[j]), float(change[j])))

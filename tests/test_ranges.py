@@ -29,6 +29,23 @@ def test_discover_returns_one_range_per_direction(svc, model):
     assert svc.discover(BasisSpec(SampleSpec(model, seed=1, prompt=prompt, steps=4), 0.6, 3)).ranges == result.ranges  # cached
 
 
+def test_rounds_that_would_only_repeat_measured_ends_are_skipped(svc, monkeypatch):
+    """On the tiny DDPM every end reaches MAX_END at the probes: the bracketing rounds would
+    measure the cap again, so calibrate stops after the probes (the budget's count is a ceiling)."""
+    import backend.ranges as ranges
+
+    calls = []
+    real = ranges.predicted_x0
+    monkeypatch.setattr(ranges, "predicted_x0", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    result = svc.point(BasisSpec(SampleSpec("ddpm", seed=3, steps=4), 0.6, 2))
+    basis = svc.discover(BasisSpec(SampleSpec("ddpm", seed=3, steps=4), 0.6, 2)).basis
+    calls.clear()
+    model = svc.model("ddpm")
+    calibration = ranges.calibrate(model, result.x_t, result.timestep, basis.v, limit=100.0)
+    assert calibration.ranges == ((-MAX_END, MAX_END),) * 2
+    assert len(calls) == 1 + len(ranges.PROBES)  # the unedited x0 and the probes; no bracketing round
+
+
 def test_slider_position_and_strength_are_inverse():
     travel = (-0.3, -0.1, -0.05, -0.02, 0.0, 0.1, 0.2, 0.25, 0.5)
     assert strength_at(travel, -1.0) == -0.3 and strength_at(travel, 1.0) == 0.5 and strength_at(travel, 0.0) == 0.0

@@ -18,6 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from backend.ranges import MAX_END
+from backend.testing import save_tiny_sd
+
 ROOT = Path(__file__).resolve().parents[1]
 K = 4
 
@@ -158,12 +161,35 @@ def test_slider_ranges(tmp_path):
     """The ends' validity table: percentages and factor changes in range, one row per timestep, raw numbers beside it."""
     out = tmp_path / "ranges.md"
     text = run_bench("slider_ranges", "--seeds", "72", "--timesteps", "0.3", "--k", "2", "--fixed", "0.2,0.4", "--threads", "1", "--out", str(out))
-    (row,) = table_rows(text, "0.3")
+    assert "# Calibrated slider ranges on catpeople" in text and "prompt '', boost on" in text
+    row, face = table_rows(text, "0.3")
     percents = [float(cell.rstrip("%")) for cell in row if cell.endswith("%")]
     assert len(percents) == 5 and all(0 <= p <= 100 for p in percents)
+    capped, by_criterion = map(int, row[3].split("/"))
+    assert capped + by_criterion == 4  # 2 directions x 2 ends
+    assert len(face) == 5 and all(0 <= float(cell.rstrip("%")) <= 100 for cell in face[1:])  # unedited, ends, +-0.2, +-0.4
     raw = json.loads(out.with_suffix(".json").read_text())["0.3"][0]
     assert len(raw["ranges"]) == 2 and all(lo < 0 < hi for lo, hi in raw["ranges"])
+    assert sum(-lo >= MAX_END for lo, _ in raw["ranges"]) + sum(hi >= MAX_END for _, hi in raw["ranges"]) == capped
     assert all(len(row) == 6 and all(finite(v) and v > 0 for v in row) for row in raw["speckle"])
+    assert all(len(row) == 6 and all(isinstance(v, bool) for v in row) for row in raw["face"])
+
+
+def test_slider_ranges_any_checkpoint(tmp_path):
+    """--model takes a Stable Diffusion checkpoint's path (latents, a text encoder): it samples with
+    the checkpoint's own prompt (eigenface.json) and calibrates and scores as on the built-in model."""
+    checkpoint = save_tiny_sd(tmp_path / "sd")
+    (checkpoint / "eigenface.json").write_text('{"prompt": "a cat", "guidance_scale": 2.0}')
+    out = tmp_path / "ranges.md"
+    text = run_bench("slider_ranges", "--model", str(checkpoint), "--seeds", "3", "--timesteps", "0.4", "--k", "2", "--fixed", "0.2",
+                     "--threads", "1", "--out", str(out))
+    assert f"# Calibrated slider ranges on {checkpoint}" in text and "prompt 'a cat', boost off" in text  # latent models: no boost
+    row, face = table_rows(text, "0.4")
+    capped, by_criterion = map(int, row[3].split("/"))
+    assert capped + by_criterion == 4 and len(face) == 4
+    raw = json.loads(out.with_suffix(".json").read_text())["0.4"][0]
+    assert len(raw["ranges"]) == 2 and all(-MAX_END <= lo < 0 < hi <= MAX_END for lo, hi in raw["ranges"])
+    assert all(len(row) == 4 and all(finite(v) for v in row) for row in raw["predicted_hf"])
 
 
 def test_slider_ranges_limits_sweep(tmp_path):

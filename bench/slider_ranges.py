@@ -156,8 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     timesteps = [float(t) for t in args.timesteps.split(",")]
     fixed = [float(s) for s in args.fixed.split(",")]
     service = EigenfaceService(ServiceConfig(device="cpu", boost={"auto": None, "on": True, "off": False}[args.boost], allow_any_model=True))
-    prompt = service.settings(args.model).prompt if args.prompt is None else args.prompt
-    sample = SampleSpec(model=args.model, prompt=prompt if service.model(args.model).conditional else "")
+    own_prompt = service.settings(args.model).prompt if service.model(args.model).conditional else ""
+    sample = SampleSpec(model=args.model, prompt=own_prompt if args.prompt is None else args.prompt)  # a prompt to a pixel model: the service refuses it
     report = Report(order=["head", "validity"])
     report.section("head")
     report.add(f"# Calibrated slider ranges on {args.model}", "", *environment_lines(environment(torch.device("cpu"), argv, "slider_ranges.py")),

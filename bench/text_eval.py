@@ -66,6 +66,11 @@ class Sizes:
 QUICK = Sizes(renders=128, samples=32, adherence_seeds=8, direction_seeds=(0, 1), k=4, n_random=4, batch=16)
 
 
+def _shown(path: Path) -> str:
+    """A path as the report shows it: relative to the repository when inside it."""
+    return str(path.resolve().relative_to(ROOT)) if path.resolve().is_relative_to(ROOT) else str(path)
+
+
 def samples(service, model, prompt: str, n: int, batch: int) -> torch.Tensor:
     return torch.cat([sample_batch(service, model, list(range(first, min(first + batch, n))), prompt=prompt) for first in range(0, n, batch)])
 
@@ -111,7 +116,7 @@ def section_samples(report: Report, service, model, estimator: FactorEstimator, 
     image_grid([pils[r * 8 : (r + 1) * 8] for r in range(math.ceil(len(pils) / 8))]).save(docs / "text_samples.png")
     report.add("## Samples at the default prompt", "",
                f"Prompt {prompt!r}, guidance {model.settings.guidance_scale}, seeds 0..{sizes.samples - 1}, 20 DDIM steps "
-               f"({seconds:.0f} s in batches of {sizes.batch}); grid: `{docs / 'text_samples.png'}`.", "",
+               f"({seconds:.0f} s in batches of {sizes.batch}); grid: `{_shown(docs / 'text_samples.png')}`.", "",
                f"- **Face rate {int(faces.sum())}/{sizes.samples} = {rate:.1%}** (target >= 90%: {mark(rate >= 0.9)})",
                f"- **Speckle** (mean |Laplacian|) {float(speckle):.2f}x that of as many training renders (target <= 1.2x: {mark(float(speckle) <= 1.2)})", "")
     report.raw["samples"] = {"face_rate": rate, "speckle_ratio": float(speckle)}
@@ -219,12 +224,18 @@ def section_speed(report: Report, model_path: str | None, k: int) -> None:
     report.raw["speed"] = {"load": loaded - start, "first_image": first - loaded, "basis": basis - first, "slider": slider - basis}
 
 
+#: Directions the strip's concept is projected on: with the page's 8, a third of the concept's
+#: change at the model's 0.4 T is fur hue on seed 0; 16 keep it to horse features (measured on
+#: seeds 0-2 at 0.4, 0.6 and 0.8 T, session 8).
+STRIP_K = 16
+
+
 def section_strip(report: Report, service, model, estimator: FactorEstimator, docs: Path, frames: int = 6) -> None:
     from backend.images import image_grid, pil_to_tensor
 
     report.section("strip")
     settings = model.settings
-    spec = BasisSpec(SampleSpec(model=model.name, seed=settings.seed, prompt=settings.prompt))
+    spec = BasisSpec(SampleSpec(model=model.name, seed=settings.seed, prompt=settings.prompt), k=STRIP_K)
     top = 2 * settings.strength
     strengths = [top * i / (frames - 1) for i in range(frames)]
     images = [service.edit_concept(spec, "a horse person", s) for s in strengths]
@@ -235,8 +246,8 @@ def section_strip(report: Report, service, model, estimator: FactorEstimator, do
     loop = big + big[-2:0:-1]
     loop[0].save(docs / "more_like_horses.gif", format="GIF", save_all=True, append_images=loop[1:], duration=160, loop=0)
     report.add("## 'More like horses'", "",
-               f"Seed {settings.seed}, prompt {settings.prompt!r}, the direction toward 'a horse person' (`find --concept`), "
-               f"strength 0..{top:g}: `{docs / 'more_like_horses.png'}` and `.gif`. Estimated horse factor per frame: "
+               f"Seed {settings.seed}, prompt {settings.prompt!r}, the direction toward 'a horse person' (`find --concept`, k = {STRIP_K}), "
+               f"strength 0..{top:g}: `{_shown(docs / 'more_like_horses.png')}` and `.gif`. Estimated horse factor per frame: "
                + ", ".join(f"{float(h):.2f}" for h in horse) + ".", "")
     report.raw["strip"] = {"strengths": strengths, "horse": horse.tolist()}
 

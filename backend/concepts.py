@@ -83,8 +83,8 @@ def order_by_change(basis: Basis, change: Tensor) -> Basis:
     of the prompt's own change at x_t, they do: the k directions stay the model's own, only
     their order and signs change (BENCHMARKS.md, "Built-in text model").
     """
-    scores = align(basis, change, "x").scores
-    order = torch.argsort(scores.abs(), descending=True)
+    scores = basis.v.reshape(basis.k, -1).to(torch.float64) @ change.reshape(-1).to(torch.float64)
+    order = torch.argsort(scores.abs(), descending=True, stable=True)  # no change (edit prompt = prompt): sigma order
     signs = torch.where(scores[order] < 0, -1.0, 1.0)
 
     def signed(rows: Tensor) -> Tensor:

@@ -326,6 +326,13 @@ def test_sd_edit_prompt_orders_directions_by_the_prompts_change(svc):
     assert torch.allclose(jv, expected, atol=0.05 * float(expected.abs().max()))
 
 
+def test_sd_edit_prompt_equal_to_the_prompt_keeps_the_sigma_order(svc):
+    """The prompt's change toward itself is zero: nothing to rank by, so the basis stays as found."""
+    same = svc.discover(BasisSpec(SD, timestep=0.5, k=K, edit_prompt=SD.prompt))
+    plain = svc.discover(SD_BASIS)
+    assert torch.equal(same.basis.sigma, plain.basis.sigma) and torch.equal(same.basis.v, plain.basis.v)
+
+
 def test_sd_classifier_free_guidance(svc, make_service):
     guided = svc.generate(SD)
     plain = svc.generate(SampleSpec(model="sd", seed=0, prompt="a photo of a cat", steps=STEPS, guidance_scale=1.0))

@@ -12,13 +12,23 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Generator, Sequence
 
 import torch
 from torch import Tensor
 
 from .basis import Basis, Product, Products, advance, krylov
 from .geometry import GeodesicPath, check_shot, shot
+
+
+def _resume(coroutines: Sequence[Generator], i: int, answer: Any, pending: dict[int, Any], results: list) -> None:
+    """Send ``answer`` to coroutine i: its next request goes to ``pending``, or, once it has
+    finished, its result to ``results`` (and it leaves ``pending``)."""
+    request, results[i] = advance(coroutines[i], answer)
+    if request is None:
+        pending.pop(i, None)
+    else:
+        pending[i] = request
 
 
 def local_bases(
@@ -41,9 +51,8 @@ def local_bases(
     solvers = [krylov(x.detach(), k, init=init, generator=g, **solver_kwargs) for x, init, g in zip(points, inits, generators)]
     pending: dict[int, Product] = {}
     bases: list[Basis | None] = [None] * len(solvers)
-    for i, solver in enumerate(solvers):
-        pending[i], bases[i] = advance(solver, None)
-    pending = {i: r for i, r in pending.items() if r is not None}
+    for i in range(len(solvers)):
+        _resume(solvers, i, None, pending, bases)
     while pending:
         for kind in ("jvp", "vjp"):
             group = [i for i, request in pending.items() if request[0] == kind]
@@ -51,11 +60,7 @@ def local_bases(
                 continue
             answers = products.at_many(kind, [points[i].detach() for i in group], [pending[i][1] for i in group])
             for i, answer in zip(group, answers):
-                request, bases[i] = advance(solvers[i], answer)
-                if request is None:
-                    del pending[i]
-                else:
-                    pending[i] = request
+                _resume(solvers, i, answer, pending, bases)
     return [b for b in bases if b is not None]
 
 
@@ -91,10 +96,8 @@ def geodesic_shoots(
     generators = [torch.Generator().manual_seed(seed) for _ in shots]
     pending: dict[int, tuple[Tensor, Tensor]] = {}
     paths: list[GeodesicPath | None] = [None] * len(shots)
-    for i, started in enumerate(shots):
-        request, paths[i] = advance(started, None)
-        if request is not None:
-            pending[i] = request
+    for i in range(len(shots)):
+        _resume(shots, i, None, pending, paths)
     total, done = max(substeps) - 1, 0
     while pending:
         order = list(pending)
@@ -103,11 +106,7 @@ def geodesic_shoots(
             generators=[generators[i] for i in order], **{**solver_kwargs, "max_iters": basis_iters},
         )
         for i, new in zip(order, bases):
-            request, paths[i] = advance(shots[i], new)
-            if request is None:
-                del pending[i]
-            else:
-                pending[i] = request
+            _resume(shots, i, new, pending, paths)
         done += 1
         if step_callback is not None:
             step_callback(done, total)

@@ -41,6 +41,16 @@ def point_and_paths(service):
     return point, precompute_paths(point, ENDS, STEPS)
 
 
+
+def _held_until(gate: threading.Event):
+    """A device call that runs the real computation only once the test sets ``gate``."""
+
+    def held(fn, *args, **kwargs):
+        gate.wait(60)
+        return fn(*args, **kwargs)
+
+    return held
+
 def test_local_bases_match_local_basis_point_by_point(service):
     """The batched solve gives each point the basis a solve of that point alone gives."""
     spec = _spec()
@@ -118,10 +128,7 @@ def test_a_superseded_precompute_leaves_nothing_in_the_cache(service):
     first_key = service.paths.key(first, service.discover(first))
     service.discover(second)
     gate = threading.Event()
-
-    def held(fn, *args, **kwargs):  # the real computation, started only once the test says so
-        gate.wait(60)
-        return fn(*args, **kwargs)
+    held = _held_until(gate)
 
     assert service.paths.start("tab", first, call=held).state == "running"
     service.paths.start("tab", second)  # the same session asks for another basis: the first is dropped
@@ -139,10 +146,7 @@ def test_a_job_another_session_wants_is_not_cancelled(service):
     spec = _spec(seed=7)
     key = service.paths.key(spec, service.discover(spec))
     gate = threading.Event()
-
-    def held(fn, *args, **kwargs):
-        gate.wait(60)
-        return fn(*args, **kwargs)
+    held = _held_until(gate)
 
     service.paths.start("a", spec, call=held)
     service.paths.start("b", spec)  # joins the running job
@@ -157,10 +161,7 @@ def test_asking_again_for_the_same_paths_keeps_the_job(service):
     spec = _spec(seed=8)
     key = service.paths.key(spec, service.discover(spec))
     gate = threading.Event()
-
-    def held(fn, *args, **kwargs):
-        gate.wait(60)
-        return fn(*args, **kwargs)
+    held = _held_until(gate)
 
     service.paths.start("poller", spec, call=held)
     job = service.paths._jobs[key]

@@ -116,7 +116,8 @@ def main(argv: list[str] | None = None) -> None:
         for name in service.model_names:
             service.model(name)
     elif not args.no_warmup:
-        service.generate(EditState(model=service.model_names[0]).sample_spec())
+        first = service.model_names[0]
+        service.generate(EditState(model=first, prompt=service.settings(first).prompt).sample_spec())
     demo = build_demo(service)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, **launch_options(args.sessions))
 

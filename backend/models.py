@@ -68,7 +68,9 @@ class EditSettings:
     ``eigenface.json`` (``{"timestep": 0.3, "strength": 0.2, "seed": 72}``), and the CLI, the
     service and the app start from it; an explicit timestep or strength always wins. ``seed``
     only picks the page's first image. A text model may add the prompt the page opens with and
-    the guidance scale it was trained for (a small model wants less than SD's 7.5).
+    the guidance scale it was trained for (a small model wants less than SD's 7.5), and any
+    checkpoint the strength its sliders stop at (``range_cap``): how far an edit stays an image
+    of the data depends on the model, and only a measurement on it says (bench/slider_ranges.py).
     """
 
     timestep: float = 0.6  # fraction of T in (0, 1]
@@ -76,6 +78,7 @@ class EditSettings:
     seed: int = 0  # the seed the web page opens with: a sample that shows the model well
     prompt: str = ""  # the prompt the web page opens with (text models)
     guidance_scale: float = DEFAULT_GUIDANCE  # classifier-free guidance when a request names none
+    range_cap: float | None = None  # the furthest a calibrated slider reaches; None: ranges.MAX_END
 
     @classmethod
     def read(cls, directory: Path) -> "EditSettings":
@@ -86,7 +89,7 @@ class EditSettings:
             values = json.loads(path.read_text())
             if not isinstance(values, dict):
                 raise ValueError(f"expected an object, got {type(values).__name__}")
-            numbers = {key: float(values[key]) for key in ("timestep", "strength", "guidance_scale") if key in values}
+            numbers = {key: float(values[key]) for key in ("timestep", "strength", "guidance_scale", "range_cap") if key in values}
             seed = values.get("seed", 0)
             if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
                 raise ValueError(f"seed must be a whole number >= 0, got {seed!r}")
@@ -102,6 +105,8 @@ class EditSettings:
             raise ModelError(f"{path}: strength must be positive, got {settings.strength}")
         if not (math.isfinite(settings.guidance_scale) and 0 <= settings.guidance_scale <= 50):
             raise ModelError(f"{path}: guidance_scale must be within [0, 50], got {settings.guidance_scale}")
+        if settings.range_cap is not None and not (math.isfinite(settings.range_cap) and settings.range_cap > 0):
+            raise ModelError(f"{path}: range_cap must be a positive strength, got {settings.range_cap}")
         return settings
 
 

@@ -7,7 +7,8 @@ unedited sample's. On the built-in model this ratio tracked the final image's sp
 with correlation 0.87-0.94 for straight edits (BENCHMARKS.md), and it needs no factor
 estimator and no decoder, so the same test holds on Stable Diffusion's latents. The edit
 measured is the direct mode's (edit.direct_edits, norm-preserving), which on the built-in model
-rarely speckles below the strength cap :data:`MAX_END`; the cap then sets the range.
+rarely speckles below the strength cap (:data:`MAX_END`, or the checkpoint's own
+``range_cap``); the cap then sets the range.
 
 :func:`calibrate` finds, for every direction and both signs at once, the largest strength
 whose ratio stays under a limit (:func:`hf_limit`): one batch of probes, then bracketing rounds on a
@@ -53,7 +54,8 @@ def hf_limit(t_fraction: float, boosted: bool) -> float:
 CALIBRATED_EDIT = "direct, norm-preserving"
 
 #: Range ends are kept within these (strength units): never a zero-width slider, and never past
-#: MAX_END, which is what binds on the built-in model. Its norm-preserving direct edits hardly
+#: MAX_END (a checkpoint may set its own cap, models.EditSettings.range_cap), which is what binds
+#: on the built-in pixel model. Its norm-preserving direct edits hardly
 #: raise the predicted x0's high-frequency energy (at 0.3 T the median ratio falls, 0.95 at
 #: strength 0.2, 0.52 at 1.0), yet from about 0.5 on a growing share of end images fails the face
 #: check (faded, blurred faces): valid at a uniform strength of 0.4 / 0.5 / 0.6 / 1.0, 94 / 89 /
@@ -62,8 +64,8 @@ CALIBRATED_EDIT = "direct, norm-preserving"
 #: per-direction ends better than this cap, so the cap is 0.4: the largest strength tried with
 #: >= 90 % of those ends valid.
 MIN_END, MAX_END = 0.05, 0.4
-#: First probes, in strength units (both signs, every direction, one batch): half-way and the cap.
-PROBES = (MAX_END / 2, MAX_END)
+#: First probes, as fractions of the cap (both signs, every direction, one batch): half-way and the cap.
+PROBES = (0.5, 1.0)
 #: Bracketing rounds after the probes (each one batch of the 2k current ends).
 ROUNDS = 2
 #: Slider positions per side at which :attr:`Calibration.travel` holds a strength.
@@ -121,8 +123,10 @@ def calibrate(
     guidance_scale: float = DEFAULT_GUIDANCE,
     *,
     limit: float = HF_LIMITS[False][0][1],
+    cap: float = MAX_END,
 ) -> Calibration:
-    """The valid range and the even-travel map of every unit direction (k, *sample_shape) at x_t."""
+    """The valid range and the even-travel map of every unit direction (k, *sample_shape) at x_t,
+    no end past ``cap``."""
     noise = NoiseSchedule.from_config(model.scheduler_config)
     x_t = x_t.float().cpu()
     directions = directions.float().cpu()
@@ -143,19 +147,21 @@ def calibrate(
     base_hf = high_frequency(base_x0).clamp_min(1e-12)
     # measured[j]: (strength, hf ratio, x0 change) points of row j, starting at the unedited point
     measured: list[list[tuple[float, float, float]]] = [[(0.0, 1.0, 0.0)] for _ in range(ends)]
-    for probe in PROBES:
+    cap = max(cap, MIN_END)
+    for fraction in PROBES:
+        probe = fraction * cap
         ratio, change = evaluate(torch.full((ends,), probe))
         for j in range(ends):
             measured[j].append((probe, float(ratio[j]), float(change[j])))
     for _ in range(ROUNDS):
-        guesses = [_crossing(points, limit) for points in measured]
+        guesses = [_crossing(points, limit, cap) for points in measured]
         if all(any(s == g for s, _, _ in points) for g, points in zip(guesses, measured)):
-            break  # every guess measured already (typically all ends at MAX_END): nothing to learn
+            break  # every guess measured already (typically all ends at the cap): nothing to learn
         guess = torch.tensor(guesses)
         ratio, change = evaluate(guess)
         for j in range(ends):
             measured[j].append((float(guess[j]), float(ratio[j]), float(change[j])))
-    hi_lo = [_largest_valid(points, limit) for points in measured]
+    hi_lo = [_largest_valid(points, limit, cap) for points in measured]
     ranges = tuple((-hi_lo[2 * i + 1], hi_lo[2 * i]) for i in range(k))
     travel = tuple(
         tuple(-s for s in reversed(_even_travel(measured[2 * i + 1], hi_lo[2 * i + 1])[1:])) + _even_travel(measured[2 * i], hi_lo[2 * i])
@@ -164,9 +170,9 @@ def calibrate(
     return Calibration(ranges, travel)
 
 
-def _crossing(points: list[tuple[float, float, float]], limit: float) -> float:
+def _crossing(points: list[tuple[float, float, float]], limit: float, cap: float = MAX_END) -> float:
     """Where the hf ratio crosses ``limit``, interpolated between the points that bracket it,
-    or extrapolated along the last segment when every point is below (within MIN_END..MAX_END)."""
+    or extrapolated along the last segment when every point is below (within MIN_END..cap)."""
     points = sorted(points)
     below = [p for p in points if p[1] <= limit]
     above = [p for p in points if p[1] > limit]
@@ -180,17 +186,17 @@ def _crossing(points: list[tuple[float, float, float]], limit: float) -> float:
         s0, r0 = below[-2][:2] if len(below) > 1 else (0.0, 1.0)
     slope = (r1 - r0) / (s1 - s0) if s1 > s0 else 0.0
     if slope <= 0:
-        return MAX_END if not above else (s0 + s1) / 2
-    return float(min(MAX_END, max(MIN_END, s0 + (limit - r0) / slope)))
+        return cap if not above else (s0 + s1) / 2
+    return float(min(cap, max(MIN_END, s0 + (limit - r0) / slope)))
 
 
-def _largest_valid(points: list[tuple[float, float, float]], limit: float) -> float:
+def _largest_valid(points: list[tuple[float, float, float]], limit: float, cap: float = MAX_END) -> float:
     """The largest measured strength below the first one over ``limit`` (at least MIN_END)."""
     best = MIN_END
     for s, ratio, _ in sorted(points):
         if ratio > limit:
             break
-        best = max(best, min(s, MAX_END))
+        best = max(best, min(s, cap))
     return best
 
 

@@ -37,7 +37,7 @@ from .models import Conditioning, DiffusionModel, EditSettings
 from .paths import edits_on_paths
 from .precompute import PathPrecompute
 from .quota import Quota
-from .ranges import Calibration, calibrate, hf_limit
+from .ranges import MAX_END, Calibration, calibrate, hf_limit
 from .registry import ModelRegistry
 from .sampling import Boost, Trajectory, render, sample_trajectory, sub_schedule
 from .slots import Slots
@@ -202,7 +202,8 @@ class EigenfaceService:
         limit = hf_limit(point.timestep / model.num_train_timesteps, self.boosted(model))
 
         def compute() -> Calibration:
-            return calibrate(model, point.x_t, point.timestep, directions, cond, self.guidance(model, spec.sample), limit=limit)
+            cap = model.settings.range_cap or MAX_END
+            return calibrate(model, point.x_t, point.timestep, directions, cond, self.guidance(model, spec.sample), limit=limit, cap=cap)
 
         return self._cached(key, compute)[0]
 

@@ -18,7 +18,7 @@ An end is valid when both its face-check error and its speckle are within ``--to
 >= 2x as much as +-0.2. The scores need cat-people images (the factor estimator's); the
 calibration itself reads only the model, so a latent model trained on them (the built-in text
 model) shows whether its high-frequency criterion ever acts on latents: the table counts the
-ends set by the cap (``MAX_END``) and those set by the criterion.
+ends set by the cap (the model's ``range_cap``, else ``MAX_END``) and those set by the criterion.
 
     python bench/slider_ranges.py --out bench/results/slider_ranges.md
     python bench/slider_ranges.py --seeds 0,1 --timesteps 0.3 --k 4 --boost off   # quick look
@@ -157,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     fixed = [float(s) for s in args.fixed.split(",")]
     service = EigenfaceService(ServiceConfig(device="cpu", boost={"auto": None, "on": True, "off": False}[args.boost], allow_any_model=True))
     own_prompt = service.settings(args.model).prompt if service.model(args.model).conditional else ""
+    cap = service.settings(args.model).range_cap or MAX_END
     sample = SampleSpec(model=args.model, prompt=own_prompt if args.prompt is None else args.prompt)  # a prompt to a pixel model: the service refuses it
     report = Report(order=["head", "validity"])
     report.section("head")
@@ -194,26 +195,33 @@ def main(argv: list[str] | None = None) -> int:
                               *(pct(float(face[..., 2 + 2 * j : 4 + 2 * j].float().mean())) for j in range(len(fixed)))])
             correlation = float(torch.corrcoef(torch.stack([hf.flatten(), spk.flatten()]))[0, 1])
             ok = (err <= args.tolerance) & (spk <= args.tolerance)
+            # On a model whose unedited images pass the absolute face check, their re-render error is
+            # near zero and 1.2x of it is no test (BENCHMARKS "On the text model"): a face counts too.
+            ok_or_face = ((err <= args.tolerance) | face) & (spk <= args.tolerance)
             ends = [abs(v) for s in scores for r in s["ranges"] for v in r]
-            capped = sum(v >= MAX_END for v in ends)  # every end below the cap was set by the hf criterion
+            capped = sum(v >= cap - 1e-6 for v in ends)  # every end below the cap was set by the hf criterion
             valid = lambda c: pct(float(ok[..., c].float().mean()))  # noqa: E731
             ratio = float(moved[..., :2].mean() / moved[..., 2:4].mean())
             rows.append([
                 f"{t}", f"{sum(s['base_speckle'] for s in scores) / len(scores):.3f}", f"{sum(ends) / len(ends):.3f} ({min(ends):.2f}-{max(ends):.2f})",
-                f"{capped}/{len(ends) - capped}", valid(slice(0, 2)), pct(float((err[..., :2] <= args.tolerance).float().mean())), pct(float((spk[..., :2] <= args.tolerance).float().mean())),
+                f"{capped}/{len(ends) - capped}", valid(slice(0, 2)), pct(float(ok_or_face[..., :2].float().mean())),
+                pct(float((err[..., :2] <= args.tolerance).float().mean())), pct(float((spk[..., :2] <= args.tolerance).float().mean())),
                 fmt(float(moved[..., :2].mean())),
                 *(v for j in range(len(fixed)) for v in (valid(slice(2 + 2 * j, 4 + 2 * j)), fmt(float(moved[..., 2 + 2 * j : 4 + 2 * j].mean())))),
-                f"{ratio:.2f}x", f"{correlation:.2f}", mark(float(ok[..., :2].float().mean()) >= 0.9 and ratio >= 2),
+                f"{ratio:.2f}x", f"{correlation:.2f}",
+                " / ".join(mark(float(v[..., :2].float().mean()) >= 0.9 and ratio >= 2) for v in (ok, ok_or_face)),
             ])
         report.add(
             f"Seeds {seeds}, top {args.k} directions, both calibrated ends per direction vs fixed +-{', +-'.join(f'{s:g}' for s in fixed)}; "
             f"boost {args.boost}. 'valid' = face-check error and speckle both within {args.tolerance}x the unedited image's; "
-            f"'moved' = mean total factor change; an end below the cap (backend/ranges.py MAX_END) is where the "
+            f"'valid or a face': the face-check error within {args.tolerance}x or under the absolute face threshold, and speckle "
+            f"within {args.tolerance}x; "
+            f"'moved' = mean total factor change; an end below the cap ({cap:g}: the model's range_cap, else backend/ranges.py MAX_END) is where the "
             f"predicted-x0 high-frequency ratio crossed the limit (hf_limit); 'ratio' = moved at the ends / moved at +-{fixed[0]:g}; "
             f"'corr' = Pearson correlation, over every edit, of the calibration's reading (predicted-x0 high-frequency ratio at t) "
             f"with the final image's speckle ratio.", "")
-        report.table(["timestep", "unedited speckle", "mean end (min-max)", f"ends set by cap {MAX_END:g} / by hf criterion", "ends valid", "ends: face err ok", "ends: speckle ok", "moved at ends",
-                      *(h for s in fixed for h in (f"+-{s:g} valid", f"moved at +-{s:g}")), "ratio", "corr(predicted hf, speckle)", "targets (>=90 %, >=2x)"], rows)
+        report.table(["timestep", "unedited speckle", "mean end (min-max)", f"ends set by cap {cap:g} / by hf criterion", "ends valid", "ends valid or a face", "ends: face err ok", "ends: speckle ok", "moved at ends",
+                      *(h for s in fixed for h in (f"+-{s:g} valid", f"moved at +-{s:g}")), "ratio", "corr(predicted hf, speckle)", "targets (>=90 %, >=2x): valid / valid or a face"], rows)
         report.add("", "Absolute face check (the estimator's re-render error under its face threshold), share of images:", "")
         report.table(["timestep", "unedited", "ends", *(f"+-{s:g}" for s in fixed)], face_rows)
     report.add(f"Wall time {time.perf_counter() - start:.0f} s.", "")

@@ -164,7 +164,8 @@ def test_slider_ranges(tmp_path):
     assert "# Calibrated slider ranges on catpeople" in text and "prompt '', boost on" in text
     row, face = table_rows(text, "0.3")
     percents = [float(cell.rstrip("%")) for cell in row if cell.endswith("%")]
-    assert len(percents) == 5 and all(0 <= p <= 100 for p in percents)
+    assert len(percents) == 6 and all(0 <= p <= 100 for p in percents)
+    assert float(row[5].rstrip("%")) >= float(row[4].rstrip("%"))  # "valid or a face" only adds to "valid"
     capped, by_criterion = map(int, row[3].split("/"))
     assert capped + by_criterion == 4  # 2 directions x 2 ends
     assert len(face) == 5 and all(0 <= float(cell.rstrip("%")) <= 100 for cell in face[1:])  # unedited, ends, +-0.2, +-0.4
@@ -177,18 +178,19 @@ def test_slider_ranges(tmp_path):
 
 def test_slider_ranges_any_checkpoint(tmp_path):
     """--model takes a Stable Diffusion checkpoint's path (latents, a text encoder): it samples with
-    the checkpoint's own prompt (eigenface.json) and calibrates and scores as on the built-in model."""
+    the checkpoint's own prompt (eigenface.json) and calibrates and scores as on the built-in model,
+    no end past the checkpoint's own range cap."""
     checkpoint = save_tiny_sd(tmp_path / "sd")
-    (checkpoint / "eigenface.json").write_text('{"prompt": "a cat", "guidance_scale": 2.0}')
+    (checkpoint / "eigenface.json").write_text('{"prompt": "a cat", "guidance_scale": 2.0, "range_cap": 0.3}')
     out = tmp_path / "ranges.md"
     text = run_bench("slider_ranges", "--model", str(checkpoint), "--seeds", "3", "--timesteps", "0.4", "--k", "2", "--fixed", "0.2",
                      "--threads", "1", "--out", str(out))
     assert f"# Calibrated slider ranges on {checkpoint}" in text and "prompt 'a cat', boost off" in text  # latent models: no boost
     row, face = table_rows(text, "0.4")
     capped, by_criterion = map(int, row[3].split("/"))
-    assert capped + by_criterion == 4 and len(face) == 4
+    assert capped + by_criterion == 4 and len(face) == 4 and "ends set by cap 0.3 " in text
     raw = json.loads(out.with_suffix(".json").read_text())["0.4"][0]
-    assert len(raw["ranges"]) == 2 and all(-MAX_END <= lo < 0 < hi <= MAX_END for lo, hi in raw["ranges"])
+    assert len(raw["ranges"]) == 2 and all(-0.3 <= lo < 0 < hi <= 0.3 for lo, hi in raw["ranges"])
     assert all(len(row) == 4 and all(finite(v) for v in row) for row in raw["predicted_hf"])
 
 

@@ -1,8 +1,8 @@
-"""Sliders in a real browser on the built-in model: dragged to either end of their calibrated
+"""Sliders in a real browser on the built-in models: dragged to either end of their calibrated
 range, the image stays a valid face (the factor estimator's face check) without added speckle.
 
-The tiny random test model has no faces to check, so this one serves the built-in model, at
-its own timestep and seed. Screenshots go to artifacts/ (git-ignored).
+The tiny random test models have no faces to check, so this one serves the built-in models, each
+at its own timestep, seed and prompt. Screenshots go to artifacts/ (git-ignored).
 """
 
 import io
@@ -77,12 +77,20 @@ def _drag_to_end(page, index: int, side: int) -> None:
     page.wait_for_function(f"v => {{ const s = document.querySelector('{SHARE}').value; return s !== v && s.includes('s={index}:'); }}", arg=before)
 
 
-def test_sliders_dragged_to_either_end_keep_a_valid_face(page, url):
+#: Each built-in model at its own settings (eigenface.json); the text model is the page's first.
+LINKS = {
+    "catpeople-text": "?model=catpeople-text&prompt=a+cat+person&seed=0&t=0.4&k=3&steps=20&mode=direct",
+    "catpeople": "?model=catpeople&seed=72&t=0.3&k=3&steps=20&mode=direct",
+}
+
+
+@pytest.mark.parametrize("model", LINKS)
+def test_sliders_dragged_to_either_end_keep_a_valid_face(page, url, model):
     from backend.catpeople.semantics import default_estimator
     from backend.ranges import high_frequency
 
     estimator = default_estimator()
-    page.goto(url + "?model=catpeople&seed=72&t=0.3&k=3&steps=20&mode=direct")
+    page.goto(url + LINKS[model])
     page.wait_for_selector("#direction-2 input[type=range]", state="visible")
     page.wait_for_function(f"() => document.querySelector('{SHARE}').value.includes('k=3')")
     original_src, original = _image(page)
@@ -97,6 +105,6 @@ def test_sliders_dragged_to_either_end_keep_a_valid_face(page, url):
             assert bool(estimator.is_face(edited)[0]), f"{where} is not a face"
             assert float(high_frequency(edited)[0] / high_frequency(original)[0]) <= TOLERANCE, f"{where} is speckled"
             ARTIFACTS.mkdir(exist_ok=True)
-            page.screenshot(path=str(ARTIFACTS / f"browser-ranges-{index}-{'hi' if side > 0 else 'lo'}.png"))
+            page.screenshot(path=str(ARTIFACTS / f"browser-ranges-{model}-{index}-{'hi' if side > 0 else 'lo'}.png"))
         page.click(f"#direction-{index} .reset-button")  # back to the unedited image
         page.wait_for_function(f"v => document.querySelector('{IMAGE}').src === v", arg=original_src)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import numpy as np
 import pytest
 
@@ -102,18 +105,17 @@ def test_the_limit_tightens_with_t_and_loosens_with_boosting():
 SD_SPEC = BasisSpec(SampleSpec("sd", seed=0, prompt="a cat", steps=4), 0.9, 3)
 
 
-def test_a_saved_direction_is_calibrated_like_the_basis_direction_it_is(tiny_sd_dir, tmp_path, monkeypatch):
+def test_a_saved_direction_is_calibrated_like_the_basis_direction_it_is(tiny_sd_dir, tmp_path):
     """One criterion and one code path: direction i saved and calibrated on its own gets the
-    basis's own range i and travel; the calibration is priced until it is cached. Under the old
-    cap (1, probes 0.25 and 0.5) so that the ends are found by the criterion, not clamped."""
-    import backend.ranges as ranges
-
-    monkeypatch.setattr(ranges, "MAX_END", 1.0)
-    monkeypatch.setattr(ranges, "PROBES", (0.25, 0.5))
-    svc = EigenfaceService(ServiceConfig(models={"sd": str(tiny_sd_dir)}, device="cpu", library_dir=str(tmp_path)))
+    basis's own range i and travel; the calibration is priced until it is cached. Under a cap of 2
+    (the checkpoint's own ``range_cap``), so that some ends are found by the criterion, not clamped."""
+    checkpoint = tmp_path / "ckpt"
+    shutil.copytree(tiny_sd_dir, checkpoint)
+    (checkpoint / "eigenface.json").write_text(json.dumps({"range_cap": 2.0}))
+    svc = EigenfaceService(ServiceConfig(models={"sd": str(checkpoint)}, device="cpu", library_dir=str(tmp_path / "library")))
     spec = SD_SPEC
     result = svc.discover(spec)
-    assert any(MIN_END < end < 1.0 for lo, hi in result.ranges for end in (-lo, hi))  # not only clamped ends compared
+    assert any(MIN_END < end < 2.0 for lo, hi in result.ranges for end in (-lo, hi))  # not only clamped ends compared
     for i in range(3):
         svc.library.save(f"d{i}", spec, index=i)
         identity = svc.library.identity(f"d{i}")

@@ -71,6 +71,8 @@ class EditSettings:
     the guidance scale it was trained for (a small model wants less than SD's 7.5), and any
     checkpoint the strength its sliders stop at (``range_cap``): how far an edit stays an image
     of the data depends on the model, and only a measurement on it says (bench/slider_ranges.py).
+    ``hf_criterion: false`` ends every slider at that cap: for a model on which the calibration's
+    high-frequency reading was measured not to track its images (the built-in text model's latents).
     """
 
     timestep: float = 0.6  # fraction of T in (0, 1]
@@ -79,6 +81,7 @@ class EditSettings:
     prompt: str = ""  # the prompt the web page opens with (text models)
     guidance_scale: float = DEFAULT_GUIDANCE  # classifier-free guidance when a request names none
     range_cap: float | None = None  # the furthest a calibrated slider reaches; None: ranges.MAX_END
+    hf_criterion: bool = True  # whether the calibration's high-frequency reading may end a slider before the cap
 
     @classmethod
     def read(cls, directory: Path) -> "EditSettings":
@@ -96,7 +99,10 @@ class EditSettings:
             prompt = values.get("prompt", "")
             if not isinstance(prompt, str):
                 raise ValueError(f"prompt must be text, got {prompt!r}")
-            settings = cls(**numbers, seed=seed, prompt=prompt)
+            hf_criterion = values.get("hf_criterion", True)
+            if not isinstance(hf_criterion, bool):
+                raise ValueError(f"hf_criterion must be true or false, got {hf_criterion!r}")
+            settings = cls(**numbers, seed=seed, prompt=prompt, hf_criterion=hf_criterion)
         except (OSError, ValueError, TypeError, AttributeError) as exc:
             raise ModelError(f"{path}: not an Eigenface settings file ({{\"timestep\": 0.6, \"strength\": 0.5, \"seed\": 0}}): {exc}") from None
         if not 0 < settings.timestep <= 1:

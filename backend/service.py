@@ -199,7 +199,7 @@ class EigenfaceService:
         """:func:`~backend.ranges.calibrate` of unit ``directions`` at the spec's x_t, cached under ``key``."""
         model = self.check_sample(spec.sample)
         cond = self.conditioning(model, spec.sample.prompt)
-        limit = hf_limit(point.timestep / model.num_train_timesteps, self.boosted(model))
+        limit = hf_limit(point.timestep / model.num_train_timesteps, self.boosted(model)) if model.settings.hf_criterion else math.inf
 
         def compute() -> Calibration:
             cap = model.settings.range_cap or MAX_END

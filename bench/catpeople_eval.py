@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="write the raw numbers (estimated factors of every edit) to this JSON file")
     parser.add_argument("--atlas-seed", type=int, help="seed of the atlas (default: the model's eigenface.json seed, the page's first image)")
     parser.add_argument("--atlas-strength", type=float, help="largest |strength| in the atlas (default: the semantic check's)")
-    parser.add_argument("--model-path", help="evaluate this checkpoint instead of the built-in one (e.g. freshly trained weights)")
+    parser.add_argument("--model-path", help="evaluate this checkpoint instead of the built-in pixel model (freshly trained weights, or assets/catpeople-text with its own prompt)")
     parser.add_argument("--threads", type=int, default=int(os.environ.get("EIGENFACE_THREADS", "2")), help="torch CPU threads (default 2)")
     args = parser.parse_args(argv)
 
@@ -105,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         report.timings.append(("load model", time.perf_counter() - start))
         sizes.timestep = settings.timestep if sizes.timestep is None else sizes.timestep
         sizes.strength = settings.strength if sizes.strength is None else sizes.strength
+        sizes.prompt = settings.prompt if service.model(BUILTIN_NAME).conditional else ""
         if sizes.heldout_strength in label_magnitudes(sizes.strength):
             parser.error(f"--heldout must differ from the strengths labels are measured at, {label_magnitudes(sizes.strength)}")
     semantic = None

@@ -83,7 +83,7 @@ def section_semantic(report: Report, service, estimator: FactorEstimator, sizes:
     results = []
     start = time.perf_counter()
     for seed in seeds:
-        spec = BasisSpec(SampleSpec(seed=seed), timestep=edit_t, k=sizes.k)
+        spec = BasisSpec(SampleSpec(seed=seed, prompt=sizes.prompt), timestep=edit_t, k=sizes.k)
         res = _semantic_seed(service, estimator, spec, sizes)
         results.append(res)
         report.raw.setdefault("semantic", {"timestep": edit_t, "strengths": list(res["directions"][0].strengths), "factors": list(FACTORS), "seeds": {}})
@@ -201,7 +201,7 @@ def section_atlas(report: Report, service, estimator: FactorEstimator, sizes: Si
     if seed is None:
         seed = service.settings(BUILTIN_NAME).seed  # the sample the web page opens with
     edit_t = sizes.timestep
-    spec = BasisSpec(SampleSpec(seed=seed), timestep=edit_t, k=sizes.k)
+    spec = BasisSpec(SampleSpec(seed=seed, prompt=sizes.prompt), timestep=edit_t, k=sizes.k)
     labels = next((row for res, row in zip(semantic["results"], semantic["labels"]) if res["seed"] == seed), None) if semantic else None
     if labels is None:
         labels = label_directions(service, spec, estimator, strength=sizes.strength)
@@ -242,7 +242,7 @@ def section_sweep(report: Report, service, estimator: FactorEstimator, sizes: Si
             if semantic is not None and t == semantic["edit_t"] and {*label_magnitudes(sizes.strength), sizes.heldout_strength} >= set(strengths):
                 reuse = next((r for r in semantic["results"] if r["seed"] == seed), None)
             if reuse is None:
-                spec = BasisSpec(SampleSpec(seed=seed), timestep=t, k=sizes.k)
+                spec = BasisSpec(SampleSpec(seed=seed, prompt=sizes.prompt), timestep=t, k=sizes.k)
                 reuse = _semantic_seed(service, estimator, spec, sizes, magnitudes=strengths)
                 report.raw.setdefault("sweep", {})[f"{t}/{seed}"] = _raw_seed(reuse)
                 report.flush_raw()

@@ -17,6 +17,7 @@ class Sizes:
     strength: float | None = None  # edit strength of the semantic check (None: the model's eigenface.json)
     heldout_strength: float = 0.3
     timestep: float | None = None  # edit timestep of the semantic check (None: the model's eigenface.json)
+    prompt: str = ""  # the sampling prompt of a text model (its eigenface.json's; --model-path)
     sweep_seeds: tuple[int, ...] = (0, 1)
     sweep_timesteps: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.8)
     sweep_strengths: tuple[float, ...] = (0.1, 0.2, 0.3, 0.5)

@@ -105,6 +105,22 @@ def test_the_limit_tightens_with_t_and_loosens_with_boosting():
 SD_SPEC = BasisSpec(SampleSpec("sd", seed=0, prompt="a cat", steps=4), 0.9, 3)
 
 
+def test_a_checkpoint_sets_its_own_cap_and_may_end_every_slider_there(tiny_sd_dir, tmp_path):
+    """eigenface.json's range_cap bounds the ends; with hf_criterion false every end is the cap,
+    where with the criterion some end before it (on this spec one does, below 2)."""
+    checkpoint = tmp_path / "ckpt"
+    shutil.copytree(tiny_sd_dir, checkpoint)
+
+    def ends(settings: dict) -> list[float]:
+        (checkpoint / "eigenface.json").write_text(json.dumps(settings))
+        svc = EigenfaceService(ServiceConfig(models={"sd": str(checkpoint)}, device="cpu"))
+        return [end for lo, hi in svc.discover(SD_SPEC).ranges for end in (-lo, hi)]
+
+    assert all(MIN_END <= end <= 0.3 for end in ends({"range_cap": 0.3}))
+    assert min(ends({"range_cap": 2.0})) < 2.0
+    assert ends({"range_cap": 2.0, "hf_criterion": False}) == [2.0] * 6
+
+
 def test_a_saved_direction_is_calibrated_like_the_basis_direction_it_is(tiny_sd_dir, tmp_path):
     """One criterion and one code path: direction i saved and calibrated on its own gets the
     basis's own range i and travel; the calibration is priced until it is cached. Under a cap of 2

@@ -653,7 +653,7 @@ def test_a_model_brings_its_edit_settings(tuned_ddpm, tiny_ddpm_dir):
      ('{"strength": -1}', "strength must be positive"), ('{"strength": "nan"}', "strength must be positive"), ('[0.3]', "not an Eigenface settings file"),
      ('{"seed": -1}', "seed must be a whole number"), ('{"seed": 1.5}', "seed must be a whole number"), ('{"seed": true}', "seed must be a whole number"),
      ('{"guidance_scale": 80}', "guidance_scale must be within"), ('{"prompt": 3}', "prompt must be text"),
-     ('{"range_cap": 0}', "range_cap must be a positive strength"), ('{"range_cap": "inf"}', "range_cap must be a positive strength"),
+     ('{"range_cap": 0}', "range_cap must be a positive strength"), ('{"hf_criterion": 1}', "hf_criterion must be true or false"), ('{"range_cap": "inf"}', "range_cap must be a positive strength"),
      ('{"timestep": 0.3, "colour": 1}', None)],
 )
 def test_bad_settings_files_are_refused_clearly(tmp_path, text, message):

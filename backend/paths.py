@@ -32,6 +32,8 @@ from .errors import EditError
 from .lockstep import geodesic_shoots
 from .hspace import jacobian_context
 
+#: Relative tolerance at a path's ends: float32 rounding of a strength (about 6e-8 relative).
+END_SLACK = 1e-6
 #: Grid steps per sign: the substeps a geodesic edit of the range end takes by default; each
 #: step costs one batched basis update of all shots.
 DEFAULT_GRID_STEPS = DEFAULT_SUBSTEPS["geodesic"]
@@ -64,8 +66,13 @@ class CachedPaths:
         return self.plus.shape[1] - 1
 
     def covers(self, index: int, strength: float) -> bool:
-        """Whether direction ``index`` at ``strength`` lies on a cached path."""
-        return 0 <= index < self.k and self.ends[index][0] <= strength <= self.ends[index][1]
+        """Whether direction ``index`` at ``strength`` lies on a cached path. A range end that
+        went through float32 (slider values are a float32 tensor) still counts as the end."""
+        if not 0 <= index < self.k:
+            return False
+        lo, hi = self.ends[index]
+        slack = END_SLACK * max(-lo, hi)
+        return lo - slack <= strength <= hi + slack
 
     def at(self, index: int, strength: float) -> Tensor:
         """x_t at ``strength`` along direction ``index``: linear between the two nearest grid points.
@@ -75,7 +82,7 @@ class CachedPaths:
         if not self.covers(index, strength):
             raise EditError(f"strength {strength:g} of direction {index} is outside its cached path {self.ends[index]}")
         path, end = (self.plus, self.ends[index][1]) if strength >= 0 else (self.minus, self.ends[index][0])
-        position = strength / end * self.steps
+        position = min(strength / end * self.steps, self.steps)
         j = min(int(math.floor(position)), self.steps - 1)
         w = position - j
         return torch.lerp(path[index, j], path[index, j + 1], w)

@@ -164,20 +164,31 @@ def section_directions(report: Report, service, model, estimator: FactorEstimato
     report.section("directions")
     strength = model.settings.strength
     horse = FACTORS.index("horse")
-    edit_rows, passes = [], 0
+    edit_rows, passes, leads = [], 0, 0
     for seed in sizes.direction_seeds:
         spec = BasisSpec(SampleSpec(model=model.name, seed=seed, prompt="a cat person"), k=sizes.k, edit_prompt="a horse person")
         responses = edit_responses(service, spec, list(range(sizes.k)), (-strength, strength), estimator=estimator)
         tops = [FACTORS[int(r.response.argmax())] for r in responses]
         hit = next((i for i, top in enumerate(tops) if top == "horse"), None)
         passes += hit is not None and hit < 3
-        edit_rows.append([seed, " ".join(tops), "-" if hit is None else f"v{hit}", f"{float(max(r.response[horse] for r in responses)):.3f}"])
+        # The other reading: which direction, moved toward the prompt (+s: the basis is signed so),
+        # raises horse the most of all k.
+        toward = [float(r.edited[-1, horse] - r.base[horse]) for r in responses]
+        most = max(range(sizes.k), key=toward.__getitem__)
+        leads += most < 3
+        edit_rows.append([seed, " ".join(tops), "-" if hit is None else f"v{hit}", f"{float(max(r.response[horse] for r in responses)):.3f}",
+                          " ".join(f"{v:+.2f}" for v in toward), f"v{most}"])
     report.add("## Text directions against known factors", "",
                f"Edit-prompt basis: `discover --prompt 'a cat person' --edit-prompt 'a horse person'`, k = {sizes.k}, each direction "
                f"edited at +-{strength} (the model's strength); the factor each moves most. Pass: one of the top three moves "
                f"horse most, on >= 6 of 8 seeds. **{passes}/{len(sizes.direction_seeds)} seeds** "
                f"({mark(passes >= 0.75 * len(sizes.direction_seeds))}).", "")
-    report.table(["seed", "top factor of v0..", "first horse direction", "largest horse response"], edit_rows)
+    report.table(["seed", "top factor of v0..", "first horse direction", "largest horse response", f"horse change at +{strength}, v0..",
+                  "raises horse most"], edit_rows)
+    report.add(f"The other reading of the target, 'the direction that moves horse most is a top one': the direction whose "
+               f"+{strength} edit (toward the edit prompt) raises the horse factor most is one of the first three on "
+               f"**{leads}/{len(sizes.direction_seeds)} seeds**. It tests the ordering; it does not say that direction is about "
+               "horse more than about anything else (the check above, which fails).", "")
     concept_rows, raw = [], {}
     for concept, factor in CONCEPTS:
         i = FACTORS.index(factor)
@@ -197,7 +208,7 @@ def section_directions(report: Report, service, model, estimator: FactorEstimato
                "Pass: >= 3x on >= 6 of 8 seeds. The concepts are written in the grammar's words ('big ears' and 'smiling' "
                "of the issue are 'a cat person with big ears' and '... a wide smile').", "")
     report.table(["concept", "factor", "ratio per seed", "seeds >= 3x", "check"], concept_rows)
-    report.raw["directions"] = {"edit_prompt_passes": passes, "concepts": raw}
+    report.raw["directions"] = {"edit_prompt_passes": passes, "edit_prompt_horse_leads": leads, "concepts": raw}
     log(f"directions: edit prompt {passes}; " + ", ".join(f"{r[1]} {r[3]}" for r in concept_rows))
 
 

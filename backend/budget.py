@@ -25,7 +25,7 @@ from .models import DiffusionModel
 from .ranges import calibration_evals
 from .registry import ModelRegistry
 from .sampling import schedule, sub_schedule
-from .specs import BasisSpec, SampleSpec, cache_key, guidance_scale, timestep_index
+from .specs import BasisSpec, SampleSpec, cache_key, concept_basis_spec, guidance_scale, timestep_index
 
 #: Evaluations per basis column and round: a finite-difference JVP (two forwards) and a VJP.
 JVP_EVALS = 2
@@ -146,5 +146,5 @@ class Budget:
         return Cost(dict(self.render(spec, LABEL_RENDERS_PER_DIRECTION * spec.k).parts), "k or the DDIM steps")
 
     def concept(self, spec: BasisSpec) -> Cost:
-        """A concept alignment: the basis and the two U-Net calls of the concept's change."""
-        return self.discover(spec) + Cost({"concept": 2 * self._cfg(spec.sample)})
+        """A concept alignment: its basis (at least CONCEPT_K directions) and the two U-Net calls of the concept's change."""
+        return self.discover(concept_basis_spec(spec)) + Cost({"concept": 2 * self._cfg(spec.sample)})

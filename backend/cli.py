@@ -339,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory (distances.csv, heatmap.png)")
     p.set_defaults(func=_compare)
 
-    p = sub.add_parser("find", help="the local direction toward a text concept (SD models)")
+    p = sub.add_parser("find", help="the local direction toward a text concept (text models), combined from the image's top max(--k, 24) directions")
     _sample_args(p)
     p.add_argument("--concept", required=True, help="text naming what to move toward, e.g. 'a horse'")
     _basis_args(p)

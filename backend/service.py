@@ -51,6 +51,7 @@ from .specs import (
     check_int,
     check_strength,
     check_vector,
+    concept_basis_spec,
     guidance_scale,
     pairs,
     timestep_index,
@@ -268,7 +269,9 @@ class EigenfaceService:
 
         The concept's effect at x_t is the change of the predicted clean sample (space "x") or
         of the bottleneck (space "h") when the conditioning switches from the sampling prompt
-        to the concept. "Toward" the concept is the returned direction's positive side.
+        to the concept. "Toward" the concept is the returned direction's positive side. The
+        directions are the image's top max(k, CONCEPT_K) (:func:`~backend.specs.concept_basis_spec`),
+        the returned result's basis.
         """
         model = self.check_sample(spec.sample)
         if not model.conditional:
@@ -277,6 +280,7 @@ class EigenfaceService:
             raise InputError("the concept must be non-empty text")
         if space not in ("x", "h"):
             raise InputError(f"space must be 'x' or 'h', got {space!r}")
+        spec = concept_basis_spec(spec)
         result = self.discover(spec)
 
         def compute() -> Alignment:

@@ -42,7 +42,7 @@ from backend.catpeople.captions import ATTRIBUTES, BACKGROUND, COLOURS, POSITION
 from backend.catpeople.estimator import FactorEstimator  # noqa: E402
 from backend.catpeople.render import FACTORS, render_dataset  # noqa: E402
 from backend.catpeople.semantics import DEFAULT_ESTIMATOR, edit_responses, random_directions  # noqa: E402
-from backend.specs import BUILTIN_TEXT_NAME, BasisSpec, SampleSpec  # noqa: E402
+from backend.specs import BUILTIN_TEXT_NAME, CONCEPT_K, BasisSpec, SampleSpec  # noqa: E402
 from bench.catpeople_samples import pixel_statistics, r_squared  # noqa: E402
 from bench.common import ROOT, Report, log, mark, sample_batch  # noqa: E402
 
@@ -203,7 +203,7 @@ def section_directions(report: Report, service, model, estimator: FactorEstimato
         good = sum(r >= 3 for r in ratios)
         concept_rows.append([concept, factor, " ".join(f"{r:.1f}" for r in ratios), f"{good}/{len(ratios)}", mark(good >= 0.75 * len(ratios))])
         raw[concept] = ratios
-    report.add(f"`find --concept` (k = {sizes.k}, prompt 'a cat person', toward the concept at +{strength}): the concept "
+    report.add(f"`find --concept` (k = {sizes.k} sliders, the concept over the top {max(sizes.k, CONCEPT_K)} directions, prompt 'a cat person', toward the concept at +{strength}): the concept "
                f"direction's change of its factor over the mean change from {sizes.n_random} random directions of equal strength. "
                "Pass: >= 3x on >= 6 of 8 seeds. The concepts are written in the grammar's words ('big ears' and 'smiling' "
                "of the issue are 'a cat person with big ears' and '... a wide smile').", "")
@@ -235,18 +235,12 @@ def section_speed(report: Report, model_path: str | None, k: int) -> None:
     report.raw["speed"] = {"load": loaded - start, "first_image": first - loaded, "basis": basis - first, "slider": slider - basis}
 
 
-#: Directions the strip's concept is projected on: with the page's 8, a third of the concept's
-#: change at the model's 0.4 T is fur hue on seed 0; 16 keep it to horse features (measured on
-#: seeds 0-2 at 0.4, 0.6 and 0.8 T, session 8).
-STRIP_K = 16
-
-
 def section_strip(report: Report, service, model, estimator: FactorEstimator, docs: Path, frames: int = 6) -> None:
     from backend.images import image_grid, pil_to_tensor
 
     report.section("strip")
     settings = model.settings
-    spec = BasisSpec(SampleSpec(model=model.name, seed=settings.seed, prompt=settings.prompt), k=STRIP_K)
+    spec = BasisSpec(SampleSpec(model=model.name, seed=settings.seed, prompt=settings.prompt))  # the page's k; the concept takes CONCEPT_K
     top = 2 * settings.strength
     strengths = [top * i / (frames - 1) for i in range(frames)]
     images = [service.edit_concept(spec, "a horse person", s) for s in strengths]
@@ -257,7 +251,7 @@ def section_strip(report: Report, service, model, estimator: FactorEstimator, do
     loop = big + big[-2:0:-1]
     loop[0].save(docs / "more_like_horses.gif", format="GIF", save_all=True, append_images=loop[1:], duration=160, loop=0)
     report.add("## 'More like horses'", "",
-               f"Seed {settings.seed}, prompt {settings.prompt!r}, the direction toward 'a horse person' (`find --concept`, k = {STRIP_K}), "
+               f"Seed {settings.seed}, prompt {settings.prompt!r}, the direction toward 'a horse person' (`find --concept`, over the top {CONCEPT_K} directions), "
                f"strength 0..{top:g}: `{_shown(docs / 'more_like_horses.png')}` and `.gif`. Estimated horse factor per frame: "
                + ", ".join(f"{float(h):.2f}" for h in horse) + ".", "")
     report.raw["strip"] = {"strengths": strengths, "horse": horse.tolist()}

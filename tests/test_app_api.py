@@ -9,7 +9,7 @@ from PIL import Image
 
 gradio_client = pytest.importorskip("gradio_client")
 
-from backend.specs import BasisSpec, SampleSpec  # noqa: E402
+from backend.specs import CONCEPT_K, BasisSpec, SampleSpec  # noqa: E402
 from tests.fixtures import app_service, launched  # noqa: E402
 
 SETTINGS = ("tiny", "", 3, 0.6, 4, 10)  # model, prompt, seed, timestep, k, steps
@@ -148,7 +148,8 @@ def test_save_list_and_apply_a_direction(served):
 def test_directions_from_text(served):
     service, client = served
     found = json.loads(client.predict(*SD_SETTINGS, "a horse", api_name="/find_concept"))
-    assert len(found["scores"]) == 4 and sorted(found["order"]) == [0, 1, 2, 3] and 0 <= found["captured"] <= 1
+    # k = 4 sliders; the concept is aligned on the image's top CONCEPT_K directions
+    assert len(found["scores"]) == CONCEPT_K and sorted(found["order"]) == list(range(CONCEPT_K)) and 0 <= found["captured"] <= 1
     toward = client.predict(*SD_SETTINGS, "direct", "[]", "a horse", 0.3, api_name="/apply_concept")
     away = client.predict(*SD_SETTINGS, "direct", "[]", "a horse", -0.3, api_name="/apply_concept")
     assert not np.array_equal(_pixels(toward), _pixels(away))

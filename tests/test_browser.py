@@ -205,7 +205,7 @@ def test_toward_a_text(page, url):
     concept = page.locator("#concept textarea, #concept input").first
     concept.fill("a horse")
     page.click("#find-concept")
-    page.locator("#concept-note").get_by_text("of the change it asks for lies in these 4 directions").wait_for(state="visible")
+    page.locator("#concept-note").get_by_text("of the change it asks for lies in this image's top 24 directions (the sliders are the first 4)").wait_for(state="visible")
     strength = page.locator("#concept-strength input[type=number]")
     strength.fill("-0.4")
     strength.blur()

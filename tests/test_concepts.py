@@ -9,7 +9,7 @@ from backend.basis import Basis
 from backend.concepts import align
 from backend.errors import InputError
 from backend.service import EigenfaceService, ServiceConfig
-from backend.specs import BasisSpec, SampleSpec
+from backend.specs import CONCEPT_K, BasisSpec, SampleSpec
 
 
 def _basis(k: int = 4, x_shape=(2, 3, 3), h_shape=(5, 2)) -> Basis:
@@ -67,12 +67,17 @@ def service(tiny_ddpm_dir, tiny_sd_dir) -> EigenfaceService:
 
 
 def test_find_concept_on_stable_diffusion(service):
+    """A concept is aligned on the image's top CONCEPT_K directions whatever the sliders' k (4 here),
+    and on k of them when the sliders have more."""
     spec = BasisSpec(SampleSpec(model="sd", prompt="a cat", seed=0, steps=4), 0.6, 4)
     for space in ("x", "h"):
         alignment, result = service.find_concept(spec, "a horse", space)
-        assert alignment.scores.shape == (4,) and sorted(alignment.order.tolist()) == [0, 1, 2, 3]
+        assert result.basis.k == CONCEPT_K and result.cached == (space == "h")  # the widened basis, computed once for both spaces
+        assert alignment.scores.shape == (CONCEPT_K,) and sorted(alignment.order.tolist()) == list(range(CONCEPT_K))
         assert alignment.direction.shape == result.x_t.shape
         assert torch.isclose(alignment.direction.norm(), torch.tensor(1.0), atol=1e-5)
+    wider = BasisSpec(spec.sample, 0.6, CONCEPT_K + 2)
+    assert service.find_concept(wider, "a horse")[0].scores.shape == (CONCEPT_K + 2,)
     # toward and away are one slider with opposite signs: both render, and differ
     toward = service.edit_vector(spec, alignment.direction, 0.3)
     away = service.edit_vector(spec, alignment.direction, -0.3)

@@ -76,8 +76,9 @@ class ApiHandlers:
 
     @guard
     def find_concept(self, model: str, prompt: str, seed: int, timestep: float, k: int, steps: int, concept: str) -> str:
-        """How a text concept decomposes on the k directions (JSON): each direction's signed score,
-        the directions by decreasing |score|, and the fraction of the concept's change they capture."""
+        """How a text concept decomposes on the image's top max(k, 24) directions (JSON): each
+        direction's signed score, the directions by decreasing |score|, and the fraction of the
+        concept's change they capture."""
         alignment = self.editor.find_concept(self._state(model, prompt, seed, timestep, k, steps), concept)
         return json.dumps({
             "scores": [round(float(s), 6) for s in alignment.scores],

@@ -84,8 +84,8 @@ class SteerHandlers:
         alignment = self.editor.find_concept(state, concept)
         top = ", ".join(f"{int(i)} ({float(alignment.scores[i]):+.2f})" for i in alignment.order[:3])
         note = (
-            f"**{concept}**: {alignment.captured:.0%} of the change it asks for lies in these {state.k} directions, "
-            f"mostly in directions {top}. Slide right to move toward it, left to move away."
+            f"**{concept}**: {alignment.captured:.0%} of the change it asks for lies in this image's top {len(alignment.scores)} "
+            f"directions (the sliders are the first {state.k}), mostly in directions {top}. Slide right to move toward it, left to move away."
         )
         calibration = self.editor.concept_calibration(state, concept)
         return note, concept, gr.update(value=0, label=ranged(CONCEPT_LABEL, calibration))

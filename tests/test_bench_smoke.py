@@ -157,6 +157,26 @@ def test_catpeople_eval_quick(tmp_path):
     assert (docs / "atlas.png").is_file()
 
 
+def test_text_eval_quick(tmp_path):
+    """The issue-16 evidence script on the shipped text model: the edit-prompt basis under both
+    readings, the concept checks on CONCEPT_K directions, the horse strip and the speed table."""
+    from backend.specs import CONCEPT_K
+
+    out, docs, raw = tmp_path / "text.md", tmp_path / "docs", tmp_path / "raw.json"
+    run_bench("text_eval", "--quick", "--sections", "directions,strip,speed", "--threads", "1", "--out", str(out),
+              "--docs", str(docs), "--json", str(raw))
+    text, numbers = out.read_text(), json.loads(raw.read_text())
+    directions = numbers["directions"]
+    assert all(directions[key] in (0, 1, 2) for key in ("edit_prompt_passes", "edit_prompt_horse_leads"))  # of the 2 quick seeds
+    assert set(directions["concepts"]) == {"a horse person", "a cat person with big ears", "a cat person with a wide smile"}
+    assert all(len(ratios) == 2 and all(finite(r) for r in ratios) for ratios in directions["concepts"].values())
+    assert f"over the top {CONCEPT_K} directions" in text and "raises horse most" in text
+    horse = numbers["strip"]["horse"]
+    assert len(horse) == 6 and horse[-1] > horse[0] + 0.2  # toward "a horse person": more of a horse
+    assert (docs / "more_like_horses.png").is_file() and (docs / "more_like_horses.gif").is_file()
+    assert all(finite(v) and v > 0 for v in numbers["speed"].values())
+
+
 def test_slider_ranges(tmp_path):
     """The ends' validity table: percentages and factor changes in range, one row per timestep, raw numbers beside it."""
     out = tmp_path / "ranges.md"

@@ -44,6 +44,7 @@ from .slots import Slots
 from .specs import (
     MAX_SEED,
     MAX_STEPS,
+    MAX_STRENGTH,
     BasisResult,
     BasisSpec,
     SampleSpec,
@@ -203,7 +204,7 @@ class EigenfaceService:
         limit = hf_limit(point.timestep / model.num_train_timesteps, self.boosted(model)) if model.settings.hf_criterion else math.inf
 
         def compute() -> Calibration:
-            cap = model.settings.range_cap or MAX_END
+            cap = min(model.settings.range_cap or MAX_END, MAX_STRENGTH)  # every end a strength edit() accepts
             return calibrate(model, point.x_t, point.timestep, directions, cond, self.guidance(model, spec.sample), limit=limit, cap=cap)
 
         return self._cached(key, compute)[0]

@@ -105,9 +105,13 @@ class Budget:
 
     def discover(self, spec: BasisSpec) -> Cost:
         """The trajectory, the basis and its calibrated ranges, each unless cached."""
+        timesteps, index = self._index(spec)
+        return self.local_basis(spec) + self._ranges(spec, spec.k, cache_key("ranges", spec, timesteps[index]))
+
+    def local_basis(self, spec: BasisSpec) -> Cost:
+        """The trajectory and the basis (the service's ``local_basis``), each unless cached."""
         cost = self.trajectory(spec.sample)
         timesteps, index = self._index(spec)
-        cost = cost + self._ranges(spec, spec.k, cache_key("ranges", spec, timesteps[index]))
         if cache_key("basis", spec, timesteps[index]) in self.cache:
             return cost
         rounds = MAX_ITERS  # no early convergence assumed: the price is an upper bound
@@ -147,4 +151,4 @@ class Budget:
 
     def concept(self, spec: BasisSpec) -> Cost:
         """A concept alignment: its basis (at least CONCEPT_K directions) and the two U-Net calls of the concept's change."""
-        return self.discover(concept_basis_spec(spec)) + Cost({"concept": 2 * self._cfg(spec.sample)})
+        return self.local_basis(concept_basis_spec(spec)) + Cost({"concept": 2 * self._cfg(spec.sample)})

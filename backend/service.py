@@ -14,6 +14,7 @@ import logging
 import math
 import threading
 import time
+from dataclasses import replace
 from typing import Any, Callable, Hashable, Mapping, Sequence
 
 import numpy as np
@@ -158,7 +159,15 @@ class EigenfaceService:
 
     # ----------------------------------------------------------------------------- bases
     def discover(self, spec: BasisSpec, progress: Callable[[BasisProgress], None] | None = None) -> BasisResult:
-        """The local basis at (model, prompt, seed, timestep, k[, edit prompt]), cached."""
+        """The local basis at (model, prompt, seed, timestep, k[, edit prompt]) with each
+        direction's calibrated range, both cached."""
+        result = self.local_basis(spec, progress)
+        calibration = self.calibration(spec, result.basis, result)
+        return replace(result, ranges=calibration.ranges, travel=calibration.travel)
+
+    def local_basis(self, spec: BasisSpec, progress: Callable[[BasisProgress], None] | None = None) -> BasisResult:
+        """:meth:`discover` without the ranges, for what uses the directions but no slider along
+        each (a concept's alignment)."""
         model = self.check_sample(spec.sample)
         check_int("k", spec.k, 1, MAX_K)
         if spec.edit_prompt and not model.conditional:
@@ -178,10 +187,7 @@ class EigenfaceService:
             return basis, time.perf_counter() - start
 
         (basis, seconds), cached = self._cached(cache_key("basis", spec, point.timestep), compute)
-        calibration = self.calibration(spec, basis, point)
-        return BasisResult(
-            basis, point.x_t, point.timestep, point.index, 0.0 if cached else seconds, cached, tuple(warnings), calibration.ranges, calibration.travel
-        )
+        return BasisResult(basis, point.x_t, point.timestep, point.index, 0.0 if cached else seconds, cached, tuple(warnings))
 
     def calibration(self, spec: BasisSpec, basis: Basis, point: BasisResult) -> Calibration:
         """Each direction's valid range and even-travel map (backend/ranges.py), cached beside the basis."""
@@ -282,7 +288,7 @@ class EigenfaceService:
         if space not in ("x", "h"):
             raise InputError(f"space must be 'x' or 'h', got {space!r}")
         spec = concept_basis_spec(spec)
-        result = self.discover(spec)
+        result = self.local_basis(spec)
 
         def compute() -> Alignment:
             base, target = self.conditioning(model, spec.sample.prompt), self.conditioning(model, concept)

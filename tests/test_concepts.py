@@ -70,6 +70,7 @@ def test_find_concept_on_stable_diffusion(service):
     """A concept is aligned on the image's top CONCEPT_K directions whatever the sliders' k (4 here),
     and on k of them when the sliders have more."""
     spec = BasisSpec(SampleSpec(model="sd", prompt="a cat", seed=0, steps=4), 0.6, 4)
+    assert "ranges" not in service.budget.concept(spec).parts  # no slider runs along the concept basis's directions
     for space in ("x", "h"):
         alignment, result = service.find_concept(spec, "a horse", space)
         assert result.basis.k == CONCEPT_K and result.cached == (space == "h")  # the widened basis, computed once for both spaces

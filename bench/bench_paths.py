@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from backend.images import pil_to_tensor  # noqa: E402
 from backend.precompute import direction_ends  # noqa: E402
 from backend.service import EigenfaceService, ServiceConfig  # noqa: E402
 from backend.specs import BUILTIN_NAME, BasisSpec, SampleSpec  # noqa: E402
@@ -117,10 +118,6 @@ def section_speed(service: EigenfaceService, args, lines: list[str]) -> dict:
     return {"basis_s": basis_s, "precompute": pre, "edits": rows, "seed": seed, "timestep": result.timestep, "k": args.k}
 
 
-def _tensor(images) -> torch.Tensor:
-    return torch.stack([torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0).permute(2, 0, 1) for im in images])
-
-
 def speckle(images: torch.Tensor) -> torch.Tensor:
     """Mean |Laplacian| per image (B,): residual noise (as bench/catpeople_eval.py's statistic)."""
     laplacian = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]).expand(images.shape[1], 1, 3, 3)
@@ -139,11 +136,11 @@ def section_quality(service: EigenfaceService, args, lines: list[str]) -> dict:
             result = service.discover(spec)
             precompute(service, spec, f"bench-quality-{seed}-{timestep}", log=lambda _: None)
             edits = [(i, end) for i, pair in enumerate(direction_ends(result)) for end in pair]
-            original = _tensor([service.generate(spec.sample)])
+            original = pil_to_tensor([service.generate(spec.sample)])
             base_error = float(estimator.reconstruction_error(original)[0])
             base_speckle = float(speckle(original)[0])
             for mode in ratios:
-                images = _tensor(service.render_edits(spec, edits, mode))
+                images = pil_to_tensor(service.render_edits(spec, edits, mode))
                 errors = estimator.reconstruction_error(images) / base_error
                 specks = speckle(images) / base_speckle
                 ratios[mode] += list(zip(errors.tolist(), specks.tolist(), estimator.is_face(images).tolist()))

@@ -177,6 +177,20 @@ def test_text_eval_quick(tmp_path):
     assert all(finite(v) and v > 0 for v in numbers["speed"].values())
 
 
+def test_bench_paths_on_the_text_model(tmp_path):
+    """The geodesic-path bench on any model with its own prompt: the precompute, the timed slider
+    edits, and direct against geodesic ends on both validity readings."""
+    raw = tmp_path / "paths.json"
+    text = run_bench("bench_paths", "--model", "catpeople-text", "--seeds", "0", "--timesteps", "0.4", "--k", "2", "--repeats", "1",
+                     "--threads", "1", "--json", str(raw))
+    numbers = json.loads(raw.read_text())
+    assert "Model catpeople-text, prompt 'a cat person'" in text
+    assert numbers["speed"]["precompute"]["wall_s"] > 0 and all(finite(r["median_s"]) for r in numbers["speed"]["edits"].values())
+    for mode in ("direct", "geodesic"):
+        row = numbers["quality"]["0.4"][mode]
+        assert row["n"] == 4 and all(0 <= row[key] <= 1 for key in ("within", "face"))  # 2 directions x 2 ends
+
+
 def test_slider_ranges(tmp_path):
     """The ends' validity table: percentages and factor changes in range, one row per timestep, raw numbers beside it."""
     out = tmp_path / "ranges.md"

@@ -210,10 +210,15 @@ class EigenfaceService:
         limit = hf_limit(point.timestep / model.num_train_timesteps, self.boosted(model)) if model.settings.hf_criterion else math.inf
 
         def compute() -> Calibration:
-            cap = min(model.settings.range_cap or MAX_END, MAX_STRENGTH)  # every end a strength edit() accepts
-            return calibrate(model, point.x_t, point.timestep, directions, cond, self.guidance(model, spec.sample), limit=limit, cap=cap)
+            return calibrate(model, point.x_t, point.timestep, directions, cond, self.guidance(model, spec.sample), limit=limit, cap=self.range_cap(model))
 
         return self._cached(key, compute)[0]
+
+    @staticmethod
+    def range_cap(model: DiffusionModel) -> float:
+        """The furthest a calibrated slider reaches on ``model``: its ``eigenface.json``'s
+        ``range_cap``, else ranges.MAX_END, and never past a strength :meth:`edit` accepts."""
+        return min(model.settings.range_cap or MAX_END, MAX_STRENGTH)
 
     def _basis(self, model: DiffusionModel, x_t: Tensor, t: int, cond: Conditioning | None, k: int, progress) -> Basis:
         """:func:`~backend.hspace.model_basis`, starting at the chunk size that last fit this model."""

@@ -43,7 +43,7 @@ from backend.catpeople.estimator import FactorEstimator, factor_distance  # noqa
 from backend.catpeople.semantics import default_estimator  # noqa: E402
 from backend.images import pil_to_tensor  # noqa: E402
 from backend.edit import direct_edits  # noqa: E402
-from backend.ranges import MAX_END, hf_limit, high_frequency, predicted_x0  # noqa: E402
+from backend.ranges import hf_limit, high_frequency, predicted_x0  # noqa: E402
 from backend.sampling import NoiseSchedule  # noqa: E402
 from backend.service import EigenfaceService, ServiceConfig  # noqa: E402
 from backend.specs import BUILTIN_NAME, BasisSpec, SampleSpec  # noqa: E402
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     fixed = [float(s) for s in args.fixed.split(",")]
     service = EigenfaceService(ServiceConfig(device="cpu", boost={"auto": None, "on": True, "off": False}[args.boost], allow_any_model=True))
     own_prompt = service.settings(args.model).prompt if service.model(args.model).conditional else ""
-    cap = service.settings(args.model).range_cap or MAX_END
+    cap = service.range_cap(service.model(args.model))
     sample = SampleSpec(model=args.model, prompt=own_prompt if args.prompt is None else args.prompt)  # a prompt to a pixel model: the service refuses it
     report = Report(order=["head", "validity"])
     report.section("head")

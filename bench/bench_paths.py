@@ -41,8 +41,8 @@ import torch  # noqa: E402
 from backend.images import pil_to_tensor  # noqa: E402
 from backend.precompute import direction_ends  # noqa: E402
 from backend.service import EigenfaceService, ServiceConfig  # noqa: E402
-from backend.specs import BUILTIN_NAME, BasisSpec, SampleSpec  # noqa: E402
-from bench.common import environment, environment_lines  # noqa: E402
+from backend.specs import BUILTIN_NAME, BasisSpec  # noqa: E402
+from bench.common import environment, environment_lines, own_sample  # noqa: E402
 
 #: The issue's validity bar: an end image scores within this factor of the unedited one.
 WITHIN = 1.2
@@ -74,16 +74,10 @@ def timed(fn, repeats: int) -> dict:
     return {"median_s": statistics.median(walls), "min_s": min(walls), "cpu_median_s": statistics.median(cpus)}
 
 
-def sample(service: EigenfaceService, args, seed: int) -> SampleSpec:
-    """The image ``seed`` of ``--model``, with ``--prompt`` or the model's own prompt (text models)."""
-    prompt = service.settings(args.model).prompt if args.prompt is None else args.prompt
-    return SampleSpec(args.model, seed, prompt if service.model(args.model).conditional else "")
-
-
 def section_speed(service: EigenfaceService, args, lines: list[str]) -> dict:
     settings = service.settings(args.model)
     seed = settings.seed if args.seed is None else args.seed
-    spec = BasisSpec(sample(service, args, seed), args.timestep, args.k)
+    spec = BasisSpec(own_sample(service, args.model, seed, args.prompt), args.timestep, args.k)
     start = time.perf_counter()
     result = service.discover(spec)
     basis_s = time.perf_counter() - start
@@ -132,7 +126,7 @@ def section_quality(service: EigenfaceService, args, lines: list[str]) -> dict:
     for timestep in args.timesteps:
         ratios: dict[str, list[tuple[float, float, bool]]] = {"direct": [], "geodesic": []}
         for seed in args.seeds:
-            spec = BasisSpec(sample(service, args, seed), timestep, args.k)
+            spec = BasisSpec(own_sample(service, args.model, seed, args.prompt), timestep, args.k)
             result = service.discover(spec)
             precompute(service, spec, f"bench-quality-{seed}-{timestep}", log=lambda _: None)
             edits = [(i, end) for i, pair in enumerate(direction_ends(result)) for end in pair]

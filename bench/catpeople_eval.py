@@ -38,7 +38,7 @@ from backend.catpeople.semantics import DEFAULT_ESTIMATOR, label_magnitudes  # n
 from bench.catpeople_samples import section_accuracy, section_denoising, section_samples  # noqa: E402
 from bench.catpeople_semantic import section_atlas, section_semantic, section_sweep  # noqa: E402
 from bench.catpeople_sizes import QUICK, Sizes  # noqa: E402
-from bench.common import ROOT, Report, log, provenance, with_field  # noqa: E402
+from bench.common import ROOT, Report, log, own_sample, provenance, with_field  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------ main
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         report.timings.append(("load model", time.perf_counter() - start))
         sizes.timestep = settings.timestep if sizes.timestep is None else sizes.timestep
         sizes.strength = settings.strength if sizes.strength is None else sizes.strength
-        sizes.prompt = settings.prompt if service.model(BUILTIN_NAME).conditional else ""
+        sizes.prompt = own_sample(service, BUILTIN_NAME).prompt
         if sizes.heldout_strength in label_magnitudes(sizes.strength):
             parser.error(f"--heldout must differ from the strengths labels are measured at, {label_magnitudes(sizes.strength)}")
     semantic = None

@@ -31,6 +31,7 @@ from torch import Tensor  # noqa: E402
 
 from backend.models import Conditioning, DiffusionModel, load_model  # noqa: E402
 from backend.sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS, initial_noise, render, sample_trajectory, schedule  # noqa: E402
+from backend.specs import SampleSpec  # noqa: E402
 from backend.testing import RANDOM_SD, random_sd  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -315,3 +316,12 @@ def sample_batch(service, model: DiffusionModel, seeds: list[int], steps: int = 
     spec = SampleSpec(model=model.name, prompt=prompt)
     x = torch.stack([initial_noise(model, s) for s in seeds])
     return render(model, x, schedule(model, steps), service.conditioning(model, prompt), service.guidance(model, spec))
+
+
+def own_sample(service, model: str, seed: int = 0, prompt: str | None = None) -> SampleSpec:
+    """Image ``seed`` of ``model`` with ``prompt``, else with the model's own prompt (its
+    eigenface.json's; none for a model without a text encoder). An explicit prompt to such a
+    model is passed on, for the service to refuse with its own message."""
+    if prompt is None:
+        prompt = service.settings(model).prompt if service.model(model).conditional else ""
+    return SampleSpec(model=model, seed=seed, prompt=prompt)

@@ -47,7 +47,7 @@ from backend.ranges import hf_limit, high_frequency, predicted_x0  # noqa: E402
 from backend.sampling import NoiseSchedule  # noqa: E402
 from backend.service import EigenfaceService, ServiceConfig  # noqa: E402
 from backend.specs import BUILTIN_NAME, BasisSpec, SampleSpec  # noqa: E402
-from bench.common import Report, environment, environment_lines, fmt, log, mark, pct, provenance  # noqa: E402
+from bench.common import Report, environment, environment_lines, fmt, log, mark, own_sample, pct, provenance  # noqa: E402
 
 #: Today's fixed slider strength (the built-in model's eigenface.json) the ends are compared with.
 BASELINE = 0.2
@@ -156,9 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     timesteps = [float(t) for t in args.timesteps.split(",")]
     fixed = [float(s) for s in args.fixed.split(",")]
     service = EigenfaceService(ServiceConfig(device="cpu", boost={"auto": None, "on": True, "off": False}[args.boost], allow_any_model=True))
-    own_prompt = service.settings(args.model).prompt if service.model(args.model).conditional else ""
     cap = service.range_cap(service.model(args.model))
-    sample = SampleSpec(model=args.model, prompt=own_prompt if args.prompt is None else args.prompt)  # a prompt to a pixel model: the service refuses it
+    sample = own_sample(service, args.model, prompt=args.prompt)
     report = Report(order=["head", "validity"])
     report.section("head")
     report.add(f"# Calibrated slider ranges on {args.model}", "", *environment_lines(environment(torch.device("cpu"), argv, "slider_ranges.py")),

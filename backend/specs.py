@@ -112,7 +112,7 @@ def basis_id(spec: BasisSpec, t: int) -> tuple:
 #: sliders use: a concept's change spreads over many of them. On the built-in text model, "a
 #: horse person" projected on the top 8 moves fur hue and smile more than horse on most seeds
 #: (horse the largest change on 0 of 8 seeds at strength 1; 16: 5, 24: 6, 32: 7 of 8), and a
-#: basis of 24 costs 0.5 s there against 0.26 s for 8 (BENCHMARKS.md, "Built-in text model").
+#: basis of 24 costs 0.26 s there against 0.15 s for 8 (BENCHMARKS.md, "Built-in text model").
 CONCEPT_K = 24
 
 

@@ -15,7 +15,10 @@ Sections (``--sections``, all by default):
   directions of equal strength;
 * ``speed``      - first image, basis (k = 8) and slider-to-image on this machine;
 * ``strip``      - the README's "more like horses" edit: ``find_concept("a horse person")`` on
-  the page's first image, at growing strength, as ``docs/more_like_horses.png`` and ``.gif``.
+  the page's first image, at growing strength, as ``docs/more_like_horses.png`` and ``.gif``;
+* ``concept_width`` - why a concept takes at least ``CONCEPT_K`` directions: "a horse person"
+  aligned on the top 8, 16, 24 and 32 and applied at strength 1, the horse change, how often
+  horse is the factor moved most, the fur-hue side effect, and what each basis costs.
 
     python bench/text_eval.py --out bench/results/text_eval.md
     python bench/text_eval.py --quick --docs /tmp/docs
@@ -47,7 +50,9 @@ from bench.catpeople_samples import pixel_statistics, r_squared  # noqa: E402
 from bench.common import ROOT, Report, log, mark, sample_batch  # noqa: E402
 
 UNIFORM_STD = 1 / math.sqrt(12)
-SECTIONS = ("vae", "samples", "adherence", "directions", "speed", "strip")
+SECTIONS = ("vae", "samples", "adherence", "directions", "speed", "strip", "concept_width")
+#: Basis sizes the concept_width section compares (CONCEPT_K among them).
+WIDTHS = (8, 16, 24, 32)
 #: Concepts for find_concept, in the grammar's own words, and the factor each should move.
 CONCEPTS = (("a horse person", "horse"), ("a cat person with big ears", "ears"), ("a cat person with a wide smile", "smile"))
 
@@ -235,6 +240,39 @@ def section_speed(report: Report, model_path: str | None, k: int) -> None:
     report.raw["speed"] = {"load": loaded - start, "first_image": first - loaded, "basis": basis - first, "slider": slider - basis}
 
 
+def section_concept_width(report: Report, service, model, estimator: FactorEstimator, sizes: Sizes, concept: str = "a horse person") -> None:
+    """The evidence for CONCEPT_K: the concept aligned on the top w directions (no widening: the
+    alignment is computed here from the basis itself), at strength 1 toward it."""
+    from backend.concepts import align, concept_change
+
+    report.section("concept_width")
+    horse, hue = FACTORS.index("horse"), FACTORS.index("hue")
+    base = service.conditioning(model, "a cat person")
+    target = service.conditioning(model, concept)
+    rows, raw = [], {}
+    for width in WIDTHS:
+        changes, hues, tops, seconds = [], [], 0, []
+        for seed in sizes.direction_seeds:
+            spec = BasisSpec(SampleSpec(model=model.name, seed=seed, prompt="a cat person"), k=width)
+            service.point(spec)  # the trajectory, outside the timing
+            result = service.local_basis(spec)
+            seconds.append(result.seconds)
+            direction = align(result.basis, concept_change(model, result.x_t, result.timestep, base.cond, target.cond)).direction
+            response = edit_responses(service, spec, [direction], (1.0,), estimator=estimator)[0]
+            changes.append(float(response.edited[0, horse] - response.base[horse]))
+            hues.append(float(response.changes[0, hue]))
+            tops += int(response.changes[0].argmax()) == horse
+        n = len(sizes.direction_seeds)
+        rows.append([str(width), f"{min(changes):+.2f} to {max(changes):+.2f}", f"{tops}/{n}", f"{sum(hues) / n:.2f}", f"{sorted(seconds)[n // 2]:.2f}"])
+        raw[str(width)] = {"horse": changes, "hue": hues, "horse_top": tops, "basis_s": seconds}
+    report.add(f"## Concept width ({concept!r}, strength 1.0, seeds {list(sizes.direction_seeds)})", "",
+               f"The concept aligned on the image's top w directions (`concepts.align`; the service widens to CONCEPT_K = {CONCEPT_K}), "
+               f"edited toward it at strength 1.0 from 'a cat person': the estimated horse change, the seeds where horse moved most of "
+               f"all factors, the mean fur-hue change, and the median basis time ({torch.get_num_threads()} threads, ranges not included).", "")
+    report.table(["directions", "horse change", "horse moved most", "fur hue change (mean)", "basis s (median)"], rows)
+    report.raw["concept_width"] = raw
+
+
 def section_strip(report: Report, service, model, estimator: FactorEstimator, docs: Path, frames: int = 6) -> None:
     from backend.images import image_grid, pil_to_tensor
 
@@ -306,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
         section_strip(report, service, model, estimator, Path(args.docs))
     if "speed" in sections:
         section_speed(report, args.model_path, 8)
+    if "concept_width" in sections:
+        section_concept_width(report, service, model, estimator, sizes)
     report.flush_raw()
     text = report.text()
     print(text)

@@ -163,7 +163,7 @@ def test_text_eval_quick(tmp_path):
     from backend.specs import CONCEPT_K
 
     out, docs, raw = tmp_path / "text.md", tmp_path / "docs", tmp_path / "raw.json"
-    run_bench("text_eval", "--quick", "--sections", "directions,strip,speed", "--threads", "1", "--out", str(out),
+    run_bench("text_eval", "--quick", "--sections", "directions,strip,speed,concept_width", "--threads", "1", "--out", str(out),
               "--docs", str(docs), "--json", str(raw))
     text, numbers = out.read_text(), json.loads(raw.read_text())
     directions = numbers["directions"]
@@ -175,6 +175,8 @@ def test_text_eval_quick(tmp_path):
     assert len(horse) == 6 and horse[-1] > horse[0] + 0.2  # toward "a horse person": more of a horse
     assert (docs / "more_like_horses.png").is_file() and (docs / "more_like_horses.gif").is_file()
     assert all(finite(v) and v > 0 for v in numbers["speed"].values())
+    width = numbers["concept_width"]
+    assert set(width) == {"8", "16", "24", "32"} and all(len(w["horse"]) == 2 and 0 <= w["horse_top"] <= 2 for w in width.values())
 
 
 def test_bench_paths_on_the_text_model(tmp_path):
